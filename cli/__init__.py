@@ -1,0 +1,1 @@
+"""The `semiofed` command line: wires the role commands, turns errors into one line."""

@@ -1,0 +1,5 @@
+"""Allow `python -m semiofed.cli`."""
+
+from semiofed.cli.main import main
+
+main()

@@ -1,0 +1,55 @@
+"""The root `semiofed` command: wires the command groups and translates errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from semiofed.common.errors import SemiofedError
+
+app = typer.Typer(
+    name="semiofed",
+    help=(
+        "Privacy-preserving federated learning for epileptic-seizure video.\n\n"
+        "Hospital sites turn videos into de-identified records (`site`), "
+        "the model files are fetched and checked with `models`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from semiofed.cli import models_cmd
+
+    app.add_typer(models_cmd.app, name="models")
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library details to stderr."),
+) -> None:
+    """Privacy-preserving federated learning for epileptic-seizure video."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def main() -> None:
+    """Entry point: run the CLI; a domain error becomes one line and exit status 2."""
+    _register()
+    try:
+        app()
+    except SemiofedError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

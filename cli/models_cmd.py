@@ -1,0 +1,88 @@
+"""`semiofed models`: fetch, verify and self-test the model files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from semiofed.cli.progress import progress_bar
+from semiofed.common.errors import ModelFileError
+from semiofed.common.models.fetch import fetch_model
+from semiofed.common.models.registry import MODEL_FILES, check_file, model_dir
+
+app = typer.Typer(help="Fetch, verify and self-test the model files (MediaPipe, I3D, R(2+1)D).", no_args_is_help=True)
+
+ModelDirOption = typer.Option(
+    None, "--model-dir", help="Model directory (default: $SEMIOFED_MODEL_DIR, else the user cache dir)."
+)
+
+
+@app.command()
+def fetch(
+    model_dir_opt: Optional[Path] = ModelDirOption,
+    mirror: Optional[Path] = typer.Option(
+        None, "--from", help="Copy from a local model directory (same layout) instead of the network."
+    ),
+    force: bool = typer.Option(False, "--force", help="Fetch again even if a verified file is present."),
+    include_optional: bool = typer.Option(
+        False, "--include-optional", help="Also fetch optional models (torchvision R(2+1)D-18)."
+    ),
+) -> None:
+    """Download every model file from its official source and verify its sha256."""
+    console = Console()
+    failures = 0
+    with progress_bar() as progress:
+        for model in MODEL_FILES.values():
+            if not model.required and not include_optional:
+                continue
+            task = progress.add_task(f"{model.key}", total=model.size)
+            try:
+                path, action = fetch_model(
+                    model, model_dir_opt, mirror=mirror, force=force,
+                    progress=lambda done, total, t=task: progress.update(t, completed=done, total=total),
+                )
+                progress.update(task, completed=model.size or 1, total=model.size or 1)
+                console.print(f"{model.key}: {action} {path}")
+            except ModelFileError as exc:
+                failures += 1
+                console.print(f"[red]{model.key}: {exc}[/]", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    model_dir_opt: Optional[Path] = ModelDirOption,
+    output_format: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Check the size and sha256 of every model file; exit 1 if a required one fails."""
+    directory = model_dir(model_dir_opt)
+    rows = []
+    for model in MODEL_FILES.values():
+        path = directory / model.relpath
+        try:
+            check_file(model, path)
+            status, detail = "ok", ""
+        except ModelFileError as exc:
+            status = "missing" if not path.exists() else "bad"
+            detail = str(exc)
+        rows.append({"model": model.key, "required": model.required, "status": status,
+                     "path": str(path), "error": detail})
+    if output_format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title=f"model files in {directory}")
+        for column in ("model", "required", "status", "error"):
+            table.add_column(column)
+        for row in rows:
+            colour = "green" if row["status"] == "ok" else ("yellow" if not row["required"] else "red")
+            table.add_row(row["model"], "yes" if row["required"] else "optional",
+                          f"[{colour}]{row['status']}[/]", row["error"])
+        Console().print(table)
+    if any(r["status"] != "ok" and r["required"] for r in rows):
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Everything that runs at a hospital: de-identification, the site store, local training."""

@@ -1,0 +1,1 @@
+"""Code shared by every semiofed role: models, record schema, errors, files."""

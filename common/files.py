@@ -1,0 +1,86 @@
+"""Atomic, owner-only file writes: nothing is ever half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+OWNER_ONLY_FILE = 0o600
+OWNER_ONLY_DIR = 0o700
+
+
+def sha256_of(path: Path, *, chunk_size: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create a directory (and parents) readable by the owner only."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, OWNER_ONLY_DIR)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, *, mode: int = OWNER_ONLY_FILE, binary: bool = True) -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success fsync and rename it into place.
+
+    On any exception the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int = OWNER_ONLY_FILE) -> None:
+    """Write bytes to `path` atomically, owner-only by default."""
+    with atomic_write(path, mode=mode) as stream:
+        stream.write(data)
+
+
+def write_json_atomic(path: Path, obj: Any, *, mode: int = OWNER_ONLY_FILE) -> None:
+    """Write JSON (indented, sorted keys, trailing newline) to `path` atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Move a fully written staging directory to its final name in one rename."""
+    for child in staging.rglob("*"):
+        if child.is_file():
+            with open(child, "rb") as stream:
+                os.fsync(stream.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)

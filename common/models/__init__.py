@@ -1,0 +1,1 @@
+"""Model files (MediaPipe tasks, STCNN weights): declared once, verified on every load."""

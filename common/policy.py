@@ -1,0 +1,74 @@
+"""The site privacy policy: the budget a site sets for itself, parsed once and validated."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from semiofed.common.errors import SiteError
+from semiofed.common.files import write_json_atomic
+
+PRIVACY_UNIT = "patient"
+NEIGHBOURING_RELATION = "add/remove all seizures of one patient"
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """A site's privacy limits; the site's policy always wins over a server's request."""
+
+    # delta well below 1/(number of patients a site will ever hold)
+    target_delta: float = 1e-5
+    # total epsilon over the life of this site's data, all runs together
+    max_epsilon: float = 8.0
+    # the least noise the site accepts, whatever a server asks
+    min_noise_multiplier: float = 0.8
+    # per-patient L2 clipping norm of the summed gradient
+    clipping_norm: float = 1.0
+    privacy_unit: str = PRIVACY_UNIT
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.target_delta < 1.0):
+            raise SiteError(f"policy target_delta {self.target_delta} is out of range", "use a value in (0, 1), e.g. 1e-5")
+        if not (self.max_epsilon > 0.0 and math.isfinite(self.max_epsilon)):
+            raise SiteError(f"policy max_epsilon {self.max_epsilon} is not a positive number", "use e.g. 8.0")
+        if self.min_noise_multiplier < 0.0:
+            raise SiteError(f"policy min_noise_multiplier {self.min_noise_multiplier} is negative", "use e.g. 0.8")
+        if self.clipping_norm <= 0.0:
+            raise SiteError(f"policy clipping_norm {self.clipping_norm} is not positive", "use e.g. 1.0")
+        if self.privacy_unit != PRIVACY_UNIT:
+            raise SiteError(f"policy privacy_unit '{self.privacy_unit}' is not supported", f"use '{PRIVACY_UNIT}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as JSON-ready values."""
+        return asdict(self)
+
+    def allows_change_to(self, new: "PrivacyPolicy") -> bool:
+        """True when `new` spends no more privacy than this policy (budget can only shrink)."""
+        return (
+            new.max_epsilon <= self.max_epsilon
+            and new.target_delta <= self.target_delta
+            and new.min_noise_multiplier >= self.min_noise_multiplier
+        )
+
+
+def load_policy(path: Path) -> PrivacyPolicy:
+    """Read and validate a policy file."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SiteError(f"policy file {path} is missing", "run `semiofed site init` for this site directory") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SiteError(f"policy file {path} is unreadable ({exc})", "restore it from backup or re-run `semiofed site init`") from exc
+    known = set(PrivacyPolicy.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SiteError(f"policy file {path} has unknown fields {unknown}", f"use only {sorted(known)}")
+    return PrivacyPolicy(**raw)
+
+
+def save_policy(path: Path, policy: PrivacyPolicy) -> None:
+    """Write a policy file atomically."""
+    write_json_atomic(path, policy.to_dict())
