@@ -24,9 +24,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from semiofed.cli import models_cmd
+    from semiofed.cli import models_cmd, site_cmd
 
     app.add_typer(models_cmd.app, name="models")
+    app.add_typer(site_cmd.app, name="site")
 
 
 @app.callback()

@@ -84,3 +84,25 @@ def publish_dir(staging: Path, final: Path) -> None:
         shutil.rmtree(final)
     os.replace(staging, final)
     _fsync_dir(final.parent)
+
+
+def npz_bytes(arrays: "dict[str, Any] | list[tuple[str, Any]]") -> bytes:
+    """Serialise arrays as a deterministic .npz: stored entries, fixed 1980 date, given order.
+
+    np.savez stamps the current time into each zip entry; a de-identified
+    record must carry no date, and a model file must hash the same each time.
+    """
+    import io
+    import zipfile
+
+    import numpy as np
+
+    items = arrays.items() if isinstance(arrays, dict) else arrays
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in items:
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o600 << 16
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()

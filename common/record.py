@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from semiofed.common.errors import RecordError
-from semiofed.common.files import make_private_dir, publish_dir, write_bytes_atomic, write_json_atomic
+from semiofed.common.files import make_private_dir, npz_bytes, publish_dir, write_bytes_atomic, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -79,6 +79,8 @@ class SeizureRecord:
     snippet_frames: int = 8
     models: dict[str, str] = field(default_factory=dict)
     detection_rate: dict[str, float] = field(default_factory=dict)
+    # width, height of the frame the landmarks refer to, before rotation
+    frame_size: tuple[int, int] | None = None
 
     @property
     def n_frames(self) -> int:
@@ -116,6 +118,7 @@ class SeizureRecord:
             "snippet_frames": self.snippet_frames,
             "models": dict(sorted(self.models.items())),
             "detection_rate": dict(sorted(self.detection_rate.items())),
+            "frame_size": list(self.frame_size) if self.frame_size else None,
         }
 
 
@@ -137,11 +140,7 @@ def write_record(records_dir: Path, record: SeizureRecord) -> Path:
     validate_arrays(record.arrays)
     make_private_dir(records_dir)
     staging = make_private_dir(records_dir / f".staging-{record.record_id}")
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.ascontiguousarray(record.arrays[k]) for k in ARRAY_KEYS})
-    write_bytes_atomic(staging / ARRAYS_FILE, buffer.getvalue())
+    write_bytes_atomic(staging / ARRAYS_FILE, npz_bytes([(k, record.arrays[k]) for k in ARRAY_KEYS]))
     write_json_atomic(staging / META_FILE, record.meta())
     final = records_dir / record.record_id
     publish_dir(staging, final)
@@ -188,4 +187,5 @@ def read_record(record_dir: Path) -> SeizureRecord:
         snippet_frames=int(meta.get("snippet_frames", 8)),
         models=meta.get("models", {}),
         detection_rate=meta.get("detection_rate", {}),
+        frame_size=tuple(meta["frame_size"]) if meta.get("frame_size") else None,
     )

@@ -17,14 +17,13 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from semiofed.common.errors import ModelFileError
-from semiofed.common.files import write_bytes_atomic
+from semiofed.common.files import npz_bytes, write_bytes_atomic
 from semiofed.common.models.registry import (
     I3D_SOURCE,
     FetchKind,
@@ -97,16 +96,7 @@ def i3d_npz_from_checkpoint(checkpoint: bytes) -> bytes:
             raise ModelFileError(f"I3D checkpoint holds a {type(node).__name__} at {'/'.join(prefix)}, not an array")
 
     walk([], tree)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, array in flat:
-            if name.startswith("batch_stats/"):
-                array = array.reshape(-1)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o600 << 16
-            with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    return npz_bytes([(name, a.reshape(-1) if name.startswith("batch_stats/") else a) for name, a in flat])
 
 
 def _fetch_i3d(progress: ProgressFn | None) -> bytes:

@@ -1,0 +1,154 @@
+"""`semiofed site`: what a hospital runs — init, prepare, show, info."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from semiofed.cli.progress import progress_bar
+from semiofed.client.deidentify import DeidentifyConfig
+from semiofed.client.prepare import Outcome, prepare_site
+from semiofed.client.site import init_site, open_site
+from semiofed.client.store import list_records
+from semiofed.common.policy import PrivacyPolicy
+
+app = typer.Typer(
+    help="Hospital site: create the site, de-identify its seizure videos into records, inspect the store.",
+    no_args_is_help=True,
+)
+
+SiteDir = typer.Option(..., "--site-dir", help="The site directory (keys, policy, record store, ledger).")
+
+
+@app.command("init")
+def init(
+    site_dir: Path = SiteDir,
+    site_id: str = typer.Option(..., "--site-id", help="A short name for this hospital, e.g. hospital-a."),
+    max_epsilon: float = typer.Option(PrivacyPolicy.max_epsilon, "--max-epsilon",
+                                      help="Total privacy budget (epsilon) over the life of this site's data."),
+    delta: float = typer.Option(PrivacyPolicy.target_delta, "--delta", help="Target delta of the privacy guarantee."),
+    min_noise: float = typer.Option(PrivacyPolicy.min_noise_multiplier, "--min-noise-multiplier",
+                                    help="The least DP-SGD noise this site accepts."),
+    clipping_norm: float = typer.Option(PrivacyPolicy.clipping_norm, "--clipping-norm",
+                                        help="Per-patient gradient clipping norm."),
+) -> None:
+    """Create a site: signing key pair, pseudonymisation secret, privacy policy, empty store."""
+    policy = PrivacyPolicy(target_delta=delta, max_epsilon=max_epsilon,
+                           min_noise_multiplier=min_noise, clipping_norm=clipping_norm)
+    site = init_site(site_dir, site_id, policy)
+    console = Console()
+    console.print(f"site [bold]{site.site_id}[/] created in {site.layout.root}")
+    console.print(f"public key (give it to the coordinator and the auditor): {site.layout.public_key}")
+    console.print(f"privacy budget: epsilon {policy.max_epsilon:g}, delta {policy.target_delta:g}")
+
+
+def _summary(outcomes: list[Outcome]) -> Table:
+    table = Table(title="site prepare")
+    for column in ("line", "record", "status", "pose", "hands", "face", "snippets", "detail"):
+        table.add_column(column)
+    for o in sorted(outcomes, key=lambda o: o.line):
+        rate = o.detection_rate or {}
+        colour = {"done": "green", "skipped": "cyan", "failed": "red"}[o.status]
+        table.add_row(
+            str(o.line), o.record_id or "-", f"[{colour}]{o.status}[/]",
+            *(f"{rate[s]:.0%}" if s in rate else "" for s in ("pose", "hands", "face")),
+            "" if o.n_snippets is None else str(o.n_snippets), o.error or "",
+        )
+    return table
+
+
+@app.command("prepare")
+def prepare(
+    site_dir: Path = SiteDir,
+    manifest: Path = typer.Option(..., "--manifest", help="CSV: video,patient_id,seizure_id,label[,onset_s,offset_s,generalization_s,view,roi]."),
+    video_root: Optional[Path] = typer.Option(None, "--video-root",
+                                              help="Folder the manifest's video paths are relative to (default: the manifest's folder); paths outside it are refused."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Videos processed in parallel (each worker runs all stages concurrently)."),
+    stcnn: str = typer.Option("i3d", "--stcnn", help="Snippet feature extractor: i3d (1024-d) or r2plus1d (512-d)."),
+    fps: float = typer.Option(15.0, "--fps", help="Frame rate the videos are resampled to."),
+    snippet_frames: int = typer.Option(8, "--snippet-frames", help="Frames per STCNN snippet (8 at 15 fps is ~0.5 s)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model directory (default: $SEMIOFED_MODEL_DIR or the user cache)."),
+    output_format: str = typer.Option("table", "--format", help="table or json (one object per manifest row)."),
+) -> None:
+    """De-identify every video of the manifest into records in the site store (re-runs skip finished ones)."""
+    site = open_site(site_dir)
+    config = DeidentifyConfig(fps=fps, snippet_frames=snippet_frames, stcnn=stcnn)
+    with progress_bar() as progress:
+        task = progress.add_task("de-identifying videos", total=None)
+        started = []
+
+        def on_start(n: int) -> None:
+            started.append(n)
+            progress.update(task, total=n)
+
+        outcomes = prepare_site(
+            site, manifest, video_root=video_root, config=config, model_dir=model_dir, workers=workers,
+            on_start=on_start,
+            # rows checked before processing starts (invalid, already done) do not move the bar
+            on_outcome=lambda o: progress.update(task, advance=1) if started else None,
+        )
+    failed = [o for o in outcomes if o.status == "failed"]
+    if output_format == "json":
+        print(json.dumps([o.__dict__ for o in outcomes], indent=2))
+    else:
+        console = Console()
+        console.print(_summary(outcomes))
+        done = sum(o.status == "done" for o in outcomes)
+        skipped = sum(o.status == "skipped" for o in outcomes)
+        console.print(f"{done} made, {skipped} already there, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("show")
+def show(
+    site_dir: Path = SiteDir,
+    output_format: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """List the site's records: status, frames, detection rate per stream, snippets."""
+    rows = list_records(open_site(site_dir).layout)
+    if output_format == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="records")
+    for column in ("record_id", "status", "label", "duration_s", "pose", "hands", "face", "n_snippets", "error"):
+        table.add_column(column)
+    for r in rows:
+        rate = r.get("detection_rate") or {}
+        table.add_row(r["record_id"], r["status"], r.get("label") or "",
+                      "" if r.get("duration_s") is None else f"{r['duration_s']:.1f}",
+                      *(f"{rate[s]:.0%}" if s in rate else "" for s in ("pose", "hands", "face")),
+                      "" if r.get("n_snippets") is None else str(r["n_snippets"]), r.get("error") or "")
+    Console().print(table)
+
+
+@app.command("info")
+def info(
+    site_dir: Path = SiteDir,
+    output_format: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Print the site id and the paths of its public key, store, policy and privacy ledger."""
+    site = open_site(site_dir)
+    layout = site.layout
+    data = {
+        "site_id": site.site_id,
+        "site_dir": str(layout.root.resolve()),
+        "public_key": str(layout.public_key.resolve()),
+        "store": str(layout.store.resolve()),
+        "policy": str(layout.policy_file.resolve()),
+        "ledger": str(layout.ledger_file.resolve()),
+        "linkage": str(layout.linkage_file.resolve()),
+        "privacy_policy": site.policy.to_dict(),
+    }
+    if output_format == "json":
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"site {site.site_id}", show_header=False)
+    for key, value in data.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    Console().print(table)
