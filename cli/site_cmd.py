@@ -11,8 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from semiofed.cli.progress import progress_bar
-from semiofed.client.deidentify import DeidentifyConfig
-from semiofed.client.prepare import Outcome, prepare_site
 from semiofed.client.site import init_site, open_site
 from semiofed.client.store import list_records
 from semiofed.common.policy import PrivacyPolicy
@@ -47,7 +45,7 @@ def init(
     console.print(f"privacy budget: epsilon {policy.max_epsilon:g}, delta {policy.target_delta:g}")
 
 
-def _summary(outcomes: list[Outcome]) -> Table:
+def _summary(outcomes: list) -> Table:
     table = Table(title="site prepare")
     for column in ("line", "record", "status", "pose", "hands", "face", "snippets", "detail"):
         table.add_column(column)
@@ -76,6 +74,10 @@ def prepare(
     output_format: str = typer.Option("table", "--format", help="table or json (one object per manifest row)."),
 ) -> None:
     """De-identify every video of the manifest into records in the site store (re-runs skip finished ones)."""
+    # imported here: MediaPipe and torch load in seconds, other commands need neither
+    from semiofed.client.deidentify import DeidentifyConfig
+    from semiofed.client.prepare import prepare_site
+
     site = open_site(site_dir)
     config = DeidentifyConfig(fps=fps, snippet_frames=snippet_frames, stcnn=stcnn)
     with progress_bar() as progress:

@@ -23,7 +23,7 @@ from semiofed.client.site import Site
 from semiofed.client.store import clear_failed, is_finished, mark_failed
 from semiofed.common.errors import SemiofedError
 from semiofed.common.files import write_bytes_atomic
-from semiofed.common.record import SeizureRecord, write_record
+from semiofed.common.record import SeizureRecord, remove_stale_staging, write_record
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,8 @@ def prepare_site(
     manifest = Path(manifest)
     root = Path(video_root) if video_root is not None else manifest.parent
     rows, row_errors = read_manifest(manifest, root)
+    if remove_stale_staging(site.layout.records_dir):
+        log.warning("removed half-written records left by an interrupted run")
     secret = site.pseudonym_secret()
     config = config or DeidentifyConfig()
     outcomes: list[Outcome] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from semiofed.common.files import make_private_dir, npz_bytes, publish_dir, writ
 SCHEMA_VERSION = 1
 
 META_FILE = "meta.json"
+STAGING_PREFIX = ".staging-"
 ARRAYS_FILE = "arrays.npz"
 
 # Array keys (docs/record-schema.md gives shapes and frames of reference).
@@ -139,12 +141,24 @@ def write_record(records_dir: Path, record: SeizureRecord) -> Path:
     """Write a record atomically: staged in a hidden directory, then renamed into place."""
     validate_arrays(record.arrays)
     make_private_dir(records_dir)
-    staging = make_private_dir(records_dir / f".staging-{record.record_id}")
-    write_bytes_atomic(staging / ARRAYS_FILE, npz_bytes([(k, record.arrays[k]) for k in ARRAY_KEYS]))
-    write_json_atomic(staging / META_FILE, record.meta())
-    final = records_dir / record.record_id
-    publish_dir(staging, final)
+    staging = make_private_dir(records_dir / f"{STAGING_PREFIX}{record.record_id}")
+    try:
+        write_bytes_atomic(staging / ARRAYS_FILE, npz_bytes([(k, record.arrays[k]) for k in ARRAY_KEYS]))
+        write_json_atomic(staging / META_FILE, record.meta())
+        final = records_dir / record.record_id
+        publish_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return final
+
+
+def remove_stale_staging(records_dir: Path) -> int:
+    """Delete staging directories a killed process left behind; return how many."""
+    stale = list(records_dir.glob(f"{STAGING_PREFIX}*")) if records_dir.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
 
 
 def read_meta(record_dir: Path) -> dict[str, Any]:
