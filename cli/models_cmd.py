@@ -86,3 +86,31 @@ def verify(
         Console().print(table)
     if any(r["status"] != "ok" and r["required"] for r in rows):
         raise typer.Exit(1)
+
+
+@app.command()
+def selftest(
+    video: Path = typer.Argument(..., exists=True, dir_okay=False, help="Any video clip; its frames are spread evenly over the whole clip."),
+    model_dir_opt: Optional[Path] = ModelDirOption,
+    stcnn: str = typer.Option("i3d", "--stcnn", help="Snippet encoder to test: i3d or r2plus1d."),
+    top: int = typer.Option(5, "--top", min=1, max=400, help="How many Kinetics labels to show."),
+    output_format: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Classify a clip into Kinetics-400 actions with an STCNN, to check the weights work."""
+    from semiofed.common.models.stcnn import kinetics_top_k, load_stcnn
+
+    if output_format not in ("table", "json"):
+        raise typer.BadParameter("use table or json", param_hint="--format")
+    encoder = load_stcnn(stcnn, model_dir_opt)
+    ranked = kinetics_top_k(encoder, video, k=top)
+    if output_format == "json":
+        print(json.dumps({"video": str(video), "stcnn": encoder.name, "frames": encoder.classify_frames,
+                          "top": [{"label": label, "probability": p} for label, p in ranked]}, indent=2))
+        return
+    table = Table(title=f"{encoder.name} on {video.name} ({encoder.classify_frames} frames)")
+    table.add_column("rank", justify="right")
+    table.add_column("Kinetics-400 label")
+    table.add_column("probability", justify="right")
+    for rank, (label, p) in enumerate(ranked, 1):
+        table.add_row(str(rank), label, f"{p:.3f}")
+    Console().print(table)
