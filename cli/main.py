@@ -14,7 +14,8 @@ app = typer.Typer(
     name="semiofed",
     help=(
         "Privacy-preserving federated learning for epileptic-seizure video.\n\n"
-        "Hospital sites turn videos into de-identified records (`site`), "
+        "Hospital sites turn videos into de-identified records and train locally "
+        "with differential privacy (`site`); `predict` classifies one video; "
         "the model files are fetched and checked with `models`."
     ),
     no_args_is_help=True,
@@ -24,10 +25,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from semiofed.cli import models_cmd, site_cmd
+    from semiofed.cli import models_cmd, predict_cmd, site_cmd, train_cmd
 
+    site_cmd.app.command("train")(train_cmd.train)
+    site_cmd.app.command("budget")(train_cmd.budget)
     app.add_typer(models_cmd.app, name="models")
     app.add_typer(site_cmd.app, name="site")
+    app.command("predict")(predict_cmd.predict)
 
 
 @app.callback()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semiofed.cli.progress import progress_bar
-from semiofed.client.site import init_site, open_site
+from semiofed.client.site import init_site, open_site, tighten_policy
 from semiofed.client.store import list_records
 from semiofed.common.policy import PrivacyPolicy
 
@@ -153,4 +153,32 @@ def info(
     table = Table(title=f"site {site.site_id}", show_header=False)
     for key, value in data.items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    Console().print(table)
+
+
+@app.command("policy")
+def policy(
+    site_dir: Path = SiteDir,
+    max_epsilon: Optional[float] = typer.Option(None, "--max-epsilon", help="New, lower total epsilon."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="New, lower target delta."),
+    min_noise: Optional[float] = typer.Option(None, "--min-noise-multiplier", help="New, higher minimum noise."),
+    output_format: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Show the privacy policy, or tighten it (a budget can only be lowered, never raised)."""
+    site = open_site(site_dir)
+    if any(v is not None for v in (max_epsilon, delta, min_noise)):
+        current = site.policy
+        site = tighten_policy(site, PrivacyPolicy(
+            target_delta=current.target_delta if delta is None else delta,
+            max_epsilon=current.max_epsilon if max_epsilon is None else max_epsilon,
+            min_noise_multiplier=current.min_noise_multiplier if min_noise is None else min_noise,
+            clipping_norm=current.clipping_norm,
+        ))
+    data = site.policy.to_dict()
+    if output_format == "json":
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"privacy policy of {site.site_id}", show_header=False)
+    for key, value in data.items():
+        table.add_row(key, str(value))
     Console().print(table)

@@ -117,11 +117,12 @@ class Deidentifier:
         duration = probe(video).duration_s
         snippet = self.config.snippet_frames
         pose, hands, face = kp.PoseStream(self.model_dir), kp.HandStream(self.model_dir), kp.FaceStream(self.model_dir)
+        probe_landmarker = kp.PoseProbe(self.model_dir)
         ex = self._executors
         rotation = [0]
 
         def pose_step(frames: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            rotation[0] = kp.choose_rotation(frames, rotation[0], pose.probe)
+            rotation[0] = kp.choose_rotation(frames, rotation[0], probe_landmarker)
             upright = kp.rotate(frames, rotation[0])
             arrays = pose.process(upright, stamps)
             arrays[rec.ROTATION] = np.full(len(frames), rotation[0], dtype=np.int16)
@@ -165,7 +166,7 @@ class Deidentifier:
             for future_set in pending:
                 for future in future_set[1:]:
                     future.cancel()
-            for stream in (pose, hands, face):
+            for stream in (pose, hands, face, probe_landmarker):
                 stream.close()
         if not parts:
             raise VideoError(f"video {video} has no frames", "re-export the video")

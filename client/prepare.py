@@ -100,6 +100,25 @@ def make_record(deidentifier: Deidentifier, row: ManifestRow, secret: bytes) -> 
     )
 
 
+def deidentify_video(
+    video: Path,
+    *,
+    model_dir: Path | str | None = None,
+    roi: tuple[float, float, float, float] | None = None,
+    stcnn: str = "i3d",
+) -> SeizureRecord:
+    """De-identify one video in memory (as `site prepare` does, nothing written): for `predict`."""
+    with Deidentifier(DeidentifyConfig(stcnn=stcnn), model_dir) as deidentifier:
+        result = deidentifier.run(Path(video), roi=roi)
+        name = deidentifier.encoder.name
+    return SeizureRecord(
+        record_id="r-prediction", patient_pseudonym="p-prediction", label="", fps=result.fps,
+        duration_s=result.duration_s, arrays=result.arrays, stcnn=name,
+        snippet_frames=deidentifier.config.snippet_frames, models=result.models,
+        detection_rate=result.detection_rate, frame_size=result.frame_size,
+    )
+
+
 def process_row(deidentifier: Deidentifier, site: Site, row: ManifestRow, secret: bytes) -> Outcome:
     """Make and store one record; any failure is caught, noted in the store and returned."""
     rid = record_id(secret, row.patient_id, row.seizure_id)

@@ -83,3 +83,17 @@ def test_cli_init_and_info_json(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "already an initialised site" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_budget_can_only_be_lowered(tmp_path: Path) -> None:
+    site_dir = tmp_path / "site"
+    init_site(site_dir, "tight", PrivacyPolicy(max_epsilon=8.0))
+    lower = subprocess.run([*CLI, "site", "policy", "--site-dir", str(site_dir), "--max-epsilon", "3", "--format", "json"],
+                           capture_output=True, text=True)
+    assert lower.returncode == 0, lower.stderr
+    assert json.loads(lower.stdout)["max_epsilon"] == 3.0
+    for flag, value in (("--max-epsilon", "5"), ("--delta", "1e-3"), ("--min-noise-multiplier", "0.1")):
+        raised = subprocess.run([*CLI, "site", "policy", "--site-dir", str(site_dir), flag, value],
+                                capture_output=True, text=True)
+        assert raised.returncode == 2 and "can only be lowered" in raised.stderr, flag
+    assert open_site(site_dir).policy.max_epsilon == 3.0

@@ -1,0 +1,106 @@
+"""`semiofed site train` and `semiofed site budget`: local training under the site's privacy budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from semiofed.cli.progress import progress_bar
+from semiofed.common.classifier import DEFAULT_LABELS, TEMPORAL_BLSTM, TEMPORAL_MODELS
+from semiofed.common.errors import SemiofedError
+from semiofed.common.features import STREAMS
+
+SiteDirOption = typer.Option(..., "--site-dir", help="The site directory made by `semiofed site init`.")
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _class_weights(text: Optional[str]) -> str | tuple[float, ...] | None:
+    if text is None or text == "balanced":
+        return text
+    try:
+        return tuple(float(t) for t in _split(text))
+    except ValueError:
+        raise SemiofedError(f"--class-weights '{text}' is not a list of numbers", "use e.g. 1,2 or 'balanced' (with --no-dp)") from None
+
+
+def train(
+    site_dir: Path = SiteDirOption,
+    epochs: int = typer.Option(30, "--epochs", help="Passes over the training patients (an epoch is 1/q steps)."),
+    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma (default: the site policy's minimum)."),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after this run; semiofed picks the noise."),
+    labels: str = typer.Option(",".join(DEFAULT_LABELS), "--labels", help="Comma-separated label set, in output order."),
+    streams: str = typer.Option(",".join(STREAMS), "--streams", help=f"Comma-separated input streams: {', '.join(STREAMS)}."),
+    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
+    hidden: int = typer.Option(64, "--hidden", help="Hidden units of the temporal model."),
+    segments: int = typer.Option(16, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
+    class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
+    folds: int = typer.Option(5, "--folds", help="Patient-grouped folds: one test, one validation, the rest training."),
+    test_fold: int = typer.Option(0, "--test-fold", help="Which fold is held out as the test set."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling (not of the DP noise)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Checkpoint directory name under the site's checkpoints/."),
+    output_format: str = typer.Option("text", "--format", help="text or json"),
+) -> None:
+    """Train the seizure classifier on this site's records only, with patient-level DP by default."""
+    from semiofed.client.local_training import LocalTrainingOptions, train_site
+
+    err = Console(stderr=True)
+    if not dp:
+        err.print("[bold red]WARNING: --no-dp: this training is NOT differentially private. "
+                  "The model may reveal individual patients; do not share it outside the site.[/]")
+    options = LocalTrainingOptions(
+        epochs=epochs, batch_patients=batch_patients, lr=lr, dp=dp, noise_multiplier=noise_multiplier,
+        epsilon=epsilon, labels=_split(labels), streams=_split(streams), temporal=temporal, hidden=hidden,
+        n_segments=segments, class_weights=_class_weights(class_weights), folds=folds, test_fold=test_fold,
+        seed=seed, run_name=name,
+    )
+    with progress_bar() as progress:
+        task = progress.add_task("training", total=epochs)
+        result = train_site(site_dir, options, on_epoch=lambda epoch, _: progress.update(task, completed=epoch + 1))
+    report = {
+        "checkpoint": str(result.checkpoint), "dp": result.dp, "epsilon_spent": result.epsilon_spent,
+        "epsilon_max": result.epsilon_max, "delta": result.delta, "noise_multiplier": result.noise_multiplier,
+        "sample_rate": result.sample_rate, "steps": result.steps, "temperature": result.temperature,
+        "n_patients": result.n_patients, "test": result.test_metrics, "seconds": round(result.seconds, 1),
+    }
+    if output_format == "json":
+        print(json.dumps(report, indent=2))
+        return
+    out = Console()
+    out.print(f"checkpoint: {result.checkpoint}")
+    if result.dp:
+        out.print(f"privacy: epsilon spent {result.epsilon_spent:.3f} of {result.epsilon_max:g} (delta {result.delta:g}, "
+                  f"per patient), sigma {result.noise_multiplier:.3f}, q {result.sample_rate:.3f}, {result.steps} steps")
+    else:
+        out.print("[bold red]privacy: none (--no-dp)[/]")
+    m = result.test_metrics
+    out.print(f"test ({result.n_patients['test']} patients, {m['n_seizures']} seizures): accuracy {m['accuracy']:.3f}, "
+              f"balanced {m['balanced_accuracy']:.3f}, F1 {m['f1_macro']:.3f}, AUROC {m['auroc']:.3f}, ECE {m['ece']:.3f}")
+    out.print(f"confusion matrix (rows true {', '.join(options.labels)}): {m['confusion_matrix']}")
+
+
+def budget(
+    site_dir: Path = SiteDirOption,
+    output_format: str = typer.Option("text", "--format", help="text or json"),
+) -> None:
+    """Show the privacy budget of this site: epsilon spent, maximum and remaining."""
+    from semiofed.client.local_training import site_budget
+
+    summary = site_budget(site_dir)
+    if output_format == "json":
+        print(json.dumps(summary, indent=2))
+        return
+    Console().print(
+        f"epsilon spent {summary['epsilon_spent']:.3f} of {summary['epsilon_max']:g}, remaining "
+        f"{summary['epsilon_remaining']:.3f} (delta {summary['delta']:g}, {summary['accountant']} accountant, "
+        f"unit: {summary['privacy_unit']}; {summary['steps']} steps in {summary['runs']} runs)"
+    )

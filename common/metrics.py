@@ -1,0 +1,122 @@
+"""Classification metrics and patient-grouped cross-validation splits (numpy only)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from semiofed.common.errors import SemiofedError
+
+# Metric keys, one naming style everywhere (reports, checkpoints, JSON output).
+ACCURACY = "accuracy"
+BALANCED_ACCURACY = "balanced_accuracy"
+F1_MACRO = "f1_macro"
+AUROC = "auroc"
+ECE = "ece"
+CONFUSION = "confusion_matrix"
+N_SEIZURES = "n_seizures"
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts [true class, predicted class]."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return cm
+
+
+def _binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUROC with ties counted as one half."""
+    pos, neg = score[y == 1], score[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    values = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(values))
+    i = 0
+    while i < len(values):  # average ranks over ties
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[i : j + 1] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    rank_of = np.empty(len(values))
+    rank_of[order] = ranks
+    return float((rank_of[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def auroc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Binary AUROC of the second class, or macro one-vs-rest for more classes (nan if a class is absent)."""
+    y_true = np.asarray(y_true)
+    if probs.shape[1] == 2:
+        return _binary_auroc((y_true == 1).astype(int), probs[:, 1])
+    scores = [_binary_auroc((y_true == c).astype(int), probs[:, c]) for c in range(probs.shape[1])]
+    scores = [s for s in scores if not np.isnan(s)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def classification_report(y_true: Sequence[int], probs: np.ndarray) -> dict[str, object]:
+    """Accuracy, balanced accuracy, macro F1, AUROC, ECE and the confusion matrix."""
+    y = np.asarray(y_true, dtype=np.int64)
+    if len(y) == 0:
+        raise SemiofedError("no seizures to evaluate", "hold out at least one patient with a labelled seizure")
+    n_classes = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    cm = confusion_matrix(y, pred, n_classes)
+    support = cm.sum(axis=1)
+    recall = np.divide(np.diag(cm), support, out=np.zeros(n_classes), where=support > 0)
+    predicted = cm.sum(axis=0)
+    precision = np.divide(np.diag(cm), predicted, out=np.zeros(n_classes), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n_classes), where=(precision + recall) > 0)
+    present = support > 0
+    return {
+        ACCURACY: float((pred == y).mean()),
+        BALANCED_ACCURACY: float(recall[present].mean()),
+        F1_MACRO: float(f1[present].mean()),
+        AUROC: auroc(y, probs),
+        ECE: expected_calibration_error(y, probs),
+        CONFUSION: cm.tolist(),
+        N_SEIZURES: int(len(y)),
+    }
+
+
+def patient_group_kfold(
+    patients: Sequence[str], labels: Sequence[int], k: int, *, seed: int = 0
+) -> list[list[str]]:
+    """Split patient pseudonyms into k folds, no patient in two folds, label mix balanced greedily.
+
+    `labels` gives each patient's majority label (for stratification).
+    """
+    unique = sorted(set(patients))
+    if k < 2 or k > len(unique):
+        raise SemiofedError(f"cannot make {k} patient folds from {len(unique)} patients", f"use 2 <= k <= {len(unique)}")
+    label_of = dict(zip(patients, labels))
+    rng = np.random.default_rng(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for label in sorted(set(label_of.values())):
+        group = [p for p in unique if label_of[p] == label]
+        rng.shuffle(group)
+        for patient in group:  # deal into the currently smallest fold
+            min(folds, key=len).append(patient)
+    return folds

@@ -1,0 +1,122 @@
+"""The classifier: shapes per stream/temporal choice, Opacus compatibility, inputs and checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from dp_synthetic import make_record
+from semiofed.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from semiofed.common.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
+from semiofed.common.dp_training import patient_loss
+from semiofed.common.errors import SemiofedError
+from semiofed.common.features import KEYPOINT_DIM, feature_extractor_of, keypoint_snippet_features, record_inputs, segment_indices
+from semiofed.common.per_sample import PerPatientGradients
+
+SMALL = dict(stcnn_dim=32, embed_dim=8, hidden=6, n_segments=5)
+
+
+@pytest.mark.parametrize("temporal", TEMPORAL_MODELS)
+@pytest.mark.parametrize("streams", [("stcnn",), ("keypoints",), ("stcnn", "keypoints")])
+def test_every_stream_and_temporal_choice_gives_seizure_and_snippet_logits(temporal, streams):
+    config = ClassifierConfig(streams=streams, temporal=temporal, **SMALL)
+    model = build_classifier(config, seed=0)
+    seizure, snippets = model(torch.randn(3, 2, 7, config.input_dim))
+    assert seizure.shape == (3, 2, 2) and snippets.shape == (3, 2, 7, 2)
+    assert torch.isfinite(seizure).all()
+
+
+def test_unknown_choices_are_refused_with_the_valid_ones():
+    with pytest.raises(SemiofedError, match="blstm"):
+        ClassifierConfig(temporal="gru")
+    with pytest.raises(SemiofedError, match="keypoints"):
+        ClassifierConfig(streams=("audio",))
+
+
+@pytest.mark.parametrize("temporal", TEMPORAL_MODELS)
+def test_opacus_computes_the_same_per_sample_gradients(temporal):
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from opacus import GradSampleModule  # its import calls logging.basicConfig
+    root.handlers[:], _ = handlers, root.setLevel(level)
+
+    config = ClassifierConfig(temporal=temporal, **SMALL)
+    model = build_classifier(config, seed=1).double()
+    x = torch.randn(4, 1, 5, config.input_dim, dtype=torch.double)
+    y, mask = torch.tensor([[0], [1], [1], [0]]), torch.ones(4, 1, dtype=torch.double)
+    ours = PerPatientGradients(model).compute(lambda m: patient_loss(m, x, y, mask, None), 4)
+
+    wrapped = GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    logits, _ = wrapped(x[:, 0])
+    torch.nn.functional.cross_entropy(logits, y[:, 0], reduction="sum").backward()
+    for mine, param in zip(ours, wrapped.parameters()):
+        torch.testing.assert_close(mine, param.grad_sample, rtol=1e-6, atol=1e-9)
+
+
+def test_segments_cover_the_video_and_jitter_stays_in_its_segment():
+    middles = segment_indices(160, 16, train=False)
+    assert list(middles) == [5 + 10 * i for i in range(16)]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = segment_indices(160, 16, train=True, rng=rng)
+        assert all(10 * i <= j < 10 * (i + 1) for i, j in enumerate(idx))
+    assert segment_indices(3, 16, train=False).max() == 2  # short videos repeat snippets
+
+
+def test_keypoint_features_are_finite_and_separate_stronger_motion():
+    rng = np.random.default_rng(0)
+    calm = keypoint_snippet_features(make_record(rng, patient="a", index=0, label="FOS"))
+    shaking = keypoint_snippet_features(make_record(rng, patient="b", index=0, label="TCS"))
+    assert calm.shape == (20, KEYPOINT_DIM) and np.isfinite(calm).all()
+    speed = slice(2 * (KEYPOINT_DIM - 3) // 3, KEYPOINT_DIM - 3)
+    assert shaking[:, speed].mean() > 2 * calm[:, speed].mean()
+    assert record_inputs(make_record(rng, patient="c", index=0, label="FOS"), ("stcnn", "keypoints")).shape == (20, 32 + KEYPOINT_DIM)
+
+
+def _checkpoint(tmp_path):
+    config = ClassifierConfig(**SMALL)
+    model = build_classifier(config, seed=0)
+    record = make_record(np.random.default_rng(0), patient="a", index=0, label="FOS")
+    path = save_checkpoint(tmp_path / "ckpt", model, {"feature_extractor": feature_extractor_of(record), "temperature": 1.5})
+    return path, model, record
+
+
+def test_checkpoint_round_trip_restores_the_same_predictions(tmp_path):
+    path, model, record = _checkpoint(tmp_path)
+    loaded = load_checkpoint(path)
+    x = torch.randn(2, 5, loaded.config.input_dim)
+    torch.testing.assert_close(loaded.model(x)[0], model.eval()(x)[0])
+    assert loaded.temperature == 1.5
+    loaded.check_record(record)
+
+
+def test_corrupt_checkpoint_says_so(tmp_path):
+    path, _, _ = _checkpoint(tmp_path)
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    (path / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
+
+
+def test_records_from_another_feature_extractor_are_refused(tmp_path):
+    path, _, _ = _checkpoint(tmp_path)
+    loaded = load_checkpoint(path)
+    rng = np.random.default_rng(1)
+    other_weights = make_record(rng, patient="b", index=0, label="FOS", sha="0" * 64)
+    with pytest.raises(CheckpointError, match="feature extractor"):
+        loaded.check_record(other_weights)
+    other_dim = make_record(rng, patient="b", index=1, label="FOS", dim=16)
+    with pytest.raises(CheckpointError, match="16-d"):
+        loaded.check_record(other_dim)
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["feature_extractor"]["name"] == "i3d" and len(meta["weights_sha256"]) == 64

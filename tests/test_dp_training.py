@@ -1,0 +1,99 @@
+"""Patient-level DP-SGD: exact per-patient gradients, clipping per patient, and a site training run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dp_synthetic import populate
+from semiofed.client.local_training import LocalTrainingOptions, train_site
+from semiofed.client.site import init_site
+from semiofed.common.checkpoint import load_checkpoint
+from semiofed.common.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
+from semiofed.common.dp_training import Patient, Seizure, TrainConfig, Trainer, make_batch, patient_loss
+from semiofed.common.errors import SemiofedError
+from semiofed.common.per_sample import PerPatientGradients, clip_and_noise
+from semiofed.common.policy import PrivacyPolicy
+
+SMALL = dict(stcnn_dim=16, embed_dim=8, hidden=6, n_segments=4)
+
+
+@pytest.mark.parametrize("temporal", TEMPORAL_MODELS)
+def test_per_patient_gradients_match_a_loop_over_patients(temporal):
+    config = ClassifierConfig(temporal=temporal, **SMALL)
+    model = build_classifier(config, seed=0).double()
+    x = torch.randn(3, 5, 4, config.input_dim, dtype=torch.double)
+    y = torch.randint(0, 2, (3, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.double)
+    weights = torch.tensor([1.0, 2.5], dtype=torch.double)
+    batched = PerPatientGradients(model).compute(lambda m: patient_loss(m, x, y, mask, weights), 3)
+    for p in range(3):
+        model.zero_grad()
+        k = int(mask[p].sum())  # the patient alone, without padding
+        patient_loss(model, x[p : p + 1, :k], y[p : p + 1, :k], mask[p : p + 1, :k], weights).backward()
+        for got, param in zip(batched, model.parameters()):
+            torch.testing.assert_close(got[p], param.grad, rtol=1e-7, atol=1e-10)
+
+
+def test_a_patient_with_five_seizures_is_clipped_as_one_unit():
+    config = ClassifierConfig(temporal="tconv", **SMALL)
+    model = build_classifier(config, seed=0).double()
+    rng = np.random.default_rng(0)
+    seizures = tuple(Seizure(rng.normal(size=(10, config.input_dim)).astype(np.float32) * 5, 1) for _ in range(5))
+    x, y, m = make_batch([Patient("p", seizures)], 4, train=False, gamma=2.0, rng=rng)
+    x = x.double()
+    per_patient = PerPatientGradients(model).compute(lambda mod: patient_loss(mod, x, y, m.double(), None), 1)
+    assert per_patient[0].shape[0] == 1  # one gradient for the patient, not five
+    clip = 0.01
+    noisy, norms = clip_and_noise(per_patient, clipping_norm=clip, noise_multiplier=0.0, expected_batch_size=1.0)
+    total = torch.sqrt(sum((g**2).sum() for g in noisy))
+    assert norms[0] > 5 * clip  # the clip binds
+    assert total == pytest.approx(clip, rel=1e-4)  # the whole patient contributes C, not 5C
+    # The same five seizures as five one-seizure patients would contribute up to 5C.
+    per_seizure = PerPatientGradients(model).compute(lambda mod: patient_loss(mod, x.reshape(5, 1, *x.shape[2:]),
+                                                     y.reshape(5, 1), m.double().reshape(5, 1), None), 5)
+    separate, _ = clip_and_noise(per_seizure, clipping_norm=clip, noise_multiplier=0.0, expected_batch_size=1.0)
+    assert torch.sqrt(sum((g**2).sum() for g in separate)) > 2 * clip
+
+
+def test_noise_has_the_stated_scale():
+    zeros = [torch.zeros(0, 200, 100)]
+    noisy, _ = clip_and_noise(zeros, clipping_norm=2.0, noise_multiplier=1.5, expected_batch_size=4.0,
+                              generator=torch.Generator().manual_seed(0))
+    assert float(noisy[0].std()) == pytest.approx(1.5 * 2.0 / 4.0, rel=0.03)
+
+
+def test_dp_trainer_reports_every_step_with_sigma_and_q():
+    config = ClassifierConfig(temporal="attn", **SMALL)
+    rng = np.random.default_rng(0)
+    patients = [Patient(f"p{i}", tuple(Seizure(rng.normal(size=(8, config.input_dim)).astype(np.float32), i % 2)
+                                       for _ in range(1 + i % 3))) for i in range(10)]
+    steps = []
+    trainer = Trainer(build_classifier(config, seed=0), TrainConfig(epochs=2, batch_patients=3, noise_multiplier=1.1),
+                      n_segments=4)
+    taken = trainer.fit(patients, on_step=lambda **kw: steps.append(kw))
+    assert taken == len(steps) == 2 * 3
+    assert all(s == {"noise_multiplier": 1.1, "sample_rate": 0.3} for s in steps)
+
+
+def test_site_train_writes_a_checkpoint_with_privacy_metadata(tmp_path):
+    site = init_site(tmp_path / "site", "s1", PrivacyPolicy(max_epsilon=10.0))
+    populate(site.layout.records_dir, n_patients=10, dim=16, n_snippets=12)
+    result = train_site(site.layout.root, LocalTrainingOptions(
+        epochs=2, batch_patients=3, noise_multiplier=1.5, temporal="tconv", hidden=8, embed_dim=8, n_segments=4,
+        run_name="r1"))
+    assert 0 < result.epsilon_spent < 10.0
+    meta = json.loads((result.checkpoint / "model.json").read_text())
+    assert meta["privacy"]["privacy_unit"] == "patient" and meta["privacy"]["dp"] is True
+    assert meta["privacy"]["steps"] == result.steps and meta["n_patients"]["test"] >= 1
+    assert set(meta["metrics"]["test"]) >= {"accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece", "confusion_matrix"}
+    assert load_checkpoint(result.checkpoint).config.stcnn_dim == 16
+
+
+def test_balanced_weights_from_private_counts_are_refused_under_dp():
+    with pytest.raises(SemiofedError, match="DP-SGD does not cover"):
+        LocalTrainingOptions(class_weights="balanced")
+    LocalTrainingOptions(class_weights="balanced", dp=False)

@@ -1,0 +1,92 @@
+"""The site accountant: refusal before any step, persistence across restarts, agreement with PLD."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dp_synthetic import populate
+from semiofed.client.local_training import LocalTrainingOptions, site_budget, train_site
+from semiofed.client.site import init_site
+from semiofed.common import dp_training
+from semiofed.common.policy import PrivacyPolicy
+from semiofed.common.privacy import ACCOUNTANT_FILE, PlannedRun, PrivacyBudgetError, SiteAccountant, pld_epsilon
+
+OPTS = dict(batch_patients=3, temporal="tconv", hidden=8, embed_dim=8, n_segments=4)
+
+
+@pytest.fixture()
+def site(tmp_path):
+    site = init_site(tmp_path / "site", "s1", PrivacyPolicy(max_epsilon=3.0, min_noise_multiplier=0.8))
+    populate(site.layout.records_dir, n_patients=10, dim=16, n_snippets=12)
+    return site
+
+
+def test_over_budget_training_is_refused_before_any_step(site, monkeypatch):
+    calls = []
+    monkeypatch.setattr(dp_training.Trainer, "dp_step", lambda *a, **k: calls.append(1))
+    with pytest.raises(PrivacyBudgetError) as info:
+        train_site(site.layout.root, LocalTrainingOptions(epochs=50, noise_multiplier=0.8, **OPTS))
+    message = str(info.value)
+    assert "refused before any step" in message and "above this site's maximum 3" in message
+    assert calls == []
+    assert not (site.layout.privacy_dir / ACCOUNTANT_FILE).exists()
+    assert not any(site.layout.checkpoints_dir.glob("*")) if site.layout.checkpoints_dir.exists() else True
+
+
+def test_noise_below_the_site_minimum_is_refused(site):
+    with pytest.raises(PrivacyBudgetError, match="below this site's minimum"):
+        train_site(site.layout.root, LocalTrainingOptions(epochs=1, noise_multiplier=0.5, **OPTS))
+
+
+def test_accountant_survives_a_restart_and_runs_compose(site):
+    train_site(site.layout.root, LocalTrainingOptions(epochs=1, noise_multiplier=2.0, **OPTS))
+    first = site_budget(site.layout.root)
+    assert 0 < first["epsilon_spent"] < 3.0 and first["delta"] == 1e-5 and first["epsilon_max"] == 3.0
+    reopened = SiteAccountant(site.layout.privacy_dir, site.policy)  # a new process reads the disk
+    assert reopened.epsilon_spent() == pytest.approx(first["epsilon_spent"])
+    train_site(site.layout.root, LocalTrainingOptions(epochs=1, noise_multiplier=2.0, **OPTS))
+    second = site_budget(site.layout.root)
+    assert second["epsilon_spent"] > first["epsilon_spent"] and second["runs"] == 2
+    # --epsilon picks the noise to land at (not above) the requested total
+    train_site(site.layout.root, LocalTrainingOptions(epochs=1, epsilon=2.9, **OPTS))
+    assert site_budget(site.layout.root)["epsilon_spent"] == pytest.approx(2.9, abs=0.05)
+    assert site_budget(site.layout.root)["epsilon_spent"] <= 2.9 + 1e-9
+
+
+def test_a_crashed_run_keeps_its_full_reservation(tmp_path):
+    policy = PrivacyPolicy(max_epsilon=8.0)
+    accountant = SiteAccountant(tmp_path, policy)
+    with pytest.raises(KeyboardInterrupt):
+        with accountant.run(PlannedRun(1.0, 0.1, 50)):
+            accountant.step(noise_multiplier=1.0, sample_rate=0.1)
+            # what a killed process leaves behind: the reservation, written before the first step
+            on_disk = json.loads((tmp_path / ACCOUNTANT_FILE).read_text())
+            assert on_disk["history"] == [[1.0, 0.1, 50]]
+            raise KeyboardInterrupt
+    # an interrupted (not killed) run records the steps it took
+    assert SiteAccountant(tmp_path, policy).history == [(1.0, 0.1, 1)]
+
+
+def test_corrupt_accountant_state_is_an_error_not_a_reset(tmp_path):
+    (tmp_path / ACCOUNTANT_FILE).write_text('{"version": 1, "mechanism": "prv", "privacy_unit": "patient", "history": [[1, 2]]}')
+    with pytest.raises(PrivacyBudgetError, match="do not delete it"):
+        SiteAccountant(tmp_path, PrivacyPolicy())
+
+
+@pytest.mark.parametrize("sigma,q,steps", [(1.0, 0.05, 1000), (2.0, 0.3, 60), (0.8, 0.25, 40)])
+def test_epsilon_matches_the_independent_pld_accountant_within_one_percent(tmp_path, sigma, q, steps):
+    accountant = SiteAccountant(tmp_path, PrivacyPolicy(max_epsilon=100.0))
+    ours = accountant.projected_epsilon(PlannedRun(sigma, q, steps))
+    reference = pld_epsilon([(sigma, q, steps)], 1e-5)
+    assert ours == pytest.approx(reference, rel=0.01)
+    assert ours >= reference * 0.999  # the PRV upper bound should not undercut PLD
+
+
+def test_heterogeneous_history_matches_pld(tmp_path):
+    history = [(1.0, 0.1, 100), (2.0, 0.3, 50)]
+    accountant = SiteAccountant(tmp_path, PrivacyPolicy(max_epsilon=100.0))
+    accountant.history = history[:1]
+    ours = accountant.projected_epsilon(PlannedRun(*history[1]))
+    assert ours == pytest.approx(pld_epsilon(history, 1e-5), rel=0.01)
