@@ -44,15 +44,20 @@ class RowError:
 
 
 def parse_roi(text: str) -> tuple[float, float, float, float]:
-    """Parse 'x0;y0;x1;y1' (fractions of width and height) into a validated box."""
-    parts = text.replace(",", ";").split(";")
+    """Parse a manifest ROI "x0;y0;x1;y1" (fractions of width and height) into a tuple."""
+    parts = [p.strip() for p in str(text).split(";")]
+    fix = 'write it as "x0;y0;x1;y1" with fractions of width and height, 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, e.g. "0.1;0;0.9;1"'
+    if len(parts) != 4:
+        raise ManifestError(f"roi '{text}' has {len(parts)} fields, expected 4", fix)
     try:
         x0, y0, x1, y1 = (float(p) for p in parts)
     except ValueError:
-        raise ManifestError(f"roi '{text}' is not four numbers", "write it as x0;y0;x1;y1 with fractions, e.g. 0.1;0.2;0.9;1.0") from None
-    if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-        raise ManifestError(f"roi '{text}' is not a box inside the frame", "use 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
-    return x0, y0, x1, y1
+        raise ManifestError(f"roi '{text}' has a field that is not a number", fix) from None
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
+        raise ManifestError(f"roi '{text}' has a value outside [0, 1]", fix)
+    if not (x0 < x1 and y0 < y1):
+        raise ManifestError(f"roi '{text}' is empty (needs x0 < x1 and y0 < y1)", fix)
+    return (x0, y0, x1, y1)
 
 
 def _time(row: dict[str, str], column: str) -> float | None:

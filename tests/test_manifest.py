@@ -68,7 +68,7 @@ def test_bad_rows_fail_alone(tmp_path: Path) -> None:
     assert "not a short token" in by_patient["P5"]
     assert "not a number" in by_patient["P6"]
     assert "not after onset_s" in by_patient["P7"]
-    assert "not a box" in by_patient["P8"]
+    assert "is empty" in by_patient["P8"]
     assert "patient_id is empty" in by_patient[""]
     assert all(e.message.startswith("line ") or "more than once" in e.message for e in errors)
 
