@@ -159,3 +159,16 @@ def test_r2plus1d_random_weights_only_when_asked_and_warned(tmp_path: Path, capl
     features = enc.encode(snippets)
     assert features.shape == (1, 512) and features.dtype == np.float32
     assert enc.classify(snippets).shape == (400,)
+
+
+def test_fused_inference_i3d_equals_the_exact_port(model_dir) -> None:
+    """The fast inference graph (folded BatchNorm, merged 1x1x1 convs) computes the same features and logits."""
+    from semiofed.common.models import i3d
+
+    exact = i3d.load_i3d(model_dir)
+    fused = i3d.fuse_for_inference(i3d.load_i3d(model_dir))
+    x = torch.rand(2, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        a, b = exact.features(x), fused.features(x.contiguous(memory_format=torch.channels_last_3d))
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(exact.logits(x), fused.logits(x), rtol=1e-4, atol=1e-4)

@@ -174,6 +174,71 @@ class I3D(nn.Module):
         return self.logits(x)
 
 
+# ---------------------------------------------------------------- inference
+
+
+def _folded(unit: Unit3D) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight and bias with the (scale-free) BatchNorm folded in, for inference."""
+    scale = torch.rsqrt(unit.bn.running_var + unit.bn.eps)
+    return unit.conv.weight * scale[:, None, None, None, None], unit.bn.bias - unit.bn.running_mean * scale
+
+
+def _conv(weight: torch.Tensor, bias: torch.Tensor, kernel: Triple, stride: Triple, padding: Triple | int) -> nn.Conv3d:
+    conv = nn.Conv3d(weight.shape[1], weight.shape[0], kernel, stride=stride, padding=padding, bias=True)
+    conv.weight.data.copy_(weight)
+    conv.bias.data.copy_(bias)
+    return conv
+
+
+class FusedUnit3D(nn.Module):
+    """Unit3D for inference: BatchNorm folded into the conv; SAME padding done by the conv where symmetric."""
+
+    def __init__(self, unit: Unit3D) -> None:
+        super().__init__()
+        self.kernel, self.stride = unit.kernel, unit.stride
+        # stride 1 and odd kernels: TF SAME padding is symmetric, so no padded copy is needed
+        self.symmetric = all(s == 1 and k % 2 == 1 for k, s in zip(unit.kernel, unit.stride))
+        padding = tuple((k - 1) // 2 for k in unit.kernel) if self.symmetric else 0
+        self.conv = _conv(*_folded(unit), unit.kernel, unit.stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv (+ folded BatchNorm) and ReLU."""
+        return F.relu(self.conv(x if self.symmetric else pad_same(x, self.kernel, self.stride)))
+
+
+class FusedMixed(nn.Module):
+    """Mixed block for inference: its three 1x1x1 convs on the same input run as one conv."""
+
+    def __init__(self, block: Mixed) -> None:
+        super().__init__()
+        weights, biases = zip(*(_folded(u) for u in (block.branch_0, block.branch_1a, block.branch_2a)))
+        self.split = [w.shape[0] for w in weights]
+        self.stem = _conv(torch.cat(weights), torch.cat(biases), (1, 1, 1), (1, 1, 1), 0)
+        self.branch_1b, self.branch_2b = FusedUnit3D(block.branch_1b), FusedUnit3D(block.branch_2b)
+        self.branch_3 = FusedUnit3D(block.branch_3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The four branches, concatenated; the 3x3x3 stride-1 SAME max-pool pads symmetrically with -inf."""
+        b0, b1, b2 = torch.split(F.relu(self.stem(x)), self.split, dim=1)
+        pooled = F.max_pool3d(x, 3, 1, padding=1)
+        return torch.cat([b0, self.branch_1b(b1), self.branch_2b(b2), self.branch_3(pooled)], dim=1)
+
+
+def fuse_for_inference(model: I3D) -> I3D:
+    """Return `model` rebuilt for inference (about 2x faster on CPU with channels_last_3d input).
+
+    Same function: BatchNorm folded into the convs, shared-input 1x1x1 convs
+    merged, symmetric padding done inside the convs. Outputs equal the
+    unfused model's to float32 rounding (tested). Not for training.
+    """
+    for name, module in list(model.backbone.named_children()):
+        if isinstance(module, Unit3D):
+            setattr(model.backbone, name, FusedUnit3D(module))
+        elif isinstance(module, Mixed):
+            setattr(model.backbone, name, FusedMixed(module))
+    return model.eval().to(memory_format=torch.channels_last_3d)
+
+
 def state_dict_from_arrays(model: I3D, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Map the npz arrays onto `model`'s state_dict names; every key must be used exactly once."""
     state: dict[str, torch.Tensor] = {}

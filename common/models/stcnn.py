@@ -107,7 +107,9 @@ class I3DEncoder(SnippetEncoder):
             for i in range(0, n * t, _RESIZE_CHUNK)
         ]
         x = torch.cat(chunks).div_(127.5).sub_(1.0)
-        return x.reshape(n, t, 3, self.crop, self.crop).permute(0, 2, 1, 3, 4).contiguous()
+        # channels_last_3d: the layout oneDNN's 3D convolutions run fastest on
+        return x.reshape(n, t, 3, self.crop, self.crop).permute(0, 2, 1, 3, 4).contiguous(
+            memory_format=torch.channels_last_3d)
 
     def _classify_input(self, frames: np.ndarray) -> torch.Tensor:
         return self.preprocess(frames, short_side=self.classify_short_side)
@@ -156,7 +158,7 @@ def load_stcnn(
     """
     dev = torch.device(device) if device is not None else _default_device()
     if name == "i3d":
-        return I3DEncoder(i3d.load_i3d(model_dir), dev, model_dir)
+        return I3DEncoder(i3d.fuse_for_inference(i3d.load_i3d(model_dir)), dev, model_dir)
     if name == "r2plus1d":
         return R2Plus1DEncoder(r2plus1d.load_r2plus1d(model_dir, allow_random_weights=allow_random_weights), dev)
     raise SemiofedError(f"unknown STCNN '{name}'", f"use one of: {', '.join(STCNN_CHOICES)}")
