@@ -25,13 +25,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from semiofed.cli import models_cmd, predict_cmd, site_cmd, train_cmd
+    from semiofed.cli import demo_cmd, models_cmd, phantom_cmd, predict_cmd, site_cmd, train_cmd
 
     site_cmd.app.command("train")(train_cmd.train)
     site_cmd.app.command("budget")(train_cmd.budget)
     app.add_typer(models_cmd.app, name="models")
     app.add_typer(site_cmd.app, name="site")
     app.command("predict")(predict_cmd.predict)
+    app.add_typer(phantom_cmd.app, name="phantom")
+    app.command("demo")(demo_cmd.demo)
 
 
 @app.callback()

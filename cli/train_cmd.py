@@ -10,9 +10,8 @@ import typer
 from rich.console import Console
 
 from semiofed.cli.progress import progress_bar
-from semiofed.common.classifier import DEFAULT_LABELS, TEMPORAL_BLSTM, TEMPORAL_MODELS
+from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
-from semiofed.common.features import STREAMS
 
 SiteDirOption = typer.Option(..., "--site-dir", help="The site directory made by `semiofed site init`.")
 

@@ -145,9 +145,12 @@ def train_site(
     records = load_site_records(site, options.labels)
     extractor = _common_extractor(records)
     patients = group_patients(records, options.labels, options.streams)
+    if len(patients) < 3:
+        raise SemiofedError(f"this site has {len(patients)} patient(s) with records of the labels {', '.join(options.labels)}",
+                            "training needs at least 3 patients (one each for training, validation and test): prepare more records")
     if len(patients) < options.folds:
         raise SemiofedError(f"{len(patients)} patients cannot fill {options.folds} patient folds",
-                            f"use --folds {max(3, len(patients))} or fewer, or add patients")
+                            f"use --folds {len(patients)} or fewer, or add patients")
     train, val, test = split_patients(patients, options.folds, options.test_fold, options.seed)
 
     weights: tuple[float, ...] | None

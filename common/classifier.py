@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semiofed.common.constants import (  # noqa: F401 - re-exported for callers of this module
+    DEFAULT_LABELS,
+    TEMPORAL_ATTN,
+    TEMPORAL_BLSTM,
+    TEMPORAL_MODELS,
+    TEMPORAL_TCONV,
+)
 from semiofed.common.errors import SemiofedError
 from semiofed.common.features import KEYPOINT_DIM, STREAM_KEYPOINTS, STREAM_STCNN, check_streams
-
-TEMPORAL_BLSTM = "blstm"  # the GESTURES baseline
-TEMPORAL_TCONV = "tconv"  # two dilated temporal convolutions, mean pooling
-TEMPORAL_ATTN = "attn"  # per-snippet MLP with attention pooling
-TEMPORAL_MODELS = (TEMPORAL_BLSTM, TEMPORAL_TCONV, TEMPORAL_ATTN)
-
-DEFAULT_LABELS = ("FOS", "TCS")
 
 
 @dataclass(frozen=True)

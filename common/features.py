@@ -28,9 +28,7 @@ from semiofed.common.record import (
 
 log = logging.getLogger(__name__)
 
-STREAM_STCNN = "stcnn"
-STREAM_KEYPOINTS = "keypoints"
-STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS)
+from semiofed.common.constants import STREAM_KEYPOINTS, STREAM_STCNN, STREAMS  # noqa: F401
 
 KEYPOINT_FEATURES_VERSION = 1
 # 33 pose + 2x21 hand joints, x and y each.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from semiofed.common.errors import SemiofedError
 from semiofed.common.files import write_json_atomic
 from semiofed.common.policy import NEIGHBOURING_RELATION, PRIVACY_UNIT, PrivacyPolicy
@@ -71,7 +73,9 @@ def _epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
         return 0.0
     accountant = _make_accountant()
     accountant.history = history
-    return float(accountant.get_epsilon(delta=delta, eps_error=EPS_ERROR))
+    # at q = 1 Opacus's PRV code takes log(0) on a branch np.where discards
+    with np.errstate(divide="ignore"):
+        return float(accountant.get_epsilon(delta=delta, eps_error=EPS_ERROR))
 
 
 def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:

@@ -1,0 +1,1 @@
+"""Seizure phantom: synthetic, labelled seizure videos with known ground truth."""

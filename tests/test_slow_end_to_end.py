@@ -1,0 +1,52 @@
+"""Slow suites (run by CI when time allows): the quick demo, and `site prepare --workers 2`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from semiofed.client.site import init_site
+
+CLI = [sys.executable, "-m", "semiofed.cli"]
+pytestmark = pytest.mark.slow
+
+
+def test_quick_demo_runs_every_site_end_to_end(tmp_path: Path, model_dir: Path) -> None:
+    done = subprocess.run([*CLI, "demo", "--quick", "--out", str(tmp_path / "demo"), "--format", "json"],
+                          capture_output=True, text=True, env=os.environ | {"SEMIOFED_PROGRESS": "off"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert [s["site"] for s in summary["sites"]] == ["site_01", "site_02", "site_03"]
+    for site in summary["sites"]:
+        assert site["failed"] == 0 and site["records"] >= 3
+        assert 0 < site["epsilon_spent"] <= site["epsilon_max"] / 2 * 1.01
+        assert Path(site["checkpoint"]).exists()
+
+
+def test_prepare_with_two_workers_matches_one(tmp_path: Path, videos_dir: Path, model_dir: Path) -> None:
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name in ("carphone_pristine.mp4", "mmaction2_tests_test.avi"):
+        shutil.copy(videos_dir / name, root / name)
+    manifest = root / "manifest.csv"
+    manifest.write_text("video,patient_id,seizure_id,label\ncarphone_pristine.mp4,P1,S1,FOS\n"
+                        "mmaction2_tests_test.avi,P2,S1,TCS\n")
+    stores = []
+    for workers in (1, 2):
+        site = init_site(tmp_path / f"site{workers}", f"w{workers}")
+        # the same secret, so both stores use the same record ids
+        site.layout.pseudonym_key.write_text((tmp_path / "site1" / "keys" / "pseudonym.key").read_text())
+        run = subprocess.run([*CLI, "site", "prepare", "--site-dir", str(site.layout.root), "--manifest", str(manifest),
+                              "--workers", str(workers), "--format", "json"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        stores.append(site.layout.records_dir)
+    one = {p.relative_to(stores[0]): p.read_bytes() for p in stores[0].rglob("*") if p.is_file()}
+    two = {p.relative_to(stores[1]): p.read_bytes() for p in stores[1].rglob("*") if p.is_file()}
+    assert one.keys() == two.keys() and len(one) == 4
+    assert one == two  # same records, byte for byte, whatever the number of workers
