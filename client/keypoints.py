@@ -53,6 +53,8 @@ from semiofed.common.record import (
 
 logger = logging.getLogger(__name__)
 
+Arrays = dict[str, np.ndarray]  # schema key -> array, one row per frame
+
 STREAMS = ("pose", "hands", "face")
 ROTATIONS = (0, 90, 180, 270)
 N_POSE = 33
@@ -159,7 +161,7 @@ class _VideoStream:
         self._landmarker = landmarker
         self._last_ms: int | None = None
 
-    def process(self, frames: np.ndarray, timestamps_ms: np.ndarray) -> dict[str, np.ndarray]:
+    def process(self, frames: np.ndarray, timestamps_ms: np.ndarray) -> Arrays:
         """Detect on frames [N, H, W, 3] uint8 RGB at strictly increasing timestamps (ms)."""
         frames = _check_frames(frames)
         stamps = [int(t) for t in np.asarray(timestamps_ms).reshape(-1)]
@@ -169,7 +171,8 @@ class _VideoStream:
         for t in stamps:
             if previous is not None and t <= previous:
                 raise ValueError(
-                    f"{self.name} stream timestamps must increase strictly across calls, got {t} ms after {previous} ms; "
+                    f"{self.name} stream timestamps must increase strictly across calls, "
+                    f"got {t} ms after {previous} ms; "
                     "use the frames' presentation times, or a new stream for a new video"
                 )
             previous = t
@@ -180,7 +183,7 @@ class _VideoStream:
             self._last_ms = stamps[-1]
         return out
 
-    def _fill(self, out: dict[str, np.ndarray], i: int, result: Any) -> None:
+    def _fill(self, out: Arrays, i: int, result: Any) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -226,7 +229,7 @@ class PoseStream(_VideoStream):
         )
         super().__init__(_create(vision.PoseLandmarker, options, "pose_landmarker_full"))
 
-    def _fill(self, out: dict[str, np.ndarray], i: int, result: Any) -> None:
+    def _fill(self, out: Arrays, i: int, result: Any) -> None:
         if result.pose_landmarks:
             out[POSE][i] = _pose_array(result.pose_landmarks[0])
             out[POSE_MASK][i] = True
@@ -265,7 +268,7 @@ class HandStream(_VideoStream):
         )
         super().__init__(_create(vision.HandLandmarker, options, "hand_landmarker"))
 
-    def _fill(self, out: dict[str, np.ndarray], i: int, result: Any) -> None:
+    def _fill(self, out: Arrays, i: int, result: Any) -> None:
         best = [-1.0, -1.0]
         for handedness, landmarks in zip(result.handedness, result.hand_landmarks):
             if not handedness:
@@ -304,7 +307,7 @@ class FaceStream(_VideoStream):
         )
         super().__init__(_create(vision.FaceLandmarker, options, "face_landmarker"))
 
-    def _fill(self, out: dict[str, np.ndarray], i: int, result: Any) -> None:
+    def _fill(self, out: Arrays, i: int, result: Any) -> None:
         if not result.face_landmarks:
             return
         landmarks = result.face_landmarks[0]
@@ -337,7 +340,7 @@ def head_pose_degrees(matrix: np.ndarray) -> np.ndarray:
     return np.degrees(np.array([yaw, pitch, roll])).astype(np.float32)
 
 
-def empty_arrays(stream: str, n: int) -> dict[str, np.ndarray]:
+def empty_arrays(stream: str, n: int) -> Arrays:
     """Zero arrays with all masks False for one stream and n frames (what 'nothing found' looks like)."""
     if stream == "pose":
         return {POSE: np.zeros((n, N_POSE, 4), np.float32), POSE_MASK: np.zeros(n, bool)}
@@ -353,7 +356,7 @@ def empty_arrays(stream: str, n: int) -> dict[str, np.ndarray]:
     raise ValueError(f"unknown stream '{stream}'; use one of {', '.join(STREAMS)}")
 
 
-def detection_rate(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+def detection_rate(arrays: Arrays) -> dict[str, float]:
     """Fraction of frames where each stream found the person (hands: at least one hand)."""
     rates: dict[str, float] = {}
     for stream, key in (("pose", POSE_MASK), ("hands", HANDS_MASK), ("face", FACE_MASK)):
@@ -500,7 +503,7 @@ class KeypointExtractor:
         self._upright_before = False
         self._cooldown = 0
 
-    def process_window(self, frames: np.ndarray, timestamps_ms: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def process_window(self, frames: np.ndarray, timestamps_ms: np.ndarray) -> tuple[np.ndarray, Arrays]:
         """Crop, choose the rotation, rotate and run the streams; returns the processed frames and the arrays.
 
         The arrays hold every schema key of the three streams (zeros and False
@@ -509,7 +512,7 @@ class KeypointExtractor:
         frames = crop_roi(_check_frames(frames), self.roi)
         self._update_rotation(frames)
         rotated = rotate(frames, self.rotation)
-        arrays: dict[str, np.ndarray] = {}
+        arrays: Arrays = {}
         for name in STREAMS:
             stream = self.streams.get(name)
             arrays.update(stream.process(rotated, timestamps_ms) if stream else empty_arrays(name, len(rotated)))
@@ -531,7 +534,7 @@ class KeypointExtractor:
             logger.info("rotation changed from %d to %d degrees clockwise", self.rotation, chosen)
             self.rotation = chosen
 
-    def run(self, frames_iter: Iterable[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+    def run(self, frames_iter: Iterable[tuple[np.ndarray, int]]) -> Arrays:
         """Process (frame [H, W, 3], timestamp_ms) pairs window by window; the arrays for all frames."""
         parts = [arrays for _, arrays in self._windows(frames_iter)]
         if not parts:
@@ -539,7 +542,7 @@ class KeypointExtractor:
             return {**empty, ROTATION: np.zeros(0, np.int16)}
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
-    def _windows(self, frames_iter: Iterable[tuple[np.ndarray, int]]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    def _windows(self, frames_iter: Iterable[tuple[np.ndarray, int]]) -> Iterator[tuple[np.ndarray, Arrays]]:
         batch: list[np.ndarray] = []
         stamps: list[int] = []
         for frame, t in frames_iter:
@@ -565,7 +568,7 @@ class KeypointExtractor:
         self.close()
 
 
-def _mostly_upright(arrays: dict[str, np.ndarray], width: int, height: int) -> bool:
+def _mostly_upright(arrays: Arrays, width: int, height: int) -> bool:
     """Whether an upright person was found in at least half the window's frames."""
     mask = arrays[POSE_MASK]
     if not len(mask):

@@ -14,21 +14,22 @@ from semiofed.common import record as rec
 from semiofed.common.errors import ManifestError
 
 FPS = 15.0
+Clip = tuple[np.ndarray, np.ndarray]  # frames [N, H, W, 3] uint8 RGB, timestamps [N] ms
 
 
-def decode(path: Path, n: int, fps: float = FPS) -> tuple[np.ndarray, np.ndarray]:
+def decode(path: Path, n: int, fps: float = FPS) -> Clip:
     """The first n frames (RGB uint8) as the pipeline decodes them, and their times in ms."""
     times, frames = read_frames(path, fps=fps)
     return frames[:n], np.round(times[:n] * 1000).astype(np.int64)
 
 
 @pytest.fixture(scope="module")
-def demo(videos_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def demo(videos_dir: Path) -> Clip:
     return decode(videos_dir / "mmaction2_demo.mp4", 60)
 
 
 @pytest.fixture(scope="module")
-def carphone(videos_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def carphone(videos_dir: Path) -> Clip:
     return decode(videos_dir / "carphone_pristine.mp4", 45)
 
 
@@ -48,7 +49,8 @@ def check_schema(arrays: dict[str, np.ndarray], n: int) -> None:
     for key, (shape, dtype) in expected.items():
         assert arrays[key].shape == shape, key
         assert arrays[key].dtype == dtype, key
-        assert np.isfinite(arrays[key]).all() if dtype == np.float32 else True
+        if dtype == np.float32:
+            assert np.isfinite(arrays[key]).all(), key
     assert not arrays[rec.POSE][~arrays[rec.POSE_MASK]].any()
     assert not arrays[rec.HANDS][~arrays[rec.HANDS_MASK]].any()
     for key in (rec.FACE, rec.FACE_BLENDSHAPES, rec.HEAD_POSE):
@@ -61,7 +63,7 @@ def check_schema(arrays: dict[str, np.ndarray], n: int) -> None:
             assert -0.5 < float(np.median(found[..., :2])) < 1.5
 
 
-def test_demo_clip_finds_hands_and_pose_with_full_schema(model_dir: Path, demo: tuple[np.ndarray, np.ndarray]) -> None:
+def test_demo_clip_finds_hands_and_pose_with_full_schema(model_dir: Path, demo: Clip) -> None:
     frames, stamps = demo
     with kp.KeypointExtractor(model_dir) as extractor:
         processed, arrays = extractor.process_window(frames, stamps)
@@ -86,7 +88,7 @@ def test_pose_finds_the_person_in_nearly_every_frame(model_dir: Path, videos_dir
     assert 0 <= visible.min() and visible.max() <= 1
 
 
-def test_face_subset_blendshapes_and_head_pose_on_carphone(model_dir: Path, carphone: tuple[np.ndarray, np.ndarray]) -> None:
+def test_face_subset_blendshapes_and_head_pose_on_carphone(model_dir: Path, carphone: Clip) -> None:
     frames, stamps = carphone
     with kp.FaceStream(model_dir) as stream:
         arrays = stream.process(frames, stamps)
@@ -104,7 +106,7 @@ def test_face_subset_blendshapes_and_head_pose_on_carphone(model_dir: Path, carp
     assert (np.abs(arrays[rec.HEAD_POSE][found]) < 45).all()  # a driver looking roughly at the camera
 
 
-def test_head_roll_follows_a_quarter_turn_of_the_image(model_dir: Path, carphone: tuple[np.ndarray, np.ndarray]) -> None:
+def test_head_roll_follows_a_quarter_turn_of_the_image(model_dir: Path, carphone: Clip) -> None:
     frames, stamps = carphone[0][:10], carphone[1][:10]
     rolls = []
     for turned in (frames, np.rot90(frames, k=1, axes=(1, 2))):  # k=1: a quarter turn counter-clockwise
@@ -116,7 +118,7 @@ def test_head_roll_follows_a_quarter_turn_of_the_image(model_dir: Path, carphone
 
 
 @pytest.mark.parametrize("turn", [90, 270])
-def test_rotated_clip_is_turned_upright(model_dir: Path, carphone: tuple[np.ndarray, np.ndarray], turn: int) -> None:
+def test_rotated_clip_is_turned_upright(model_dir: Path, carphone: Clip, turn: int) -> None:
     frames, stamps = carphone[0][:30], carphone[1][:30]
     turned = kp.rotate(frames, turn)  # what a camera mounted sideways records
     with kp.KeypointExtractor(model_dir, streams=("pose", "face")) as extractor:
@@ -145,7 +147,7 @@ def test_empty_clip_finds_nothing_and_keeps_the_rotation(model_dir: Path) -> Non
     assert kp.detection_rate(arrays) == {"pose": 0.0, "hands": 0.0, "face": 0.0}
 
 
-def test_same_frames_give_identical_arrays(model_dir: Path, demo: tuple[np.ndarray, np.ndarray]) -> None:
+def test_same_frames_give_identical_arrays(model_dir: Path, demo: Clip) -> None:
     frames, stamps = demo[0][:20], demo[1][:20]
     runs = []
     for _ in range(2):
@@ -157,7 +159,7 @@ def test_same_frames_give_identical_arrays(model_dir: Path, demo: tuple[np.ndarr
     assert len(runs[0][rec.POSE]) == 20
 
 
-def test_stream_rejects_timestamps_that_do_not_increase(model_dir: Path, carphone: tuple[np.ndarray, np.ndarray]) -> None:
+def test_stream_rejects_timestamps_that_do_not_increase(model_dir: Path, carphone: Clip) -> None:
     frames, stamps = carphone[0][:2], carphone[1][:2]
     with kp.PoseStream(model_dir) as stream:
         stream.process(frames, stamps)
@@ -169,7 +171,11 @@ def test_stream_rejects_timestamps_that_do_not_increase(model_dir: Path, carphon
 
 @pytest.mark.parametrize(
     ("text", "roi"),
-    [("0;0;1;1", (0.0, 0.0, 1.0, 1.0)), (" 0.1; 0.2 ;0.9;1 ", (0.1, 0.2, 0.9, 1.0)), ("0.25;0;0.75;0.5", (0.25, 0.0, 0.75, 0.5))],
+    [
+        ("0;0;1;1", (0.0, 0.0, 1.0, 1.0)),
+        (" 0.1; 0.2 ;0.9;1 ", (0.1, 0.2, 0.9, 1.0)),
+        ("0.25;0;0.75;0.5", (0.25, 0.0, 0.75, 0.5)),
+    ],
 )
 def test_parse_roi_accepts_fractions(text: str, roi: tuple[float, ...]) -> None:
     assert parse_roi(text) == roi
