@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 import cv2
 import numpy as np
 
 from semiofed.phantom.body import JOINT_INDEX as JI
+from semiofed.phantom.body import Anthropometry
 from semiofed.phantom.episode import Episode
 from semiofed.phantom.scene import BED_LENGTH, BED_TOP, BED_WIDTH
 
@@ -37,6 +39,16 @@ def _ellipse_params(centre: np.ndarray, axes_2d: np.ndarray) -> tuple[np.ndarray
     return centre, np.stack([major, minor], axis=1), angle
 
 
+def _infrared(body: Anthropometry) -> Anthropometry:
+    """Colours as a near-infrared camera sees them: skin bright whatever its tone, cloth by its luminance."""
+    def grey(bgr: tuple[int, int, int], lift: float) -> tuple[int, int, int]:
+        y = int(min(255, 0.114 * bgr[0] + 0.587 * bgr[1] + 0.299 * bgr[2]) * 0.7 + lift)
+        return (y, y, y)
+
+    return replace(body, skin_bgr=grey(body.skin_bgr, 70), hair_bgr=grey(body.hair_bgr, 10),
+                   shirt_bgr=grey(body.shirt_bgr, 0), trousers_bgr=grey(body.trousers_bgr, 0))
+
+
 class Renderer:
     """Renders one episode frame by frame (deterministic for a given episode)."""
 
@@ -51,7 +63,7 @@ class Renderer:
         h = spec.anthropometry.height_m
         g = spec.anthropometry.girth
         self.h = h
-        self.body = spec.anthropometry
+        self.body = _infrared(spec.anthropometry) if self.scene.ir_night else spec.anthropometry
         self.background = self._background()
         self._prepare_head(h)
         # (joint a, joint b, radius a, radius b, colour) in metres

@@ -160,7 +160,9 @@ def roi_fraction(scene: SceneSpec) -> tuple[float, float, float, float] | None:
     if scene.posture == "chair":
         corners = np.array([[x, y, z] for x in (-0.45, 0.45) for y in (0.0, 1.6) for z in (-0.4, 0.7)])
     else:
-        corners = np.array([[x, y, z] for x in (-BED_LENGTH / 2, BED_LENGTH / 2) for y in (BED_TOP - 0.1, BED_TOP + 0.5)
+        # the box must hold the whole patient: a person sitting up in bed reaches ~1 m above the mattress
+        top = BED_TOP + (1.1 if scene.posture == "sitting_bed" else 0.5)
+        corners = np.array([[x, y, z] for x in (-BED_LENGTH / 2, BED_LENGTH / 2) for y in (BED_TOP - 0.1, top)
                             for z in (-BED_WIDTH / 2, BED_WIDTH / 2)])
     uv, _ = scene.camera.project(corners)
     w, h = scene.camera.width, scene.camera.height

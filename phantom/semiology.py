@@ -17,7 +17,7 @@ FOS = "FOS"
 TCS = "TCS"
 LABELS = (FOS, TCS)
 FOCAL_SIGNS = ("arrest", "head_version", "clonic_arm", "clonic_face", "manual_automatism",
-               "oral_automatism", "dystonic_hand")
+               "oral_automatism", "dystonic_hand", "pedal_automatism", "hemiclonic")
 MIN_SEIZURE_S = 10.0  # a TCS needs room for focal onset, tonic and clonic phases
 SIDE_SIGN = {"left": 1.0, "right": -1.0}
 
@@ -32,6 +32,7 @@ class PatientTraits:
     sign_weights: tuple[float, ...]  # preference over FOCAL_SIGNS
     tcs_probability: float
     fidget: float  # amount of ordinary, non-ictal movement
+    leg_involvement: float  # how much the legs take part in generalised jerks
 
     def to_json(self) -> dict:
         """Return a JSON-serialisable dict."""
@@ -71,11 +72,12 @@ def sample_traits(rng: np.random.Generator, tcs_fraction: float) -> PatientTrait
     tcs_probability = float(np.clip(rng.beta(2, 2) * 2 * tcs_fraction, 0.0, 1.0))
     return PatientTraits(
         side=("left", "right")[int(rng.integers(2))],
-        amplitude=float(rng.uniform(0.6, 1.3)),
+        amplitude=float(rng.uniform(0.45, 1.3)),
         tempo=float(rng.uniform(0.8, 1.2)),
         sign_weights=tuple(float(w) for w in weights),
         tcs_probability=tcs_probability,
         fidget=float(rng.uniform(0.3, 1.2)),
+        leg_involvement=float(rng.uniform(0.15, 1.0)),
     )
 
 
@@ -102,7 +104,7 @@ def plan_seizure(traits: PatientTraits, label: str, duration_range_s: tuple[floa
         return SeizurePlan(FOS, video_s, onset, offset, None, tuple(phases))
     if label != TCS:
         raise ValueError(f"unknown label {label!r}; use one of {LABELS}")
-    focal = max(2.0, duration * float(rng.uniform(0.1, 0.35)))
+    focal = max(2.0, duration * float(rng.uniform(0.1, 0.5)))
     rest = duration - focal
     tonic = float(np.clip(rest * rng.uniform(0.15, 0.3), 3.0, 20.0))
     general = round(onset + focal, 2)
@@ -228,12 +230,12 @@ class Motion:
 # --- programs ---------------------------------------------------------------------------------
 
 def _baseline(m: Motion, t: np.ndarray, fps: float, traits: PatientTraits, rng: np.random.Generator,
-              quiet: np.ndarray) -> None:
+              quiet: np.ndarray, restless: np.ndarray | float = 0.0) -> None:
     """Ordinary behaviour: breathing, small postural shifts, and an occasional hand-to-face."""
     steps = len(t)
     rate = rng.uniform(0.2, 0.3)
     m.breathe(0.03 * np.sin(2 * np.pi * rate * t + rng.uniform(0, 6.3)))
-    amp = 0.08 * traits.fidget * (1 - quiet)
+    amp = 0.08 * traits.fidget * (1 + restless) * (1 - quiet)
     m.head(turn_left=2.5 * amp * smooth_noise(rng, steps, fps, 0.15), flex=amp * smooth_noise(rng, steps, fps, 0.2))
     for side in ("left", "right"):
         m.shoulder(side, flex=amp * smooth_noise(rng, steps, fps, 0.2), abd=0.5 * amp * smooth_noise(rng, steps, fps, 0.2))
@@ -275,7 +277,7 @@ def _focal_sign(m: Motion, name: str, side: str, t: np.ndarray, start: float, en
         m.jaw(opening=0.15 * a * jerks)
         m.shoulder(side, abd=-0.05 * jerks)
     elif name == "manual_automatism":
-        both = rng.random() < 0.4
+        both = rng.random() < 0.5
         for hand in (("left", "right") if both else (side,)):
             wander = smooth_noise(rng, steps, fps, 1.2 * f)
             m.shoulder(hand, flex=(0.7 + 0.25 * wander) * a * env, abd=0.15 * smooth_noise(rng, steps, fps, 1.0) * env)
@@ -286,6 +288,23 @@ def _focal_sign(m: Motion, name: str, side: str, t: np.ndarray, start: float, en
         chew = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(1.0, 2.0) * f * t)
         m.jaw(opening=0.25 * a * chew * env)
         m.head(flex=0.04 * chew * env)
+    elif name == "pedal_automatism":
+        # Bipedal cycling/kicking (frontal lobe seizures): large, bilateral, alternating.
+        rate = rng.uniform(0.7, 1.6) * f
+        phase = rng.uniform(0, 6.3)
+        for leg, lag in (("left", 0.0), ("right", np.pi)):
+            cyc = 0.5 + 0.5 * np.sin(2 * np.pi * rate * t + phase + lag)
+            m.hip(leg, flex=0.6 * a * cyc * env)
+            m.knee(leg, flex=0.9 * a * cyc * env)
+        m.trunk(flex=0.08 * a * smooth_noise(rng, steps, fps, 1.0) * env)
+    elif name == "hemiclonic":
+        # Clonic jerks marching from arm to the leg of the same side.
+        jerks = jerk_train(t, clonic_times(rng, start, end, 2.8 * f, 1.6 * f, 0.3)) * env
+        m.shoulder(side, flex=0.3 * a * jerks + 0.2 * env, abd=0.2 * a * jerks)
+        m.elbow(side, flex=0.5 * a * jerks + 0.6 * env)
+        m.hip(side, flex=0.3 * a * jerks * window(t, start + 0.3 * (end - start), end, 1.0))
+        m.knee(side, flex=0.45 * a * jerks * window(t, start + 0.3 * (end - start), end, 1.0))
+        m.head(turn_left=s * (0.35 * env + 0.1 * jerks))
     elif name == "dystonic_hand":
         hold = window(t, start, end, 1.5)
         m.shoulder(side, flex=0.5 * hold, abd=0.35 * hold)
@@ -325,13 +344,13 @@ def _generalised(m: Motion, t: np.ndarray, tonic: Phase, clonic: Phase, fps: flo
     base = 0.5 * body * np.clip(1 - (t - clonic.start_s) / 4.0, 0, 1)  # stiffness dissolving into jerks
     for side in ("left", "right"):
         lag = rng.uniform(0.0, 0.03)
-        gain = a * rng.uniform(0.8, 1.2)
+        gain = a * rng.uniform(0.8, 1.2) * (rng.uniform(0.3, 0.8) if side != traits.side and rng.random() < 0.3 else 1.0)
         jerks = jerk_train(t, times + lag, 0.04, 0.12 * rng.uniform(0.8, 1.2)) * fade * body
         m.shoulder(side, flex=base * 0.6 + 0.35 * gain * jerks, abd=base * 0.6 + 0.3 * gain * jerks)
         m.elbow(side, flex=base + 0.7 * gain * jerks)
         m.fingers(side, curl=0.9 * body)
-        m.hip(side, flex=0.25 * gain * jerks)
-        m.knee(side, flex=0.35 * gain * jerks)
+        m.hip(side, flex=0.25 * gain * traits.leg_involvement * jerks)
+        m.knee(side, flex=0.35 * gain * traits.leg_involvement * jerks)
     common = jerk_train(t, times, 0.04, 0.12) * fade * body
     m.trunk(flex=0.12 * a * common)
     m.head(flex=0.25 * a * common - 0.1 * body)
@@ -345,9 +364,16 @@ def motion_program(plan: SeizurePlan, traits: PatientTraits, fps: float, rng: np
     steps = int(round(plan.video_s * fps))
     t = np.arange(steps) / fps
     m = Motion(steps)
-    ictal = window(t, plan.onset_s, plan.offset_s, 0.5)
-    postictal = np.clip((t - plan.offset_s) / 2.0, 0, 1) if plan.label == TCS else np.zeros(steps)
-    _baseline(m, t, fps, traits, rng, quiet=np.clip(ictal + postictal, 0, 1))
+    # Behavioural arrest and the generalised and postictal phases silence ordinary movement; other
+    # focal signs do not (patients keep moving the free limbs, often restlessly).
+    quiet = np.zeros(steps)
+    for phase in plan.phases:
+        if phase.name in ("arrest", "tonic", "clonic"):
+            quiet = np.maximum(quiet, window(t, phase.start_s, phase.end_s, 0.5))
+    if plan.label == TCS:
+        quiet = np.maximum(quiet, np.clip((t - plan.offset_s) / 2.0, 0, 1))
+    _baseline(m, t, fps, traits, rng, quiet=quiet,
+              restless=window(t, plan.onset_s, plan.offset_s, 0.5) * (plan.label == FOS) * rng.uniform(0.0, 1.5))
     by_name = {p.name: p for p in plan.phases}
     for phase in plan.phases:
         if phase.name in FOCAL_SIGNS:

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from semiofed.client.site import init_site
+from semiofed.common import record as rec
 
 CLI = [sys.executable, "-m", "semiofed.cli"]
 pytestmark = pytest.mark.slow
@@ -46,7 +48,14 @@ def test_prepare_with_two_workers_matches_one(tmp_path: Path, videos_dir: Path, 
                               "--workers", str(workers), "--format", "json"], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-2000:]
         stores.append(site.layout.records_dir)
-    one = {p.relative_to(stores[0]): p.read_bytes() for p in stores[0].rglob("*") if p.is_file()}
-    two = {p.relative_to(stores[1]): p.read_bytes() for p in stores[1].rglob("*") if p.is_file()}
-    assert one.keys() == two.keys() and len(one) == 4
-    assert one == two  # same records, byte for byte, whatever the number of workers
+    ids = sorted(p.name for p in stores[0].iterdir())
+    assert ids == sorted(p.name for p in stores[1].iterdir()) and len(ids) == 2
+    for record_id in ids:
+        one, two = rec.read_record(stores[0] / record_id), rec.read_record(stores[1] / record_id)
+        assert one.meta() == two.meta()
+        for key in rec.ARRAY_KEYS:
+            if key == rec.SNIPPET_FEATURES:
+                # a worker runs torch on cpu_count/workers threads: float sums round differently
+                assert np.allclose(one.arrays[key], two.arrays[key], rtol=1e-4, atol=1e-5), key
+            else:
+                assert np.array_equal(one.arrays[key], two.arrays[key]), key
