@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from semiofed.phantom.dataset import PlannedVideo
 
 # MediaPipe pose indices of the limbs' distal points.
 LIMBS = {"head": (0,), "left_arm": (13, 15), "right_arm": (14, 16), "left_leg": (25, 27), "right_leg": (26, 28)}
@@ -106,3 +110,18 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5,
             continue
         pred[test] = predict_logistic(fit_logistic(x[~test], y[~test]), x[test])
     return CVResult(balanced_accuracy(y, pred), folds, len(y))
+
+
+def cohort_features(videos: "Sequence[PlannedVideo]", rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Simulate a planned cohort: motion features of jittered ground-truth pose, log duration, TCS label, patient."""
+    from semiofed.phantom.episode import simulate
+
+    x, duration, y, groups = [], [], [], []
+    for video in videos:
+        plan = video.spec.plan
+        pose = jitter_keypoints(simulate(video.spec).joints_2d[:, :33], rng)
+        x.append(motion_features(pose, video.spec.fps, plan.onset_s, plan.offset_s))
+        duration.append(np.log(plan.offset_s - plan.onset_s))
+        y.append(int(plan.label == "TCS"))
+        groups.append(video.spec.patient_id)
+    return np.array(x), np.array(duration), np.array(y), np.array(groups)

@@ -25,7 +25,7 @@ from semiofed.phantom.detect import keypoint_error, run_pose
 from semiofed.phantom.encode import read_frames as read_bgr_frames
 from semiofed.phantom.encode import write_mp4
 from semiofed.phantom.episode import EpisodeSpec, simulate
-from semiofed.phantom.learnability import grouped_cv, jitter_keypoints, motion_features
+from semiofed.phantom.learnability import cohort_features, grouped_cv
 from semiofed.phantom.render import Renderer
 from semiofed.phantom.scene import SiteStyle, sample_scene
 from semiofed.phantom.semiology import plan_seizure, sample_traits
@@ -139,19 +139,10 @@ def test_sixty_second_clip_renders_within_five_seconds(tmp_path: Path):
 
 def test_classes_learnable_from_motion_but_not_from_duration():
     _, videos = plan_dataset(GenerateConfig(sites=3, patients=36, seizures_per_patient=(1, 3), seed=11, duration_s=(15, 60)))
-    rng = np.random.default_rng(0)
-    x, duration, y, groups = [], [], [], []
-    for video in videos:
-        plan = video.spec.plan
-        pose = jitter_keypoints(simulate(video.spec).joints_2d[:, :33], rng)
-        x.append(motion_features(pose, video.spec.fps, plan.onset_s, plan.offset_s))
-        duration.append(np.log(plan.offset_s - plan.onset_s))
-        y.append(int(plan.label == "TCS"))
-        groups.append(video.spec.patient_id)
-    y, groups = np.array(y), np.array(groups)
+    x, duration, y, groups = cohort_features(videos, np.random.default_rng(0))
     assert 0.3 < y.mean() < 0.7
-    motion = grouped_cv(np.array(x), y, groups).balanced_accuracy
-    by_duration = grouped_cv(np.array(duration), y, groups).balanced_accuracy
+    motion = grouped_cv(x, y, groups).balanced_accuracy
+    by_duration = grouped_cv(duration, y, groups).balanced_accuracy
     assert motion >= 0.75, motion
     assert by_duration <= 0.65, by_duration
 

@@ -12,7 +12,7 @@ from semiofed.phantom.dataset import GenerateConfig, plan_dataset
 from semiofed.phantom.detect import keypoint_error, run_pose
 from semiofed.phantom.encode import read_frames, write_mp4
 from semiofed.phantom.episode import simulate
-from semiofed.phantom.learnability import grouped_cv, jitter_keypoints, motion_features
+from semiofed.phantom.learnability import cohort_features, grouped_cv
 from semiofed.phantom.render import Renderer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -38,15 +38,6 @@ def test_mediapipe_detects_daylight_phantoms_in_every_scene(kind: str, model_dir
 
 def test_learnable_but_not_by_duration_on_a_larger_cohort() -> None:
     _, videos = plan_dataset(GenerateConfig(sites=3, patients=60, seizures_per_patient=(1, 4), seed=42))
-    rng = np.random.default_rng(0)
-    x, duration, y, groups = [], [], [], []
-    for video in videos:
-        plan = video.spec.plan
-        pose = jitter_keypoints(simulate(video.spec).joints_2d[:, :33], rng)
-        x.append(motion_features(pose, video.spec.fps, plan.onset_s, plan.offset_s))
-        duration.append(np.log(plan.offset_s - plan.onset_s))
-        y.append(int(plan.label == "TCS"))
-        groups.append(video.spec.patient_id)
-    y, groups = np.array(y), np.array(groups)
-    assert grouped_cv(np.array(x), y, groups).balanced_accuracy >= 0.8
-    assert grouped_cv(np.array(duration), y, groups).balanced_accuracy <= 0.62
+    x, duration, y, groups = cohort_features(videos, np.random.default_rng(0))
+    assert grouped_cv(x, y, groups).balanced_accuracy >= 0.8
+    assert grouped_cv(duration, y, groups).balanced_accuracy <= 0.62
