@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 OWNER_ONLY_FILE = 0o600
 OWNER_ONLY_DIR = 0o700
@@ -86,17 +90,12 @@ def publish_dir(staging: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def npz_bytes(arrays: "dict[str, Any] | list[tuple[str, Any]]") -> bytes:
+def npz_bytes(arrays: dict[str, Any] | list[tuple[str, Any]]) -> bytes:
     """Serialise arrays as a deterministic .npz: stored entries, fixed 1980 date, given order.
 
     np.savez stamps the current time into each zip entry; a de-identified
     record must carry no date, and a model file must hash the same each time.
     """
-    import io
-    import zipfile
-
-    import numpy as np
-
     items = arrays.items() if isinstance(arrays, dict) else arrays
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
