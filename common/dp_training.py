@@ -122,8 +122,18 @@ def patient_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch
 class Trainer:
     """Runs epochs of DP-SGD (per-patient clipping, Poisson sampling) or plain minibatch training."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, *, n_segments: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        *,
+        n_segments: int,
+        proximal: tuple[Sequence[torch.Tensor], float] | None = None,
+    ) -> None:
         self.model = model
+        # FedProx: (global parameters, mu). The term mu/2 |w - w_global|^2 does not touch the data, so adding its
+        # gradient after clipping and noise is post-processing and costs no privacy.
+        self.proximal = proximal
         self.config = config
         self.n_segments = n_segments
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -136,6 +146,15 @@ class Trainer:
         """Remove the gradient hooks."""
         if self._grads is not None:
             self._grads.close()
+
+    def _add_proximal(self) -> None:
+        if self.proximal is None:
+            return
+        anchors, mu = self.proximal
+        with torch.no_grad():
+            for p, anchor in zip((p for p in self.model.parameters() if p.requires_grad), anchors):
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - anchor, alpha=mu)
 
     def dp_step(self, batch: Sequence[Patient], *, expected_batch_size: float) -> dict[str, float]:
         """One DP-SGD step on the sampled patients (possibly none: the noise is still added)."""
@@ -150,6 +169,7 @@ class Trainer:
                                       expected_batch_size=expected_batch_size, generator=self.noise)
         for p, g in zip(params, noisy):
             p.grad = g
+        self._add_proximal()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         clipped = float((norms > cfg.clipping_norm).float().mean()) if len(norms) else 0.0
@@ -161,6 +181,7 @@ class Trainer:
         loss = patient_loss(self.model, x, y, m, self.weights) / m.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._add_proximal()
         self.optimizer.step()
         return {"patients": float(len(batch)), "loss": float(loss.detach())}
 

@@ -1,0 +1,139 @@
+"""What every site and the coordinator agree on for a federated run: the run config and the message keys.
+
+Three tiers of configuration (docs/federation.md):
+- the run config below (rounds, model shape, local training schedule, secure
+  aggregation), fixed for a run and sent by the coordinator in the app;
+- site-only settings (the site's policy and paths), never sent by the server;
+- per-round values in the server's ConfigRecord (the round number).
+Importable without torch, so the SecAgg+ stages of a ClientApp start fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM, TEMPORAL_MODELS
+from semiofed.common.errors import SemiofedError
+
+STRATEGY_FEDAVG = "fedavg"
+STRATEGY_FEDPROX = "fedprox"
+STRATEGY_FEDADAM = "fedadam"
+STRATEGIES = (STRATEGY_FEDAVG, STRATEGY_FEDPROX, STRATEGY_FEDADAM)
+
+# --- per-round config (server -> site) ---------------------------------------
+CFG_ROUND = "round"
+CFG_RUN_ID = "run_id"
+CFG_QUERY = "query"  # get_properties: "budget" asks whether the site can afford the next round
+
+# --- site -> server: the only keys the egress policy lets out -----------------
+KEY_SITE_ID = "site_id"
+KEY_LEDGER_HEAD = "ledger_head"  # the site's signed ledger head (JSON)
+KEY_ACCEPTS = "accepts"  # 1 if the site will train this round, 0 if it declines
+KEY_DECLINE_REASON = "decline_reason"
+KEY_VERSION = "semiofed_version"
+KEY_FEATURE_SHA = "feature_extractor_sha256"
+FIT_METRICS = ("epsilon_round", "epsilon_spent", "epsilon_max", "delta", "noise_multiplier", "sample_rate", "steps",
+               "train_patients", "clipped_fraction", "seconds")
+EVAL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece", "loss", "temperature", "test_patients",
+                "tp", "fn", "fp", "tn")
+BUDGET_METRICS = ("epsilon_spent", "epsilon_max", "epsilon_remaining", "epsilon_projected", "delta")
+# Strings a site may send, each checked by value by the egress policy.
+TEXT_KEYS = (KEY_SITE_ID, KEY_LEDGER_HEAD, KEY_DECLINE_REASON, KEY_VERSION, KEY_FEATURE_SHA)
+MAX_TEXT_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """A federated run's settings; every site trains the same model with the same schedule."""
+
+    rounds: int = 3
+    strategy: str = STRATEGY_FEDAVG
+    proximal_mu: float = 0.01  # FedProx
+    server_lr: float = 0.05  # FedAdam's eta
+    local_epochs: int = 2
+    batch_patients: int = 8
+    lr: float = 1e-3
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    streams: tuple[str, ...] = STREAMS
+    temporal: str = TEMPORAL_BLSTM
+    hidden: int = 64
+    embed_dim: int = 64
+    n_segments: int = 16
+    stcnn: str = "i3d"
+    stcnn_dim: int = 1024
+    folds: int = 5  # sites hold out fold `test_fold` (test) and the next (validation) of their own patients
+    test_fold: int = 0
+    seed: int = 0
+    secure_aggregation: bool = True
+    min_sites: int = 2
+    round_timeout: float = 900.0  # seconds a round waits for sites; a dropped site cannot hang it
+    # the server may ask for less spending per run; a site caps it by its own policy and settings
+    site_epsilon: float = 0.0  # 0: each site decides (its run budget, else what it has left)
+    noise_multiplier: float = 0.0  # 0: each site chooses sigma to fit its run budget
+    checkpoints_dir: str = ""
+    site_keys_dir: str = ""  # enrolled sites' public keys: the coordinator verifies their ledger heads
+    resume_from: str = ""  # a global checkpoint to start from
+    semiofed_version: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _tuple(self.labels))
+        object.__setattr__(self, "streams", _tuple(self.streams))
+        if self.strategy not in STRATEGIES:
+            raise SemiofedError(f"strategy '{self.strategy}' is unknown", f"use one of {', '.join(STRATEGIES)}")
+        if self.temporal not in TEMPORAL_MODELS:
+            raise SemiofedError(f"temporal model '{self.temporal}' is unknown", f"use one of {', '.join(TEMPORAL_MODELS)}")
+        for name in ("rounds", "local_epochs", "batch_patients", "min_sites", "n_segments", "hidden"):
+            if int(getattr(self, name)) < 1:
+                raise SemiofedError(f"run config {name}={getattr(self, name)} must be at least 1")
+        for name in ("lr", "round_timeout", "server_lr"):
+            if not (float(getattr(self, name)) > 0 and math.isfinite(float(getattr(self, name)))):
+                raise SemiofedError(f"run config {name}={getattr(self, name)} must be a positive number")
+        for name in ("proximal_mu", "site_epsilon", "noise_multiplier"):
+            if float(getattr(self, name)) < 0:
+                raise SemiofedError(f"run config {name}={getattr(self, name)} must not be negative")
+        if self.folds < 3 or not (0 <= self.test_fold < self.folds):
+            raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}", "use folds >= 3 and 0 <= test_fold < folds")
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flower run config (str, int, float, bool values; lists comma-joined)."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            out[key.replace("_", "-")] = ",".join(value) if isinstance(value, (list, tuple)) else value
+        return out
+
+    @classmethod
+    def from_run_config(cls, raw: Mapping[str, Any]) -> "FederationConfig":
+        """Parse Flower's run config, naming unknown keys; missing keys take the defaults."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        unknown = []
+        for key, value in raw.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                unknown.append(key)
+                continue
+            default = known[name].default
+            if isinstance(default, tuple):
+                values[name] = _tuple(value)
+            elif isinstance(default, bool):
+                values[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[name] = int(value)
+            elif isinstance(default, float):
+                values[name] = float(value)
+            else:
+                values[name] = str(value)
+        if unknown:
+            raise SemiofedError(f"run config has unknown keys {sorted(unknown)}", f"use only {sorted(k.replace('_', '-') for k in known)}")
+        return cls(**values)
+
+
+def _tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(str(v) for v in value)
+
+
+__all__ = ["FederationConfig", "STRATEGIES", "FIT_METRICS", "EVAL_METRICS", "BUDGET_METRICS", "TEXT_KEYS"]

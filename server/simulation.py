@@ -1,0 +1,72 @@
+"""The same ServerApp and ClientApp in Flower's simulation engine: one virtual SuperNode per site directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from semiofed.common.errors import SemiofedError
+from semiofed.common.federation import FederationConfig
+
+log = logging.getLogger(__name__)
+
+SITE_FILE = "site.json"
+
+
+def find_sites(sites_dir: Path) -> list[Path]:
+    """Site directories directly under `sites_dir` (those with a site.json), sorted by name."""
+    sites = sorted(p for p in Path(sites_dir).iterdir() if (p / SITE_FILE).is_file()) if Path(sites_dir).is_dir() else []
+    if len(sites) < 2:
+        raise SemiofedError(f"{sites_dir} holds {len(sites)} site director{'y' if len(sites) == 1 else 'ies'}",
+                            "give --sites-dir a folder with at least two `semiofed site init` directories")
+    return sites
+
+
+class VirtualSite:
+    """What a real SuperNode gets from --node-config and the app, for a virtual one: its site and the run config."""
+
+    def __init__(self, site_dirs: list[Path], config: FederationConfig) -> None:
+        self.site_dirs, self.config = site_dirs, config
+
+    def settings(self, context: Any) -> Any:
+        from semiofed.client.federated_training import SiteSettings
+
+        return SiteSettings(site_dir=self.site_dirs[int(context.node_config["partition-id"])])
+
+    def client_fn(self, context: Any) -> Any:
+        from semiofed.client.client_app import SiteClient
+
+        return SiteClient(context, config=self.config, settings=self.settings(context))
+
+    def egress_spec(self, context: Any) -> Any:
+        from semiofed.client.client_app import egress_spec
+
+        return egress_spec(context, config=self.config, settings=self.settings(context))
+
+
+def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2) -> Path:
+    """Run the federation in Flower's simulation engine; returns the final global checkpoint."""
+    from flwr.client import ClientApp
+    from flwr.client.mod import secaggplus_mod
+    from flwr.simulation import run_simulation
+
+    from semiofed.client.egress import make_egress_mod
+    from semiofed.server.run_log import read_run
+    from semiofed.server.server_app import make_server_app
+
+    sites = find_sites(sites_dir)
+    virtual = VirtualSite(sites, config)
+    client_app = ClientApp(client_fn=virtual.client_fn, mods=[secaggplus_mod, make_egress_mod(virtual.egress_spec)])
+    checkpoints = Path(config.checkpoints_dir)
+    before = set(checkpoints.glob("run-*")) if checkpoints.is_dir() else set()
+    run_simulation(server_app=make_server_app(config), client_app=client_app, num_supernodes=len(sites),
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": cpus, "num_gpus": 0, "logging_level": "ERROR"}})
+    runs = sorted(set(checkpoints.glob("run-*")) - before, key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise SemiofedError("the simulation ended without a run record", "run with --verbose and read Flower's log above")
+    run = read_run(runs[-1])
+    if run.get("status") != "finished" or not run.get("final_checkpoint"):
+        raise SemiofedError(f"the simulated run failed: {run.get('error', 'see run.json')}", f"read {runs[-1] / 'run.json'}")
+    return Path(run["final_checkpoint"])
