@@ -1,0 +1,113 @@
+"""Long-running Flower processes (SuperLink, SuperNode): start detached, wait until they listen, stop them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from semiofed.common.errors import SemiofedError
+from semiofed.common.files import write_bytes_atomic
+
+
+def flower_bin(name: str) -> str:
+    """A Flower console script installed next to this Python (the venv's bin), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flower_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Flower processes: the venv's bin first on PATH (the SuperLink starts `flower-superexec`)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra or {})
+    return env
+
+
+def start_detached(command: Sequence[str], *, log_file: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:
+    """Start `command` in its own session (so stopping it stops its children), logging to `log_file`."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env or flower_env(), start_new_session=True)
+    write_bytes_atomic(pid_file, f"{process.pid}\n".encode(), mode=0o644)
+    return process.pid
+
+
+def is_running(pid: int | None) -> bool:
+    """True when a process with this pid exists (and is not a zombie of ours)."""
+    if not pid:
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file`, or None."""
+    try:
+        return int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_listening(host: str, port: int, *, pid: int, timeout: float, log_file: Path) -> None:
+    """Wait until `host:port` accepts connections; fail clearly if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(pid):
+            tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
+            raise SemiofedError(f"the process exited while starting (log {log_file}):\n{tail}",
+                                "read the log; a port in use or a bad certificate are the usual causes")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise SemiofedError(f"nothing listens on {host}:{port} after {timeout:.0f} s (log {log_file})", "read the log")
+
+
+def stop(pid: int | None, *, timeout: float = 15.0) -> bool:
+    """SIGTERM the process group of `pid`, then SIGKILL what is left; True if something was stopped."""
+    if not is_running(pid):
+        return False
+    assert pid is not None
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and is_running(pid):
+            time.sleep(0.2)
+        if not is_running(pid):
+            break
+    try:
+        os.killpg(pid, signal.SIGKILL)  # children that outlived the leader
+    except (ProcessLookupError, PermissionError):
+        pass
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (for tests and the demo)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

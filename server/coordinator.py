@@ -1,0 +1,287 @@
+"""The coordinator's directory and the SuperLink it runs: TLS, enrolled sites, database, checkpoints, run launch.
+
+DIR/
+  coordinator.json        address, ports, certificate names, enrolled and registered sites
+  tls/ca.pem, ca.key      the federation's CA (sites get ca.pem only)
+  tls/superlink.pem, .key the SuperLink's certificate
+  sites/<site>.pub        enrolled site keys (ECDSA P-384, OpenSSH)
+  state/superlink.db      SuperLink state (runs, registered nodes) survives restarts
+  checkpoints/run-<id>/   each run's run.json, round checkpoints and final model
+  app/pyproject.toml      the Flower app: only configuration, the code is each side's installed semiofed
+  flwr-home/config.toml   the `flwr` CLI's connection to this SuperLink
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from semiofed.common import processes
+from semiofed.common.errors import SemiofedError
+from semiofed.common.federation import FederationConfig
+from semiofed.common.files import make_private_dir, write_bytes_atomic, write_json_atomic
+from semiofed.common.keys import load_public_key, public_key_fingerprint
+from semiofed.common.version import semiofed_version
+from semiofed.server.certificates import DEFAULT_SANS, TlsFiles, make_ca, make_server_certificate
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_FILE = "coordinator.json"
+CONNECTION = "semiofed"
+DEFAULT_PORT = 9092  # HTTPS: Fleet API for sites and Control API for `coordinator run`
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class CoordinatorError(SemiofedError):
+    """The coordinator directory is missing, incomplete, or its SuperLink is not in the needed state."""
+
+
+@dataclass
+class CoordinatorState:
+    """coordinator.json."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    sans: list[str] = field(default_factory=lambda: list(DEFAULT_SANS))
+    enrolled: dict[str, str] = field(default_factory=dict)  # site -> key fingerprint
+    registered: dict[str, str] = field(default_factory=dict)  # site -> Flower node id
+
+
+class Coordinator:
+    """Paths and operations of one coordinator directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    # --- layout ----------------------------------------------------------
+    @property
+    def tls(self) -> TlsFiles:
+        t = self.root / "tls"
+        return TlsFiles(t / "ca.pem", t / "ca.key", t / "superlink.pem", t / "superlink.key")
+
+    sites_dir = property(lambda self: self.root / "sites")
+    database = property(lambda self: self.root / "state" / "superlink.db")
+    checkpoints_dir = property(lambda self: self.root / "checkpoints")
+    app_dir = property(lambda self: self.root / "app")
+    flwr_home = property(lambda self: self.root / "flwr-home")
+    log_file = property(lambda self: self.root / "logs" / "superlink.log")
+    pid_file = property(lambda self: self.root / "superlink.pid")
+
+    def state(self) -> CoordinatorState:
+        path = self.root / COORDINATOR_FILE
+        try:
+            return CoordinatorState(**json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise CoordinatorError(f"{self.root} is not a coordinator directory (no {COORDINATOR_FILE})",
+                                   "run `semiofed coordinator init --dir DIR` first") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise CoordinatorError(f"{path} is unreadable ({exc})", "restore it or re-run `coordinator init` in a new directory") from exc
+
+    def save_state(self, state: CoordinatorState) -> None:
+        write_json_atomic(self.root / COORDINATOR_FILE, asdict(state), mode=0o644)
+
+    # --- init and enrolment ----------------------------------------------
+    def init(self, *, sans: Sequence[str] = (), host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> CoordinatorState:
+        """Create the CA, the SuperLink certificate and the directory layout (refuses to overwrite)."""
+        if (self.root / COORDINATOR_FILE).exists():
+            raise CoordinatorError(f"{self.root} is already a coordinator directory", "use it as it is, or choose a new --dir")
+        names = list(dict.fromkeys([*sans, *DEFAULT_SANS]))
+        for d in (self.root, self.root / "tls", self.sites_dir, self.database.parent, self.checkpoints_dir, self.flwr_home):
+            make_private_dir(d)
+        make_ca(self.tls)
+        make_server_certificate(self.tls, names)
+        state = CoordinatorState(host=host, port=port, sans=names)
+        self.save_state(state)
+        return state
+
+    def enroll(self, public_key_file: Path, name: str | None = None) -> str:
+        """Record a site's public key (and register it at once when the SuperLink runs); returns the site name."""
+        try:
+            key = load_public_key(Path(public_key_file))
+        except FileNotFoundError:
+            raise CoordinatorError(f"site key {public_key_file} not found", "give the site_key.pub the site sent you") from None
+        text = Path(public_key_file).read_text(encoding="ascii").strip()
+        name = name or (text.split()[2] if len(text.split()) > 2 else Path(public_key_file).stem)
+        if not SITE_NAME.match(name):
+            raise CoordinatorError(f"site name {name!r} is not usable", "give --name with letters, digits, '.', '_' or '-'")
+        state = self.state()
+        fingerprint = public_key_fingerprint(key)
+        if name in state.enrolled and state.enrolled[name] != fingerprint:
+            raise CoordinatorError(f"site {name} is already enrolled with another key ({state.enrolled[name]})",
+                                   "enroll the new key under another --name, or remove sites/NAME.pub first")
+        write_bytes_atomic(self.sites_dir / f"{name}.pub", (text + "\n").encode("ascii"), mode=0o644)
+        state.enrolled[name] = fingerprint
+        self.save_state(state)
+        if self.running():
+            self.register_pending()
+        return name
+
+    # --- the SuperLink -----------------------------------------------------
+    def pid(self) -> int | None:
+        return processes.read_pid(self.pid_file)
+
+    def running(self) -> bool:
+        return processes.is_running(self.pid())
+
+    def flwr_env(self) -> dict[str, str]:
+        state = self.state()
+        make_private_dir(self.flwr_home)
+        config = (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+                  f'address = "{_client_host(state.host)}:{state.port}"\nroot-certificates = "{self.tls.ca_certificate}"\n')
+        write_bytes_atomic(self.flwr_home / "config.toml", config.encode("utf-8"))
+        return processes.flower_env({"FLWR_HOME": str(self.flwr_home)})
+
+    def superlink_command(self) -> list[str]:
+        state, tls = self.state(), self.tls
+        return [
+            processes.flower_bin("flower-superlink"),
+            "--ssl-certfile", str(tls.server_certificate), "--ssl-keyfile", str(tls.server_key),
+            "--ssl-ca-certfile", str(tls.ca_certificate),
+            "--enable-supernode-auth", "--database", str(self.database),
+            "--disable-runtime-dependency-installation",
+            "--host", state.host, "--port", str(state.port),
+            # Flower 1.41 serves sites and `flwr` over HTTPS on --port; keep its legacy gRPC listeners off the defaults
+            "--fleet-api-address", f"{_client_host(state.host)}:{state.port + 100}",
+            "--control-api-address", f"{_client_host(state.host)}:{state.port + 101}",
+        ]
+
+    def start(self, *, port: int | None = None, host: str | None = None, timeout: float = 90.0) -> int:
+        """Start the SuperLink in the background (TLS, site authentication, persistent state) and register enrolled sites."""
+        if self.running():
+            raise CoordinatorError(f"the SuperLink of {self.root} already runs (pid {self.pid()})",
+                                   "use it, or `semiofed coordinator stop --dir DIR` first")
+        state = self.state()
+        if port is not None or host is not None:
+            state.port, state.host = port or state.port, host or state.host
+            self.save_state(state)
+        pid = processes.start_detached(self.superlink_command(), log_file=self.log_file, pid_file=self.pid_file,
+                                       env=self.flwr_env())
+        try:
+            processes.wait_listening(_client_host(state.host), state.port, pid=pid, timeout=timeout, log_file=self.log_file)
+            self.register_pending()
+        except BaseException:
+            processes.stop(pid)
+            raise
+        return pid
+
+    def stop(self) -> bool:
+        """Stop the SuperLink and its ServerApp processes."""
+        return processes.stop(self.pid())
+
+    def _flwr(self, args: Sequence[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([processes.flower_bin("flwr"), *args], env=self.flwr_env(), cwd=self.root,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def register_pending(self) -> dict[str, str]:
+        """Register every enrolled key the SuperLink does not know yet (`flwr supernode register`)."""
+        state = self.state()
+        for name in sorted(set(state.enrolled) - set(state.registered)):
+            result = self._flwr(["supernode", "register", str(self.sites_dir / f"{name}.pub"), CONNECTION, "--format", "json"])
+            answer = _last_json(result.stdout)
+            if result.returncode != 0 or not answer.get("success"):
+                raise CoordinatorError(f"the SuperLink refused to register site {name}: {(result.stdout + result.stderr).strip()[-400:]}",
+                                       "check that the key is an ECDSA P-384 key in OpenSSH format and not registered twice")
+            state.registered[name] = str(answer.get("node-id", ""))
+            log.info("registered site %s as node %s", name, state.registered[name])
+        self.save_state(state)
+        return state.registered
+
+    # --- runs ----------------------------------------------------------------
+    def write_app(self, config: FederationConfig) -> Path:
+        """The Flower app directory: configuration only, so each side runs its own installed semiofed."""
+        make_private_dir(self.app_dir)
+        lines = [
+            '[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', '',
+            '[project]', 'name = "semiofed-federation"', f'version = "{_pep440(semiofed_version())}"',
+            'description = "semiofed federated seizure classifier (configuration only)"', 'license = "Apache-2.0"',
+            'dependencies = []', '', '[tool.hatch.build.targets.wheel]', 'packages = ["."]', '',
+            '[tool.flwr.app]', 'publisher = "semiofed"', '', '[tool.flwr.app.components]',
+            'serverapp = "semiofed.server.server_app:app"', 'clientapp = "semiofed.client.client_app:app"', '',
+            '[tool.flwr.app.config]',
+        ]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in config.to_run_config().items()]
+        write_bytes_atomic(self.app_dir / "pyproject.toml", ("\n".join(lines) + "\n").encode("utf-8"), mode=0o644)
+        return self.app_dir
+
+    def run(self, config: FederationConfig, *, on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Launch a federated run on the running SuperLink, stream its log, return its run.json."""
+        from semiofed.server.run_log import read_run
+
+        if not self.running():
+            raise CoordinatorError(f"the SuperLink of {self.root} is not running", "start it with `semiofed coordinator start --dir DIR`")
+        config = FederationConfig(**{**asdict(config), "checkpoints_dir": str(self.checkpoints_dir),
+                                     "site_keys_dir": str(self.sites_dir), "semiofed_version": semiofed_version()})
+        app = self.write_app(config)
+        command = [processes.flower_bin("flwr"), "run", str(app), CONNECTION, "--stream"]
+        run_id = None
+        with subprocess.Popen(command, env=self.flwr_env(), cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True) as proc:
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    match = re.search(r"started run (\d+)", line)
+                    if match:
+                        run_id = match.group(1)
+                    if on_line is not None:
+                        on_line(line.rstrip("\n"))
+                proc.wait(timeout=timeout)
+            except BaseException:
+                processes.stop(proc.pid, timeout=5)
+                raise
+        if run_id is None:
+            raise CoordinatorError(f"`flwr run` did not start a run (exit {proc.returncode})", "read its output above")
+        run_file = self.checkpoints_dir / f"run-{run_id}"
+        if not (run_file / "run.json").is_file():
+            raise CoordinatorError(f"run {run_id} left no run.json (exit {proc.returncode})", f"read the SuperLink log {self.log_file}")
+        return read_run(run_file)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run's run.json, oldest first."""
+        from semiofed.server.run_log import read_run
+
+        found = [read_run(p) for p in self.checkpoints_dir.glob("run-*") if (p / "run.json").is_file()]
+        return sorted(found, key=lambda r: r.get("started", ""))
+
+    def latest_checkpoint(self) -> Path | None:
+        """The last global checkpoint written by any run."""
+        path = self.checkpoints_dir / "latest.json"
+        return Path(json.loads(path.read_text())["checkpoint"]) if path.is_file() else None
+
+    def info(self) -> dict[str, Any]:
+        """Paths and addresses a site or script needs."""
+        state = self.state()
+        return {
+            "coordinator_dir": str(self.root), "superlink": f"{state.sans[0] if state.sans else state.host}:{state.port}",
+            "port": state.port, "ca_certificate": str(self.tls.ca_certificate), "superlink_certificate": str(self.tls.server_certificate),
+            "certificate_names": state.sans, "database": str(self.database), "checkpoints_dir": str(self.checkpoints_dir),
+            "sites_dir": str(self.sites_dir), "enrolled_sites": sorted(state.enrolled), "registered_sites": state.registered,
+            "running": self.running(), "pid": self.pid(), "log": str(self.log_file), "semiofed_version": semiofed_version(),
+        }
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+
+
+def _pep440(version: str) -> str:
+    return version.split("+")[0] or "0"
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    start = text.find("{")
+    try:
+        return json.loads(text[start:]) if start >= 0 else {}
+    except ValueError:
+        return {}
