@@ -15,8 +15,9 @@ app = typer.Typer(
     help=(
         "Privacy-preserving federated learning for epileptic-seizure video.\n\n"
         "Hospital sites turn videos into de-identified records and train locally "
-        "with differential privacy (`site`); `predict` classifies one video; "
-        "the model files are fetched and checked with `models`."
+        "with differential privacy (`site`), join a federation run by a `coordinator`; `predict` classifies one video; "
+        "the model files are fetched and checked with `models`; `audit` checks sites' "
+        "signed privacy ledgers."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -24,8 +25,15 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
-    from semiofed.cli import demo_cmd, models_cmd, phantom_cmd, predict_cmd, site_cmd, train_cmd
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from semiofed.cli import audit_cmd, coordinator_cmd, demo_cmd, models_cmd, phantom_cmd, predict_cmd, site_cmd, train_cmd
 
     site_cmd.app.command("train")(train_cmd.train)
     site_cmd.app.command("budget")(train_cmd.budget)
@@ -34,6 +42,8 @@ def _register() -> None:
     app.command("predict")(predict_cmd.predict)
     app.add_typer(phantom_cmd.app, name="phantom")
     app.command("demo")(demo_cmd.demo)
+    app.add_typer(audit_cmd.app, name="audit")
+    app.add_typer(coordinator_cmd.app, name="coordinator")
 
 
 @app.callback()

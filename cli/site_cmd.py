@@ -182,3 +182,31 @@ def policy(
     for key, value in data.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+@app.command()
+def join(
+    site_dir: Path = typer.Option(..., "--site-dir", help="The site directory made by `semiofed site init`."),
+    superlink: str = typer.Option(..., "--superlink", help="The coordinator's SuperLink as HOST:PORT."),
+    ca: Path = typer.Option(..., "--ca", help="The coordinator's CA certificate (ca.pem from `coordinator info`)."),
+    clientapp_port: int = typer.Option(9094, "--clientapp-port", help="Local port between the SuperNode and its ClientApp processes."),
+    run_epsilon: float = typer.Option(0.0, "--run-epsilon", help="Most epsilon this site spends in one federated run (0: what its policy has left)."),
+    background: bool = typer.Option(False, "--background", help="Detach and write supernode.pid (stop with `site leave`)."),
+) -> None:
+    """Join the federation: a SuperNode authenticated by the site key, trusting only the coordinator's CA."""
+    from semiofed.client.supernode import join as join_federation
+
+    code = join_federation(site_dir, superlink=superlink, ca=ca, clientapp_port=clientapp_port, run_epsilon=run_epsilon,
+                           background=background)
+    if background:
+        Console().print(f"SuperNode started (pid {code}); log {site_dir / 'logs' / 'supernode.log'}")
+    elif code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def leave(site_dir: Path = typer.Option(..., "--site-dir", help="The site directory.")) -> None:
+    """Stop the site's background SuperNode."""
+    from semiofed.client.supernode import leave as leave_federation
+
+    Console().print("SuperNode stopped" if leave_federation(site_dir) else "no SuperNode was running for this site")

@@ -103,3 +103,83 @@ def budget(
         f"{summary['epsilon_remaining']:.3f} (delta {summary['delta']:g}, {summary['accountant']} accountant, "
         f"unit: {summary['privacy_unit']}; {summary['steps']} steps in {summary['runs']} runs)"
     )
+
+
+def _json_safe(value: object) -> object:
+    """NaN (e.g. AUROC of a test fold with one class) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def cv(
+    site_dir: Path = SiteDirOption,
+    folds: int = typer.Option(5, "--folds", help="Patient-grouped folds: each is the test set once, the next one validates."),
+    epochs: int = typer.Option(30, "--epochs", help="Passes over each fold's training patients (an epoch is 1/q steps)."),
+    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma of every fold (default: the site policy's minimum)."),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after ALL folds; semiofed picks one noise for all of them."),
+    labels: str = typer.Option(",".join(DEFAULT_LABELS), "--labels", help="Comma-separated label set, in output order."),
+    streams: str = typer.Option(",".join(STREAMS), "--streams", help=f"Comma-separated input streams: {', '.join(STREAMS)}."),
+    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
+    hidden: int = typer.Option(64, "--hidden", help="Hidden units of the temporal model."),
+    segments: int = typer.Option(16, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
+    class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds, initialisation and sampling (not of the DP noise)."),
+    output_format: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """Cross-validate over patient folds (every patient tested once); under DP every fold is charged to the budget."""
+    from rich.table import Table
+
+    from semiofed.client.cross_validation import cross_validate
+    from semiofed.client.local_training import LocalTrainingOptions
+
+    err = Console(stderr=True)
+    if not dp:
+        err.print("[bold red]WARNING: --no-dp: this training is NOT differentially private. "
+                  "The models may reveal individual patients; do not share them outside the site.[/]")
+    options = LocalTrainingOptions(
+        epochs=epochs, batch_patients=batch_patients, lr=lr, dp=dp, noise_multiplier=noise_multiplier,
+        epsilon=epsilon, labels=_split(labels), streams=_split(streams), temporal=temporal, hidden=hidden,
+        n_segments=segments, class_weights=_class_weights(class_weights), folds=folds, seed=seed,
+    )
+    with progress_bar() as progress:
+        task = progress.add_task("cross-validation", total=folds * epochs)
+        result = cross_validate(site_dir, options,
+                                on_epoch=lambda fold, epoch, _: progress.update(task, completed=fold * epochs + epoch + 1))
+    report = {
+        "dp": result.dp, "folds": options.folds, "noise_multiplier": result.noise_multiplier, "delta": result.delta,
+        "epsilon_before": result.epsilon_before, "epsilon_spent": result.epsilon_spent, "epsilon_max": result.epsilon_max,
+        "per_fold": [{"fold": f.fold, "n_patients": f.n_patients, "n_seizures": f.n_seizures, "sample_rate": f.sample_rate,
+                      "steps": f.steps, "temperature": f.temperature, "test": f.test_metrics} for f in result.folds],
+        "pooled": result.pooled_metrics, "seconds": round(result.seconds, 1),
+    }
+    if output_format == "json":
+        print(json.dumps(_json_safe(report), indent=2))
+        return
+    out = Console()
+    if result.dp:
+        out.print(f"privacy: {options.folds} folds took epsilon from {result.epsilon_before:.3f} to "
+                  f"{result.epsilon_spent:.3f} of {result.epsilon_max:g} (delta {result.delta:g}, per patient), "
+                  f"sigma {result.noise_multiplier:.3f}")
+    else:
+        out.print("[bold red]privacy: none (--no-dp)[/]")
+    table = Table(title=f"patient-grouped {options.folds}-fold cross-validation (test metrics after temperature scaling)")
+    for column in ("fold", "patients train/val/test", "test seizures", "accuracy", "balanced acc.", "F1", "AUROC", "ECE", "T"):
+        table.add_column(column, justify="right")
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731 - v != v: NaN (one class in the fold)
+    for f in result.folds:
+        m, n = f.test_metrics, f.n_patients
+        table.add_row(str(f.fold), f"{n['train']}/{n['validation']}/{n['test']}", str(m["n_seizures"]), fmt(m["accuracy"]),
+                      fmt(m["balanced_accuracy"]), fmt(m["f1_macro"]), fmt(m["auroc"]), fmt(m["ece"]), f"{f.temperature:.2f}")
+    m = result.pooled_metrics
+    table.add_row("pooled", "", str(m["n_seizures"]), fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["f1_macro"]),
+                  fmt(m["auroc"]), fmt(m["ece"]), "", style="bold")
+    out.print(table)
+    out.print(f"pooled confusion matrix (rows true {', '.join(options.labels)}): {m['confusion_matrix']}")

@@ -1,0 +1,119 @@
+"""`semiofed audit`: verify a site's privacy ledger, and report on every site's ledger as one HTML page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from semiofed.common.errors import SemiofedError
+
+app = typer.Typer(
+    help="Privacy audit: check sites' signed ledgers (hash chain, signatures, epsilon recomputed independently).",
+    no_args_is_help=True,
+)
+
+FORMATS = ("table", "json")
+
+
+def _check_format(output_format: str) -> None:
+    if output_format not in FORMATS:
+        raise SemiofedError(f"--format '{output_format}' is not known", f"use one of {', '.join(FORMATS)}")
+
+
+def _eps(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _entries_table(verification: Any) -> Table:
+    table = Table(title=f"ledger {verification.path}")
+    for column in ("seq", "run", "round", "kind", "time", "sigma", "q", "steps", "eps", "eps PLD", "eps cum.",
+                   "eps cum. PLD", "budget", "status"):
+        table.add_column(column, justify="right" if column.startswith(("eps", "sigma", "q", "steps", "budget")) else "left")
+    for row in verification.entries:
+        status = "[green]ok[/]" if row.ok else f"[red]{', '.join(row.problems)}[/]"
+        table.add_row(
+            str(row.seq), str(row.run_id), str(row.round), str(row.kind), str(row.time), _eps(row.noise_multiplier),
+            f"{row.sample_rate:.4g}" if isinstance(row.sample_rate, float) else "-", str(row.steps), _eps(row.epsilon),
+            _eps(row.epsilon_recomputed), _eps(row.epsilon_cumulative), _eps(row.epsilon_cumulative_recomputed),
+            _eps(row.epsilon_max), status,
+        )
+    return table
+
+
+def _print_verification(console: Console, verification: Any) -> None:
+    console.print(_entries_table(verification))
+    for problem in verification.problems:
+        console.print(f"[red]{problem}[/]", highlight=False)
+    who = f"site {verification.site_id}, " if verification.site_id else ""
+    if verification.ok:
+        console.print(f"[bold green]VERIFIED[/]: {who}{len(verification.entries)} entries, key {verification.key_fingerprint}",
+                      highlight=False)
+    else:
+        console.print(f"[bold red]NOT VERIFIED[/]: {who}{len(verification.problems)} problem(s) in "
+                      f"{len(verification.entries)} entries, key {verification.key_fingerprint}", highlight=False)
+
+
+def _read_head(path: Path) -> dict[str, Any]:
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SemiofedError(f"ledger head {path} is missing", "give the JSON head the site sent with its round metrics") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SemiofedError(f"ledger head {path} is not readable JSON ({exc})",
+                            "give the head exactly as the site sent it") from exc
+    if not isinstance(head, dict):
+        raise SemiofedError(f"ledger head {path} is not a JSON object", "give the head exactly as the site sent it")
+    return head
+
+
+@app.command("verify")
+def verify(
+    ledger: Path = typer.Option(..., "--ledger", help="The site's ledger.jsonl."),
+    site_key: Path = typer.Option(..., "--site-key", help="The site's public key (keys/site_key.pub, OpenSSH format)."),
+    head: Optional[Path] = typer.Option(None, "--head", help="A signed ledger head (JSON) the site sent earlier: "
+                                                             "also detects entries cut off the end."),
+    output_format: str = typer.Option("table", "--format", help="table, or json on stdout (the table then goes to stderr)."),
+) -> None:
+    """Verify a site's privacy ledger: hash chain, every signature, every epsilon recomputed; exit 1 unless all verify."""
+    from semiofed.common.keys import load_public_key
+    from semiofed.common.ledger_audit import verify_ledger
+
+    _check_format(output_format)
+    public_key = load_public_key(site_key)
+    verification = verify_ledger(ledger, public_key, head=_read_head(head) if head else None)
+    if output_format == "json":
+        _print_verification(Console(stderr=True), verification)
+        print(json.dumps(verification.to_dict(), indent=2))
+    else:
+        _print_verification(Console(), verification)
+    if not verification.ok:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report(
+    ledgers: Path = typer.Option(..., "--ledgers", help="Folder with one sub-folder per site holding ledger.jsonl and "
+                                                        "site_key.pub (or SITE.jsonl with SITE.pub)."),
+    out: Path = typer.Option(Path("privacy-audit.html"), "--out", help="The HTML report to write (self-contained)."),
+) -> None:
+    """Write one HTML page: each site's epsilon over time against its budget, runs, verification; exit 1 unless all verify."""
+    from semiofed.common.audit_report import audit_site, build_report, find_site_ledgers
+    from semiofed.common.html_report import write_html
+
+    console = Console()
+    sites = find_site_ledgers(ledgers)
+    results = []
+    for site in sites:
+        verification = audit_site(site)
+        results.append((site, verification))
+        state = "[green]verified[/]" if verification.ok else f"[red]NOT VERIFIED ({len(verification.problems)} problems)[/]"
+        console.print(f"{site.name}: {len(verification.entries)} entries, {state}", highlight=False)
+    write_html(out, build_report(results))
+    console.print(f"report: {out}")
+    if not all(v.ok for _, v in results):
+        raise typer.Exit(1)

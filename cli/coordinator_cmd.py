@@ -1,0 +1,195 @@
+"""`semiofed coordinator`: the federation's CA, enrolled sites, the SuperLink, and federated runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM
+from semiofed.common.federation import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
+
+app = typer.Typer(help="Run the federation: certificates, site enrolment, the Flower SuperLink and federated runs.",
+                  no_args_is_help=True)
+DirOption = typer.Option(..., "--dir", help="The coordinator directory made by `semiofed coordinator init`.")
+
+
+def _coordinator(directory: Path) -> Any:
+    from semiofed.server.coordinator import Coordinator
+
+    return Coordinator(directory)
+
+
+@app.command()
+def init(
+    directory: Path = DirOption,
+    san: List[str] = typer.Option([], "--san", help="Host name or IP the sites use to reach the SuperLink (repeat); localhost is always included."),
+    port: int = typer.Option(9092, "--port", help="HTTPS port of the SuperLink (sites and `flwr`)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the SuperLink listens on (0.0.0.0 for every interface)."),
+) -> None:
+    """Create a coordinator directory: a private CA and the SuperLink's TLS certificate."""
+    coordinator = _coordinator(directory)
+    state = coordinator.init(sans=san, host=host, port=port)
+    Console().print(f"coordinator directory {coordinator.root}: CA {coordinator.tls.ca_certificate} (give it to the sites), "
+                    f"certificate for {', '.join(state.sans)}")
+
+
+@app.command()
+def enroll(
+    site_public_key: Path = typer.Argument(..., help="The site's site_key.pub (ECDSA P-384, OpenSSH)."),
+    directory: Path = DirOption,
+    name: Optional[str] = typer.Option(None, "--name", help="Site name (default: the key's comment, else the file name)."),
+) -> None:
+    """Enroll a site's public key: only enrolled sites may join (registered with the SuperLink now or at start)."""
+    coordinator = _coordinator(directory)
+    site = coordinator.enroll(site_public_key, name)
+    registered = coordinator.state().registered.get(site)
+    Console().print(f"enrolled site {site}" + (f" (registered as node {registered})" if registered else
+                                                 " (registered when the SuperLink starts)"))
+
+
+@app.command()
+def start(
+    directory: Path = DirOption,
+    port: Optional[int] = typer.Option(None, "--port", help="HTTPS port (default: the one given at init)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Listen address (default: the one given at init)."),
+    foreground: bool = typer.Option(False, "--foreground", help="Stay attached until interrupted (for services and containers)."),
+) -> None:
+    """Start the SuperLink: TLS, site authentication, persistent database, no run-time package installs."""
+    import time
+
+    coordinator = _coordinator(directory)
+    pid = coordinator.start(port=port, host=host)
+    state = coordinator.state()
+    Console().print(f"SuperLink running (pid {pid}) on {state.host}:{state.port}; {len(state.registered)} site(s) registered; "
+                    f"log {coordinator.log_file}")
+    if foreground:
+        try:
+            while coordinator.running():
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            coordinator.stop()
+
+
+@app.command()
+def stop(directory: Path = DirOption) -> None:
+    """Stop the SuperLink and its ServerApp processes."""
+    stopped = _coordinator(directory).stop()
+    Console().print("SuperLink stopped" if stopped else "the SuperLink was not running")
+
+
+@app.command()
+def run(
+    directory: Path = DirOption,
+    rounds: int = typer.Option(3, "--rounds", help="Federated rounds."),
+    min_sites: int = typer.Option(2, "--min-sites", help="A round runs only if at least this many sites can afford it."),
+    strategy: str = typer.Option(STRATEGY_FEDAVG, "--strategy", help=f"Aggregation: {', '.join(STRATEGIES)}."),
+    local_epochs: int = typer.Option(2, "--local-epochs", help="Local epochs per round at each site."),
+    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per DP step at each site."),
+    lr: float = typer.Option(1e-3, "--lr", help="Local Adam learning rate."),
+    secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+: the coordinator sees only the sum of updates."),
+    round_timeout: float = typer.Option(900.0, "--round-timeout", help="Seconds a round waits for sites."),
+    site_epsilon: float = typer.Option(0.0, "--site-epsilon", help="Ask each site to spend at most this epsilon in this run (sites may spend less)."),
+    labels: str = typer.Option(",".join(DEFAULT_LABELS), "--labels", help="Label set, in output order."),
+    streams: str = typer.Option(",".join(STREAMS), "--streams", help="Input streams."),
+    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help="Temporal model."),
+    hidden: int = typer.Option(64, "--hidden", help="Hidden units."),
+    segments: int = typer.Option(16, "--segments", help="Segments per seizure."),
+    resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
+    output_format: str = typer.Option("text", "--format", help="text or json"),
+) -> None:
+    """Launch a federated run on the running SuperLink and stream its progress."""
+    coordinator = _coordinator(directory)
+    resume_from = ""
+    if resume:
+        latest = coordinator.latest_checkpoint()
+        if latest is None:
+            from semiofed.common.errors import SemiofedError
+
+            raise SemiofedError("--resume: this coordinator has no global checkpoint yet", "run once without --resume")
+        resume_from = str(latest)
+    config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
+                              batch_patients=batch_patients, lr=lr, secure_aggregation=secure_aggregation,
+                              round_timeout=round_timeout, site_epsilon=site_epsilon, labels=labels, streams=streams,
+                              temporal=temporal, hidden=hidden, n_segments=segments, resume_from=resume_from)
+    err = Console(stderr=True)
+    result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)
+    if output_format == "json":
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        Console().print(_run_table(result))
+    if result.get("status") != "finished":
+        raise typer.Exit(1)
+
+
+def _run_table(run: dict[str, Any]) -> Table:
+    table = Table(title=f"run {run.get('run_id')}: {run.get('status')}")
+    for column in ("round", "sites trained", "declined", "balanced acc.", "AUROC (mean)", "epsilon spent per site"):
+        table.add_column(column)
+    for r in run.get("rounds", []):
+        agg = r.get("aggregate", {})
+        eps = ", ".join(f"{s} {v.get('epsilon_spent', float('nan')):.2f}" for s, v in sorted(r.get("fit", {}).items()))
+        table.add_row(str(r["round"]), str(len(r.get("fit", {}))), ", ".join(sorted(r.get("declined", {}))) or "-",
+                      f"{agg.get('balanced_accuracy', float('nan')):.3f}", f"{agg.get('auroc_mean', float('nan')):.3f}", eps or "-")
+    return table
+
+
+@app.command()
+def status(directory: Path = DirOption, output_format: str = typer.Option("text", "--format", help="text or json")) -> None:
+    """The SuperLink's state, enrolled sites and the progress of every run."""
+    coordinator = _coordinator(directory)
+    info, runs = coordinator.info(), coordinator.runs()
+    if output_format == "json":
+        print(json.dumps({"superlink": info, "runs": runs}, indent=2, sort_keys=True))
+        return
+    console = Console()
+    console.print(f"SuperLink: {'running (pid %s)' % info['pid'] if info['running'] else 'stopped'} at {info['superlink']}; "
+                  f"sites enrolled: {', '.join(info['enrolled_sites']) or 'none'}")
+    for r in runs:
+        console.print(_run_table(r))
+
+
+@app.command()
+def info(directory: Path = DirOption, output_format: str = typer.Option("text", "--format", help="text or json")) -> None:
+    """Paths and addresses: the CA certificate sites need, the database, the checkpoints directory."""
+    data = _coordinator(directory).info()
+    if output_format == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for key, value in data.items():
+            Console().print(f"{key}: {value}", highlight=False)
+
+
+@app.command()
+def simulate(
+    sites_dir: Path = typer.Option(..., "--sites-dir", help="A folder of site directories (one virtual SuperNode each)."),
+    rounds: int = typer.Option(3, "--rounds", help="Federated rounds."),
+    out: Path = typer.Option(Path("federation"), "--out", help="Where run.json and the checkpoints go."),
+    min_sites: int = typer.Option(2, "--min-sites", help="A round runs only if at least this many sites can afford it."),
+    strategy: str = typer.Option(STRATEGY_FEDAVG, "--strategy", help=f"Aggregation: {', '.join(STRATEGIES)}."),
+    local_epochs: int = typer.Option(2, "--local-epochs", help="Local epochs per round."),
+    secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+ (on by default)."),
+    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help="Temporal model."),
+    output_format: str = typer.Option("text", "--format", help="text or json"),
+) -> None:
+    """Run the same federation in Flower's simulation engine, one virtual SuperNode per site store."""
+    from semiofed.common.version import semiofed_version
+    from semiofed.server.run_log import read_run
+    from semiofed.server.simulation import simulate as run_simulation
+
+    config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
+                              secure_aggregation=secure_aggregation, temporal=temporal,
+                              checkpoints_dir=str(out.resolve()), semiofed_version=semiofed_version())
+    final = run_simulation(sites_dir, config)
+    result = read_run(final.parent)
+    if output_format == "json":
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        Console().print(_run_table(result))
+        Console().print(f"final model: {final}")

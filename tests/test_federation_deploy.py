@@ -1,0 +1,195 @@
+"""A real deployment on 127.0.0.1: SuperLink with TLS, site authentication and a database, three SuperNodes, SecAgg+.
+
+The processes are started once for the module and stopped in the fixture's
+teardown, also when a test fails. Site "site-2" can afford exactly one
+round; the others have ample budget.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dp_synthetic import populate
+from semiofed.client import supernode
+from semiofed.client.federated_training import SiteSettings, SiteTask
+from semiofed.client.site import init_site
+from semiofed.common.checkpoint import load_checkpoint
+from semiofed.common.federation import FederationConfig
+from semiofed.common.keys import load_public_key
+from semiofed.common.ledger import read_entries
+from semiofed.common.ledger_audit import verify_ledger
+from semiofed.common.policy import PrivacyPolicy
+from semiofed.common.privacy import _epsilon_of
+from semiofed.common.processes import flower_bin, free_port, is_running, read_pid, start_detached, stop
+from semiofed.common.version import semiofed_version
+from semiofed.server.coordinator import Coordinator
+
+SIGMA = 1.0
+SMALL = dict(local_epochs=1, batch_patients=3, temporal="attn", hidden=8, embed_dim=8, n_segments=4, stcnn_dim=16,
+             noise_multiplier=SIGMA, min_sites=2, round_timeout=90.0)
+
+
+def _make_site(root: Path, name: str, max_epsilon: float, seed: int):
+    site = init_site(root / name, name, PrivacyPolicy(max_epsilon=max_epsilon))
+    populate(site.layout.records_dir, n_patients=10, dim=16, n_snippets=12, seed=seed)
+    return site
+
+
+def _one_round_epsilon(site, config: FederationConfig) -> float:
+    task = SiteTask(SiteSettings(site.layout.root), config)
+    return _epsilon_of([(SIGMA, task.sample_rate, task.steps_per_round)], site.policy.target_delta)
+
+
+class Federation:
+    """The coordinator and the sites of the module, and the extra processes a test starts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.coordinator = Coordinator(root / "coordinator")
+        self.coordinator.init(port=free_port())
+        self.config = FederationConfig(**SMALL)
+        self.sites = [_make_site(root / "sites", "site-0", 50.0, 0), _make_site(root / "sites", "site-1", 50.0, 1)]
+        budget_one_round = _one_round_epsilon(self.sites[0], self.config) * 1.2
+        self.sites.append(_make_site(root / "sites", "site-2", budget_one_round, 2))
+        for site in self.sites:
+            self.coordinator.enroll(site.layout.public_key, name=site.site_id)
+        self.extra_pids: list[int] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.coordinator.state().port}"
+
+    def join(self, site) -> int:
+        return supernode.join(site.layout.root, superlink=self.address, ca=self.coordinator.tls.ca_certificate,
+                              clientapp_port=free_port(), background=True)
+
+    def run(self, rounds: int, **overrides) -> dict:
+        config = FederationConfig(**{**SMALL, "rounds": rounds, **overrides})
+        return self.coordinator.run(config, timeout=900)
+
+    def ledger(self, site) -> list[dict]:
+        return read_entries(site.layout.ledger_file)
+
+    def close(self) -> None:
+        for site in self.sites:
+            supernode.leave(site.layout.root)
+        for pid in self.extra_pids:
+            stop(pid)
+        self.coordinator.stop()
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    fed = Federation(tmp_path_factory.mktemp("federation"))
+    try:
+        fed.coordinator.start()
+        for site in fed.sites:
+            fed.join(site)
+        yield fed
+    finally:
+        fed.close()
+        pids = [read_pid(s.layout.root / supernode.PID_FILE) for s in fed.sites] + [fed.coordinator.pid(), *fed.extra_pids]
+        assert not any(is_running(p) for p in pids), "a process of the test outlived its teardown"
+
+
+def _sites_in(run: dict, round_: int, key: str) -> set[str]:
+    return set(next(r for r in run["rounds"] if r["round"] == round_)[key])
+
+
+def _check_ledgers(fed: Federation, run: dict) -> None:
+    for site in fed.sites:
+        report = verify_ledger(site.layout.ledger_file, load_public_key(site.layout.public_key))
+        assert report.ok, (site.site_id, [p.detail for p in report.problems])
+        trained = [r["round"] for r in run["rounds"] if site.site_id in r["fit"]]
+        entries = [e for e in fed.ledger(site) if e["run_id"] == run["run_id"]]
+        # one signed entry per round the site trained; a declined round leaves the ledger as it was
+        assert [e["round"] for e in entries] == trained, site.site_id
+
+
+def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
+    fed = federation
+    # an unenrolled site, and an enrolled one that tries plaintext: neither may take part
+    rogue = _make_site(tmp_path, "rogue", 50.0, 7)
+    fed.extra_pids.append(supernode.join(rogue.layout.root, superlink=fed.address, ca=fed.coordinator.tls.ca_certificate,
+                                         clientapp_port=free_port(), background=True))
+    plain_log = tmp_path / "plaintext-supernode.log"
+    fed.extra_pids.append(start_detached(
+        [flower_bin("flower-supernode"), "--insecure", "--superlink", fed.address,
+         "--auth-supernode-private-key", str(supernode.supernode_key(fed.sites[0])),
+         "--node-config", f'site-dir="{fed.sites[0].layout.root}"', "--port", str(free_port())],
+        log_file=plain_log, pid_file=tmp_path / "plain.pid"))
+
+    run = fed.run(rounds=2)
+
+    assert run["status"] == "finished", run.get("error")
+    all_sites = {s.site_id for s in fed.sites}
+    for r in run["rounds"]:
+        assert set(r["budget"]) <= all_sites, "a site that is not enrolled took part"
+        assert set(r["evaluate"]) == all_sites and all("balanced_accuracy" in m for m in r["evaluate"].values())
+        assert all(v["ledger_head_verified"] is True for v in r["budget"].values())
+    # site-2 can afford one round in its life: it trains at most once, then declines, and the run goes on
+    declined = [r["round"] for r in run["rounds"] if "site-2" in r["declined"]]
+    assert declined, run["rounds"]
+    assert "above this site's maximum" in next(r for r in run["rounds"] if "site-2" in r["declined"])["declined"]["site-2"]
+    assert all({"site-0", "site-1"} <= _sites_in(run, r["round"], "fit") for r in run["rounds"])
+    _check_ledgers(fed, run)
+    assert read_entries(rogue.layout.ledger_file) == [], "the unenrolled site trained"
+    assert is_running(fed.extra_pids[-1]) or "error" in plain_log.read_text(errors="replace").lower()
+
+    final = load_checkpoint(Path(run["final_checkpoint"]))
+    assert final.meta["training"]["federated"] is True and final.meta["temperature"] > 0
+    assert final.meta["privacy"]["secure_aggregation"] is True
+
+    info = CliRunner().invoke(_cli(), ["coordinator", "info", "--dir", str(fed.coordinator.root), "--format", "json"])
+    assert info.exit_code == 0, info.output
+    shown = json.loads(info.stdout)
+    assert Path(shown["ca_certificate"]).is_file() and Path(shown["checkpoints_dir"]).is_dir() and shown["database"]
+
+
+@pytest.mark.slow
+def test_run_survives_a_site_killed_mid_round(federation):
+    fed = federation
+    victim = fed.sites[0]
+    runs_dir = victim.layout.privacy_dir / "federated-runs"
+    before = set(runs_dir.glob("*.json")) if runs_dir.is_dir() else set()
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(fed.run(rounds=1)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        # the victim has started its round once it chose the run's noise
+        while time.monotonic() < deadline and not (set(runs_dir.glob("*.json")) - before if runs_dir.is_dir() else set()):
+            time.sleep(0.5)
+        assert supernode.leave(victim.layout.root), "the victim was not running"
+        thread.join(timeout=900)
+    finally:
+        thread.join(timeout=5)
+        fed.join(victim)
+    assert result.get("status") == "finished", result.get("error")
+    assert "site-0" not in _sites_in(result, 1, "fit") and "site-1" in _sites_in(result, 1, "fit")
+
+
+@pytest.mark.slow
+def test_coordinator_restart_keeps_state_and_resumes(federation):
+    fed = federation
+    latest = fed.coordinator.latest_checkpoint()
+    assert latest is not None
+    fed.coordinator.stop()
+    fed.coordinator.start()  # same database: the registered sites may reconnect without enrolling again
+    run = fed.run(rounds=1, resume_from=str(latest))
+    assert run["status"] == "finished", run.get("error")
+    assert run["config"]["resume-from"] == str(latest) and run["config"]["semiofed-version"] == semiofed_version()
+    _check_ledgers(fed, run)
+
+
+def _cli():
+    from semiofed.cli import main
+
+    main._register()
+    return main.app
