@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from semiofed.client.privacy_ledger import check_ledger_appendable, record_local_run
 from semiofed.client.site import Site, open_site
 from semiofed.common.calibration import fit_temperature
 from semiofed.common.checkpoint import save_checkpoint
@@ -172,6 +173,7 @@ def train_site(
             sigma = options.noise_multiplier if options.noise_multiplier is not None else policy.min_noise_multiplier
         config = replace(config, noise_multiplier=sigma)
         accountant.check(PlannedRun(sigma, q, steps))  # refuse before building or training anything
+        check_ledger_appendable(site)  # a release that cannot be recorded is refused too
 
     model_config = ClassifierConfig(labels=options.labels, streams=options.streams, temporal=options.temporal,
                                     stcnn_dim=int(extractor["dim"]), embed_dim=options.embed_dim,
@@ -220,6 +222,9 @@ def train_site(
         "metrics": {"test": metrics},
         "n_patients": {"train": len(train), "validation": len(val), "test": len(test)},
     })
+    if accountant is not None:  # the checkpoint is a DP release: sign it into the site's ledger
+        record_local_run(site, path, noise_multiplier=config.noise_multiplier, sample_rate=q, steps=taken,
+                         clipping_norm=config.clipping_norm, epsilon_cumulative=privacy["site_epsilon_spent"])
     return TrainResult(checkpoint=path, dp=options.dp, epsilon_spent=privacy["site_epsilon_spent"],
                        epsilon_max=policy.max_epsilon if options.dp else None, delta=privacy["delta"],
                        noise_multiplier=privacy["noise_multiplier"], sample_rate=q, steps=taken, temperature=temperature,
