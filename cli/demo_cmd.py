@@ -1,10 +1,11 @@
-"""`semiofed demo`: the whole hospital side on synthetic seizure videos, with one command."""
+"""`semiofed demo`: the whole system on phantom seizure videos, with one command."""
 
 from __future__ import annotations
 
 import json
-import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -30,81 +31,60 @@ def _ensure_models(console: Console) -> None:
             fetch_model(model, directory)
 
 
+@contextmanager
+def _task(description: str, total: int) -> Iterator[Callable[..., None]]:
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
 def demo(
-    out: Path = typer.Option(Path("semiofed-demo"), "--out", help="Folder for the videos, sites and results."),
-    sites: int = typer.Option(3, "--sites", min=1, max=8, help="Number of hospitals."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer, shorter videos (same real pipeline)."),
+    out: Path = typer.Option(Path("semiofed-demo"), "--out", help="Folder for the videos, sites, coordinator and reports."),
+    sites: int = typer.Option(3, "--sites", min=2, max=8, help="Number of hospitals."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer, shorter videos and a smaller model (same real pipeline)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic patients."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Federated rounds (default 3; 2 with --quick)."),
+    simulation: bool = typer.Option(False, "--simulation", help="Use Flower's simulation engine instead of a real local deployment."),
     output_format: str = typer.Option("table", "--format", help="table or json (summary on stdout)."),
 ) -> None:
-    """Run the hospital side end to end on phantom seizure videos: generate, de-identify, train with DP.
+    """The whole system on phantom seizure videos: de-identify at each hospital, federate with DP and SecAgg+, audit, report.
 
-    Each site gets synthetic seizure videos (its own camera set-up and case
-    mix), runs `site init` and `site prepare` (real MediaPipe and I3D), and
-    trains the seizure classifier locally with patient-level DP-SGD. The
-    federated rounds between the sites are not part of this version yet.
+    Each hospital gets synthetic seizure videos (its own camera set-up and
+    case mix) and runs `site init` and `site prepare` (real MediaPipe and
+    I3D). The sites then train one classifier over a real local Flower
+    deployment (TLS, site keys, SecAgg+; or the simulation engine with
+    --simulation), each under its own DP budget, and are compared with
+    local-only DP training and a centralised non-private model on the same
+    held-out patients. Every site's ledger is audited; report.html and
+    report.json are written to --out.
     """
-    from semiofed.client.local_training import LocalTrainingOptions, train_site
-    from semiofed.client.prepare import prepare_site
-    from semiofed.client.site import init_site, open_site
-    from semiofed.phantom.dataset import GenerateConfig, check_output_dir, plan_dataset, render_video, write_manifests
+    from semiofed.server.demo import MODE_DEPLOY, MODE_SIMULATION, DemoConfig, run_demo
+    from semiofed.server.report import REPORT_HTML, REPORT_JSON
 
     console = Console(stderr=True)
-    started = time.monotonic()
     _ensure_models(console)
-    config = GenerateConfig(
-        # enough patients that the smallest site (patient share 0.7 of 1.0) has >= 3 to train, validate, test
-        sites=sites, patients=(5 * sites if quick else 8 * sites), seizures_per_patient=(1, 1 if quick else 2),
-        seed=seed, duration_s=(15.0, 20.0) if quick else (15.0, 45.0),
-    )
-    videos_dir = out / "videos"
-    check_output_dir(videos_dir, force=True)
-    _, planned = plan_dataset(config)
-    with progress_bar() as progress:
-        task = progress.add_task("rendering phantom seizure videos", total=len(planned))
-        for video in planned:
-            render_video(video, videos_dir)
-            progress.advance(task)
-    manifests = sorted(write_manifests(videos_dir, planned))
-
-    results = []
-    for manifest in manifests:
-        name = manifest.parent.name
-        site_dir = out / "sites" / name
-        site = open_site(site_dir) if (site_dir / "site.json").exists() else init_site(site_dir, name)
-        with progress_bar() as progress:
-            rows = sum(1 for _ in manifest.open()) - 1
-            task = progress.add_task(f"{name}: de-identifying videos", total=rows)
-            outcomes = prepare_site(site, manifest, on_outcome=lambda _o: progress.advance(task))
-        failed = [o for o in outcomes if o.status == "failed"]
-        with progress_bar() as progress:
-            # the noise is chosen to spend half of the site's budget, leaving room for federated rounds
-            options = LocalTrainingOptions(epochs=10 if quick else 30, folds=3, seed=seed,
-                                           epsilon=site.policy.max_epsilon / 2)
-            task = progress.add_task(f"{name}: local DP training", total=options.epochs)
-            trained = train_site(site_dir, options, on_epoch=lambda e, _m: progress.update(task, completed=e + 1))
-        test = trained.test_metrics
-        results.append({
-            "site": name, "records": sum(o.status in ("done", "skipped") for o in outcomes), "failed": len(failed),
-            "pose_detection": round(sum((o.detection_rate or {}).get("pose", 0) for o in outcomes if o.detection_rate)
-                                    / max(1, sum(1 for o in outcomes if o.detection_rate)), 3),
-            "patients": trained.n_patients, "epsilon_spent": trained.epsilon_spent, "epsilon_max": trained.epsilon_max,
-            "test_balanced_accuracy": test.get("balanced_accuracy"), "test_auroc": test.get("auroc"),
-            "checkpoint": str(trained.checkpoint),
-        })
-    summary = {"out": str(out), "seconds": round(time.monotonic() - started, 1), "sites": results,
-               "federation": "not run: local-only training at each site in this version"}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    config = DemoConfig(out=out.resolve(), sites=sites, quick=quick, seed=seed,
+                        mode=MODE_SIMULATION if simulation else MODE_DEPLOY, rounds=rounds or (2 if quick else 3))
+    console.print(f"federation: {'Flower simulation engine' if simulation else 'real local deployment (TLS, site keys, SecAgg+)'}")
+    report = run_demo(config, _task, on_line=lambda line: console.print(f"  [dim]{line}[/]", highlight=False)
+                      if "ROUND" in line or "aggregate_" in line or "declin" in line else None)
+    summary = {"out": str(config.out), "seconds": report["seconds"], "report_html": str(config.out / REPORT_HTML),
+               "report_json": str(config.out / REPORT_JSON), "final_checkpoint": report["final_checkpoint"],
+               "audit_verified": all(a["verified"] for a in report["audit"].values())}
     if output_format == "json":
         print(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"semiofed demo ({summary['seconds']:.0f} s): local DP training at each site")
-    for column in ("site", "records", "failed", "pose found", "epsilon spent / max", "test bal. acc.", "test AUROC"):
+    from semiofed.server.report import comparison_rows
+
+    table = Table(title=f"semiofed demo ({report['seconds']:.0f} s): held-out patients of {sites} hospitals")
+    for column in ("model", "privacy", "accuracy", "balanced acc.", "AUROC", "ECE"):
         table.add_column(column)
-    for r in results:
-        fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731 - v != v: NaN (one class in the test fold)
-        table.add_row(r["site"], str(r["records"]), str(r["failed"]), f"{r['pose_detection']:.0%}",
-                      f"{fmt(r['epsilon_spent'])} / {fmt(r['epsilon_max'])}", fmt(r["test_balanced_accuracy"]),
-                      fmt(r["test_auroc"]))
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731 - v != v: NaN (one class only)
+    for row in comparison_rows(report):
+        table.add_row(row[0], row[1], *[fmt(v) for v in row[2:]])
     Console().print(table)
-    Console().print(f"results: {out / 'demo.json'}")
+    eps = ", ".join(f"{s} {a['epsilon'][-1]['epsilon_cumulative']:.2f}/{a['epsilon_max']:g}" if a["epsilon"] else f"{s} 0"
+                    for s, a in sorted(report["audit"].items()))
+    Console().print(f"privacy spent (epsilon/budget): {eps}; audit: "
+                    f"{'every ledger verifies' if summary['audit_verified'] else 'VERIFICATION FAILED'}")
+    Console().print(f"report: {summary['report_html']} (data: {summary['report_json']})")

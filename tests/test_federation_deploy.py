@@ -2,7 +2,8 @@
 
 The processes are started once for the module and stopped in the fixture's
 teardown, also when a test fails. Site "site-2" can afford exactly one
-round; the others have ample budget.
+round in its life; the others have ample budget. The tests run in file
+order: the kill test (slow suite) needs site-2's one round.
 """
 
 from __future__ import annotations
@@ -112,6 +113,29 @@ def _check_ledgers(fed: Federation, run: dict) -> None:
         assert [e["round"] for e in entries] == trained, site.site_id
 
 
+@pytest.mark.slow
+def test_run_survives_a_site_killed_mid_round(federation):
+    fed = federation
+    victim = fed.sites[0]
+    runs_dir = victim.layout.privacy_dir / "federated-runs"
+    before = set(runs_dir.glob("*.json")) if runs_dir.is_dir() else set()
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(fed.run(rounds=1)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        # the victim has started its round once it chose the run's noise
+        while time.monotonic() < deadline and not (set(runs_dir.glob("*.json")) - before if runs_dir.is_dir() else set()):
+            time.sleep(0.5)
+        assert supernode.leave(victim.layout.root), "the victim was not running"
+        thread.join(timeout=900)
+    finally:
+        thread.join(timeout=5)
+        fed.join(victim)
+    assert result.get("status") == "finished", result.get("error")
+    assert "site-0" not in _sites_in(result, 1, "fit") and "site-1" in _sites_in(result, 1, "fit")
+
+
 def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
     fed = federation
     # an unenrolled site, and an enrolled one that tries plaintext: neither may take part
@@ -150,29 +174,6 @@ def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
     assert info.exit_code == 0, info.output
     shown = json.loads(info.stdout)
     assert Path(shown["ca_certificate"]).is_file() and Path(shown["checkpoints_dir"]).is_dir() and shown["database"]
-
-
-@pytest.mark.slow
-def test_run_survives_a_site_killed_mid_round(federation):
-    fed = federation
-    victim = fed.sites[0]
-    runs_dir = victim.layout.privacy_dir / "federated-runs"
-    before = set(runs_dir.glob("*.json")) if runs_dir.is_dir() else set()
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(fed.run(rounds=1)))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 300
-        # the victim has started its round once it chose the run's noise
-        while time.monotonic() < deadline and not (set(runs_dir.glob("*.json")) - before if runs_dir.is_dir() else set()):
-            time.sleep(0.5)
-        assert supernode.leave(victim.layout.root), "the victim was not running"
-        thread.join(timeout=900)
-    finally:
-        thread.join(timeout=5)
-        fed.join(victim)
-    assert result.get("status") == "finished", result.get("error")
-    assert "site-0" not in _sites_in(result, 1, "fit") and "site-1" in _sites_in(result, 1, "fit")
 
 
 @pytest.mark.slow

@@ -1,0 +1,283 @@
+"""`semiofed demo`: every role on one machine, on phantom seizure videos.
+
+Hospitals: phantom videos -> `site prepare` (real MediaPipe and I3D) -> local
+DP baseline. Coordinator: a real local deployment (CA, enrolled site keys,
+SuperLink with TLS and a database, one SuperNode per site, SecAgg+) or
+Flower's simulation engine. Then the comparison: local-only (DP) vs federated
+(DP) vs centralised (pooled, NOT private: what the federation tries to
+approach), evaluated on the same held-out patients of every site; every
+site's ledger audited; report.json and report.html written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Protocol
+
+import numpy as np
+
+from semiofed.common.federation import FederationConfig
+
+log = logging.getLogger(__name__)
+
+MODE_DEPLOY, MODE_SIMULATION = "deploy", "simulation"
+
+
+class Progress(Protocol):
+    """A progress task factory from the CLI layer: `with progress(description, total) as advance: advance()`."""
+
+    def __call__(self, description: str, total: int) -> ContextManager[Callable[..., None]]: ...
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `semiofed demo` runs."""
+
+    out: Path
+    sites: int = 3
+    quick: bool = False
+    seed: int = 0
+    mode: str = MODE_DEPLOY
+    rounds: int = 3
+    local_epsilon: float = 2.0  # each site's local-only baseline run
+    federated_epsilon: float = 4.0  # what the coordinator asks each site to spend at most in the federated run
+
+    def federation(self) -> FederationConfig:
+        """The federated run: GESTURES' BLSTM on both streams; 3 folds per site (test, validation, training)."""
+        return FederationConfig(rounds=self.rounds, local_epochs=3 if self.quick else 5, batch_patients=4, lr=3e-3,
+                                folds=3, seed=self.seed, min_sites=2, site_epsilon=self.federated_epsilon,
+                                round_timeout=600.0, hidden=32 if self.quick else 64, n_segments=8 if self.quick else 16)
+
+
+def generate_videos(config: DemoConfig, progress: Progress) -> list[Path]:
+    """Phantom seizure videos for each hospital (own camera set-up and case mix); returns one manifest per site."""
+    from semiofed.phantom.dataset import GenerateConfig, check_output_dir, plan_dataset, render_video, write_manifests
+
+    generate = GenerateConfig(
+        # every site needs >= 3 patients (test, validation, training) after the phantom's uneven site shares
+        sites=config.sites, patients=(4 if config.quick else 8) * config.sites,
+        seizures_per_patient=(1, 1 if config.quick else 2), seed=config.seed,
+        duration_s=(10.0, 12.0) if config.quick else (15.0, 40.0),
+    )
+    videos = config.out / "videos"
+    check_output_dir(videos, force=True)
+    _, planned = plan_dataset(generate)
+    with progress("rendering phantom seizure videos", len(planned)) as advance:
+        for video in planned:
+            render_video(video, videos)
+            advance()
+    return sorted(write_manifests(videos, planned))
+
+
+def prepare_sites(config: DemoConfig, manifests: list[Path], progress: Progress) -> list[dict[str, Any]]:
+    """`site init` and `site prepare` at each hospital."""
+    from semiofed.client.prepare import prepare_site
+    from semiofed.client.site import init_site, open_site
+
+    results = []
+    for manifest in manifests:
+        name = manifest.parent.name
+        site_dir = config.out / "sites" / name
+        site = open_site(site_dir) if (site_dir / "site.json").exists() else init_site(site_dir, name)
+        rows = sum(1 for _ in manifest.open()) - 1
+        with progress(f"{name}: de-identifying videos", rows) as advance:
+            outcomes = prepare_site(site, manifest, on_outcome=lambda _o: advance())
+        rates = [o.detection_rate.get("pose", 0.0) for o in outcomes if o.detection_rate]
+        results.append({"site": name, "site_dir": str(site_dir), "records": sum(o.status in ("done", "skipped") for o in outcomes),
+                        "failed": sum(o.status == "failed" for o in outcomes),
+                        "pose_detection": float(np.mean(rates)) if rates else 0.0})
+    return results
+
+
+def local_baselines(site_dirs: list[Path], fed: FederationConfig, epsilon: float, progress: Progress) -> dict[str, Any]:
+    """Each site alone, with DP: the baseline a hospital can run without the federation."""
+    from semiofed.client.local_training import LocalTrainingOptions, train_site
+    from semiofed.client.site import open_site
+
+    out = {}
+    with progress("local-only DP training at each site", len(site_dirs)) as advance:
+        for site_dir in site_dirs:
+            site = open_site(site_dir)
+            options = LocalTrainingOptions(epochs=fed.rounds * fed.local_epochs, batch_patients=fed.batch_patients, lr=fed.lr,
+                                           epsilon=epsilon, folds=fed.folds, test_fold=fed.test_fold, seed=fed.seed,
+                                           hidden=fed.hidden, embed_dim=fed.embed_dim, n_segments=fed.n_segments,
+                                           run_name="demo-local-only")
+            result = train_site(site_dir, options)
+            out[site.site_id] = {"metrics": _scalars(result.test_metrics), "epsilon_spent": result.epsilon_spent,
+                                 "checkpoint": str(result.checkpoint)}
+            advance()
+    return out
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
+
+
+def site_tasks(site_dirs: list[Path], fed: FederationConfig) -> list[Any]:
+    """Each site's split for this run (the same patients the federation and the baselines hold out)."""
+    from semiofed.client.federated_training import SiteSettings, SiteTask
+
+    return [SiteTask(SiteSettings(d), fed) for d in site_dirs]
+
+
+def evaluate_everywhere(model: Any, temperature: float, tasks: list[Any], n_segments: int) -> dict[str, Any]:
+    """Per-site and pooled metrics of one model on every site's held-out test patients."""
+    from semiofed.common.dp_training import predict_logits
+    from semiofed.common.metrics import classification_report, softmax
+
+    per_site, ys, ps = {}, [], []
+    for task in tasks:
+        seizures = [s for p in task.test for s in p.seizures]
+        probs = softmax(predict_logits(model, seizures, n_segments=n_segments), temperature)
+        y = np.array([s.label for s in seizures])
+        per_site[task.site.site_id] = _scalars(classification_report(y, probs))
+        ys.append(y)
+        ps.append(probs)
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    return {"sites": per_site, "pooled": _scalars(classification_report(y, p)), "y": y.tolist(), "p": p.tolist()}
+
+
+def centralised_baseline(tasks: list[Any], fed: FederationConfig, progress: Progress) -> tuple[dict[str, Any], Any]:
+    """All sites' training patients pooled in one place, no DP: the non-private upper reference (never done in practice)."""
+    from semiofed.client.federated_training import classifier_config
+    from semiofed.common.calibration import fit_temperature
+    from semiofed.common.classifier import build_classifier
+    from semiofed.common.dp_training import TrainConfig, Trainer, predict_logits
+
+    model = build_classifier(classifier_config(fed), seed=fed.seed)
+    train = [p for t in tasks for p in t.train]
+    epochs = fed.rounds * fed.local_epochs
+    trainer = Trainer(model, TrainConfig(epochs=epochs, batch_patients=fed.batch_patients, lr=fed.lr, dp=False, seed=fed.seed),
+                      n_segments=fed.n_segments)
+    with progress("centralised non-private baseline", epochs) as advance:
+        trainer.fit(train, on_epoch=lambda _e, _s: advance())
+    val = [s for t in tasks for p in t.validation for s in p.seizures]
+    temperature = fit_temperature(predict_logits(model, val, n_segments=fed.n_segments), np.array([s.label for s in val]))
+    return evaluate_everywhere(model, temperature, tasks, fed.n_segments), model
+
+
+def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, on_line: Callable[[str], None]) -> dict[str, Any]:
+    """The federated DP run with SecAgg+: a real local deployment (default) or Flower's simulation engine."""
+    from semiofed.common.version import semiofed_version
+    from semiofed.server.run_log import read_run
+
+    if config.mode == MODE_SIMULATION:
+        from semiofed.server.simulation import simulate
+
+        sites_root = site_dirs[0].parent
+        final = simulate(sites_root, replace(fed, checkpoints_dir=str((config.out / "federation").resolve()),
+                                             semiofed_version=semiofed_version()))
+        return read_run(final.parent)
+    from semiofed.client import supernode
+    from semiofed.client.site import open_site
+    from semiofed.common.processes import free_port
+    from semiofed.server.coordinator import Coordinator
+
+    coordinator = Coordinator(config.out / "coordinator")
+    if not (coordinator.root / "coordinator.json").exists():
+        coordinator.init(port=free_port())
+    sites = [open_site(d) for d in site_dirs]
+    for site in sites:
+        if site.site_id not in coordinator.state().enrolled:
+            coordinator.enroll(site.layout.public_key, name=site.site_id)
+    try:
+        coordinator.start(port=free_port())
+        for site in sites:
+            supernode.join(site.layout.root, superlink=f"127.0.0.1:{coordinator.state().port}",
+                           ca=coordinator.tls.ca_certificate, clientapp_port=free_port(), background=True)
+        return coordinator.run(fed, on_line=on_line)
+    finally:
+        for site in sites:
+            supernode.leave(site.layout.root)
+        coordinator.stop()
+
+
+def audit_sites(site_dirs: list[Path]) -> dict[str, Any]:
+    """Every site's ledger verified with the independent accountant, against the site's public key."""
+    from semiofed.client.site import open_site
+    from semiofed.common.keys import load_public_key
+    from semiofed.common.ledger import read_entries
+    from semiofed.common.ledger_audit import verify_ledger
+
+    out = {}
+    for d in site_dirs:
+        site = open_site(d)
+        report = verify_ledger(site.layout.ledger_file, load_public_key(site.layout.public_key))
+        entries = read_entries(site.layout.ledger_file)
+        out[site.site_id] = {"verified": bool(report.ok), "problems": [f"{p.kind}: {p.detail}" for p in report.problems],
+                             "entries": len(entries), "epsilon_max": site.policy.max_epsilon, "delta": site.policy.target_delta,
+                             "epsilon": [{"seq": e["seq"], "time": e["time"], "kind": e["kind"], "run_id": e["run_id"],
+                                          "round": e["round"], "epsilon_cumulative": e["epsilon_cumulative"]} for e in entries]}
+    return out
+
+
+def timeline_example(checkpoint_dir: Path, tasks: list[Any]) -> dict[str, Any] | None:
+    """One held-out TCS seizure through the final model: per-snippet P(TCS) with true onset and generalisation."""
+    from semiofed.client.local_training import load_site_records
+    from semiofed.client.predict import predict_record
+    from semiofed.common.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_dir)
+    for task in tasks:
+        test_ids = {s.record_id for p in task.test for s in p.seizures}
+        for record in load_site_records(task.site, checkpoint.config.labels):
+            if record.record_id in test_ids and record.label == "TCS" and record.generalization_s is not None:
+                prediction = predict_record(checkpoint, record)
+                tcs = list(prediction.labels).index("TCS")
+                return {"site": task.site.site_id, "record_id": record.record_id, "label": record.label,
+                        "onset_s": record.onset_s, "generalization_s": record.generalization_s,
+                        "estimated_generalisation_s": prediction.generalisation_s,
+                        "times": prediction.snippet_times.tolist(), "p_tcs": prediction.snippet_probabilities[:, tcs].tolist(),
+                        "probabilities": prediction.probabilities}
+    return None
+
+
+def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], None] = lambda _l: None) -> dict[str, Any]:
+    """The whole demo; returns the report data (also written to report.json and report.html)."""
+    from semiofed.common.checkpoint import load_checkpoint
+    from semiofed.server.report import write_reports
+
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        timings[name] = round(time.monotonic() - t0, 1)
+        return time.monotonic()
+
+    t = time.monotonic()
+    manifests = generate_videos(config, progress)
+    t = lap("render", t)
+    prepared = prepare_sites(config, manifests, progress)
+    t = lap("prepare", t)
+    site_dirs = [Path(p["site_dir"]) for p in prepared]
+    fed = config.federation()
+    tasks = site_tasks(site_dirs, fed)
+    local = local_baselines(site_dirs, fed, config.local_epsilon, progress)
+    t = lap("local_baseline", t)
+    central, _ = centralised_baseline(tasks, fed, progress)
+    t = lap("centralised_baseline", t)
+    run = federate(config, site_dirs, fed, on_line)
+    t = lap("federation", t)
+    if run.get("status") != "finished":
+        from semiofed.common.errors import SemiofedError
+
+        raise SemiofedError(f"the federated run failed: {run.get('error')}", "read report.json's run section and the SuperLink log")
+    final = load_checkpoint(Path(run["final_checkpoint"]))
+    federated = evaluate_everywhere(final.model, final.temperature, tasks, fed.n_segments)
+    audit = audit_sites(site_dirs)
+    timeline = timeline_example(Path(run["final_checkpoint"]), tasks)
+    lap("evaluation_and_audit", t)
+    report = {
+        "config": {**asdict(config), "out": str(config.out), "federation": fed.to_run_config()},
+        "federation_mode": ("real local deployment: SuperLink with TLS, site-key authentication, SecAgg+, one SuperNode "
+                            "process per site on 127.0.0.1") if config.mode == MODE_DEPLOY else
+                           "Flower simulation engine (Ray), SecAgg+, one virtual SuperNode per site",
+        "sites": prepared, "local_only": local, "centralised": central, "federated": federated, "run": run,
+        "audit": audit, "timeline": timeline, "final_checkpoint": run["final_checkpoint"],
+        "timings_s": timings, "seconds": round(time.monotonic() - started, 1),
+    }
+    write_reports(config.out, report)
+    return report
