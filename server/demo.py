@@ -58,7 +58,7 @@ def generate_videos(config: DemoConfig, progress: Progress) -> list[Path]:
 
     generate = GenerateConfig(
         # every site needs >= 3 patients (test, validation, training) after the phantom's uneven site shares
-        sites=config.sites, patients=(4 if config.quick else 8) * config.sites,
+        sites=config.sites, patients=(5 if config.quick else 8) * config.sites,
         seizures_per_patient=(1, 1 if config.quick else 2), seed=config.seed,
         duration_s=(10.0, 12.0) if config.quick else (15.0, 40.0),
     )

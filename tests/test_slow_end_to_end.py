@@ -1,4 +1,4 @@
-"""Slow suites (run by CI when time allows): the quick demo, and `site prepare --workers 2`."""
+"""Slow suites (run by CI when time allows): the quick demo (federation, audit, report), and `site prepare --workers 2`."""
 
 from __future__ import annotations
 
@@ -19,16 +19,25 @@ CLI = [sys.executable, "-m", "semiofed.cli"]
 pytestmark = pytest.mark.slow
 
 
-def test_quick_demo_runs_every_site_end_to_end(tmp_path: Path, model_dir: Path) -> None:
-    done = subprocess.run([*CLI, "demo", "--quick", "--out", str(tmp_path / "demo"), "--format", "json"],
+def test_quick_demo_federates_audits_and_reports(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run([*CLI, "demo", "--quick", "--out", str(out), "--format", "json"],
                           capture_output=True, text=True, env=os.environ | {"SEMIOFED_PROGRESS": "off"})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
-    assert [s["site"] for s in summary["sites"]] == ["site_01", "site_02", "site_03"]
-    for site in summary["sites"]:
-        assert site["failed"] == 0 and site["records"] >= 3
-        assert 0 < site["epsilon_spent"] <= site["epsilon_max"] / 2 * 1.01
-        assert Path(site["checkpoint"]).exists()
+    assert summary["audit_verified"] is True and Path(summary["final_checkpoint"]).is_dir()
+    report = json.loads(Path(summary["report_json"]).read_text())
+    assert [s["site"] for s in report["sites"]] == ["site_01", "site_02", "site_03"]
+    assert all(s["failed"] == 0 and s["records"] >= 3 for s in report["sites"])
+    assert report["run"]["status"] == "finished" and len(report["run"]["rounds"]) == 2
+    assert "real local deployment" in report["federation_mode"]
+    for site, audit in report["audit"].items():
+        # a local-only run and one entry per federated round the site trained, within the site's budget
+        trained = sum(site in r["fit"] for r in report["run"]["rounds"])
+        assert audit["entries"] == 1 + trained and audit["epsilon"][-1]["epsilon_cumulative"] <= audit["epsilon_max"] * 1.01
+    assert set(report["federated"]["sites"]) == set(report["audit"]) == set(report["centralised"]["sites"])
+    page = Path(summary["report_html"]).read_text()
+    assert page.count("<svg") >= 4 and "https://" not in page
 
 
 def test_prepare_with_two_workers_matches_one(tmp_path: Path, videos_dir: Path, model_dir: Path) -> None:
