@@ -68,6 +68,10 @@ def start(
     Console().print(f"SuperLink running (pid {pid}) on {state.host}:{state.port}; {len(state.registered)} site(s) registered; "
                     f"log {coordinator.log_file}")
     if foreground:
+        import signal
+
+        # a service manager stops us with SIGTERM: take the SuperLink down with us
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             while coordinator.running():
                 time.sleep(1.0)
@@ -101,6 +105,7 @@ def run(
     temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help="Temporal model."),
     hidden: int = typer.Option(64, "--hidden", help="Hidden units."),
     segments: int = typer.Option(16, "--segments", help="Segments per seizure."),
+    folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
     output_format: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
@@ -117,7 +122,7 @@ def run(
     config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
                               batch_patients=batch_patients, lr=lr, secure_aggregation=secure_aggregation,
                               round_timeout=round_timeout, site_epsilon=site_epsilon, labels=labels, streams=streams,
-                              temporal=temporal, hidden=hidden, n_segments=segments, resume_from=resume_from)
+                              temporal=temporal, hidden=hidden, n_segments=segments, folds=folds, resume_from=resume_from)
     err = Console(stderr=True)
     result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)
     if output_format == "json":

@@ -116,7 +116,9 @@ def init_site(root: Path, site_id: str, policy: PrivacyPolicy | None = None) -> 
     )
     write_bytes_atomic(
         layout.public_key,
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n",
+        # the comment names the site, so the coordinator enrolls it under its own id
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        + f" {site_id}\n".encode("ascii"),
         mode=0o644,
     )
     write_bytes_atomic(layout.pseudonym_key, (secrets.token_hex(32) + "\n").encode("ascii"))

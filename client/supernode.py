@@ -71,7 +71,7 @@ def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = 9094
     import subprocess
 
     site = open_site(site_dir)
-    if processes.is_running(processes.read_pid(site.layout.root / PID_FILE)):
+    if processes.is_running(processes.read_pid(site.layout.root / PID_FILE), expect="flower-supernode"):
         raise SemiofedError(f"site {site.site_id} already runs a SuperNode (pid file {site.layout.root / PID_FILE})",
                             "stop it with `semiofed site leave --site-dir DIR` first")
     command = supernode_command(site, superlink=superlink, ca=ca, clientapp_port=clientapp_port, run_epsilon=run_epsilon)
@@ -84,4 +84,5 @@ def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = 9094
 def leave(site_dir: Path) -> bool:
     """Stop the site's background SuperNode; True if one was running."""
     site = open_site(site_dir)
-    return processes.stop(processes.read_pid(site.layout.root / PID_FILE))
+    pid = processes.read_pid(site.layout.root / PID_FILE)
+    return processes.stop(pid) if processes.is_running(pid, expect="flower-supernode") else False

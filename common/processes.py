@@ -39,10 +39,19 @@ def start_detached(command: Sequence[str], *, log_file: Path, pid_file: Path, en
     return process.pid
 
 
-def is_running(pid: int | None) -> bool:
-    """True when a process with this pid exists (and is not a zombie of ours)."""
+def is_running(pid: int | None, *, expect: str | None = None) -> bool:
+    """True when a process with this pid exists (not a zombie of ours) and, with `expect`, its command line has it.
+
+    `expect` guards against a stale pid file whose pid now belongs to another program (after a reboot).
+    """
     if not pid:
         return False
+    if expect is not None:
+        try:
+            if expect not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                return False
+        except OSError:
+            pass  # no /proc: fall back to the existence check
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -104,6 +113,16 @@ def stop(pid: int | None, *, timeout: float = 15.0) -> bool:
     except (ProcessLookupError, PermissionError):
         pass
     return True
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise a clear error when something already listens on host:port."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise SemiofedError(f"port {port} on {host} is in use ({exc.strerror})",
+                                "stop what uses it, or choose another --port") from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from semiofed.common.errors import SemiofedError
 from semiofed.common.files import write_bytes_atomic
 
-# Long enough for a study, short enough that a leaked key expires; renew with `coordinator init --renew`.
+# Long enough for a study, short enough that a leaked key expires (docs/deployment.md: renewing certificates).
 CA_DAYS = 3650
 SERVER_DAYS = 825
 DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")

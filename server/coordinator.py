@@ -106,7 +106,10 @@ class Coordinator:
         except FileNotFoundError:
             raise CoordinatorError(f"site key {public_key_file} not found", "give the site_key.pub the site sent you") from None
         text = Path(public_key_file).read_text(encoding="ascii").strip()
-        name = name or (text.split()[2] if len(text.split()) > 2 else Path(public_key_file).stem)
+        name = name or (text.split()[2] if len(text.split()) > 2 else None)
+        if name is None:
+            raise CoordinatorError(f"site key {public_key_file} does not name its site",
+                                   "give --name with the site's id (`semiofed site info` shows it at the site)")
         if not SITE_NAME.match(name):
             raise CoordinatorError(f"site name {name!r} is not usable", "give --name with letters, digits, '.', '_' or '-'")
         state = self.state()
@@ -126,7 +129,7 @@ class Coordinator:
         return processes.read_pid(self.pid_file)
 
     def running(self) -> bool:
-        return processes.is_running(self.pid())
+        return processes.is_running(self.pid(), expect="flower-superlink")
 
     def flwr_env(self) -> dict[str, str]:
         state = self.state()
@@ -144,10 +147,8 @@ class Coordinator:
             "--ssl-ca-certfile", str(tls.ca_certificate),
             "--enable-supernode-auth", "--database", str(self.database),
             "--disable-runtime-dependency-installation",
+            # Flower 1.41 serves the sites (Fleet API) and `flwr` (Control API) over HTTPS on this one port
             "--host", state.host, "--port", str(state.port),
-            # Flower 1.41 serves sites and `flwr` over HTTPS on --port; keep its legacy gRPC listeners off the defaults
-            "--fleet-api-address", f"{_client_host(state.host)}:{state.port + 100}",
-            "--control-api-address", f"{_client_host(state.host)}:{state.port + 101}",
         ]
 
     def start(self, *, port: int | None = None, host: str | None = None, timeout: float = 90.0) -> int:
@@ -159,6 +160,7 @@ class Coordinator:
         if port is not None or host is not None:
             state.port, state.host = port or state.port, host or state.host
             self.save_state(state)
+        processes.check_port_free(state.host, state.port)
         pid = processes.start_detached(self.superlink_command(), log_file=self.log_file, pid_file=self.pid_file,
                                        env=self.flwr_env())
         try:

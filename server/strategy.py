@@ -126,8 +126,11 @@ class SiteAwareStrategy(Strategy):
             site = str(answer.get(KEY_SITE_ID, f"node-{proxy.cid}"))
             self.site_of[proxy.cid] = site
             verified = self.verify(site, answer.get(KEY_LEDGER_HEAD)) if KEY_LEDGER_HEAD in answer else None
+            if verified is None and self.verify.keys and KEY_LEDGER_HEAD in answer:
+                verified = False  # keys are enrolled here, but none under this site id: its head cannot be checked
+                answer[KEY_DECLINE_REASON] = f"site id {site} has no enrolled key here; enroll its site_key.pub with --name {site}"
             budget[site] = {k: answer[k] for k in ("epsilon_spent", "epsilon_max", "epsilon_projected", "delta") if k in answer}
-            budget[site]["ledger_head_verified"] = verified
+            budget[site].update(ledger_head_verified=verified, ledger_head=answer.get(KEY_LEDGER_HEAD))
             if KEY_FEATURE_SHA in answer:
                 self.extractor_sha[site] = str(answer[KEY_FEATURE_SHA])
             if int(answer.get(KEY_ACCEPTS, 0)) == 1 and verified is not False:
