@@ -45,7 +45,7 @@ def rounds_figure(run: dict[str, Any]) -> Any:
         pooled_key = key if key != "auroc" else "auroc_mean"
         ax.plot([r["round"] for r in rounds], [r["aggregate"].get(pooled_key, math.nan) for r in rounds], "k--", marker="s",
                 label="all sites")
-        ax.set(title=title, xlabel="round", ylim=(0, 1.05))
+        ax.set(title=title, xlabel="round", ylim=(0, 1.05), xticks=[r["round"] for r in rounds])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return fig
@@ -165,7 +165,8 @@ def build_html(report: dict[str, Any]) -> str:
         H.section("Sites", sites, per_site),
         H.section("Federated rounds", H.figure(rounds_figure(run), caption="global model after each round, on each site's held-out patients"),
                   H.bullet_list(declined) if declined else H.paragraph("No site declined a round.")),
-        H.section("Privacy budget", H.figure(epsilon_figure(audit), caption="from each site's signed ledger")),
+        H.section("Privacy budget", H.figure(epsilon_figure(audit), caption="from each site's signed ledger "
+                                             "(sites that spent the same lie on one line)")),
         H.section("Final model", H.figure(confusion_figure(fed["pooled"], labels)), H.figure(calibration_figure(fed["y"], fed["p"]))),
     ]
     if report.get("timeline"):
