@@ -100,6 +100,7 @@ def run(
     secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+: the coordinator sees only the sum of updates."),
     round_timeout: float = typer.Option(900.0, "--round-timeout", help="Seconds a round waits for sites."),
     site_epsilon: float = typer.Option(0.0, "--site-epsilon", help="Ask each site to spend at most this epsilon in this run (sites may spend less)."),
+    noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Ask every site for this DP noise (0: each site chooses; a site refuses less than its minimum)."),
     labels: str = typer.Option(",".join(DEFAULT_LABELS), "--labels", help="Label set, in output order."),
     streams: str = typer.Option(",".join(STREAMS), "--streams", help="Input streams."),
     temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help="Temporal model."),
@@ -121,7 +122,8 @@ def run(
         resume_from = str(latest)
     config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
                               batch_patients=batch_patients, lr=lr, secure_aggregation=secure_aggregation,
-                              round_timeout=round_timeout, site_epsilon=site_epsilon, labels=labels, streams=streams,
+                              round_timeout=round_timeout, site_epsilon=site_epsilon, noise_multiplier=noise_multiplier,
+                              labels=labels, streams=streams,
                               temporal=temporal, hidden=hidden, n_segments=segments, folds=folds, resume_from=resume_from)
     err = Console(stderr=True)
     result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)

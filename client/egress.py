@@ -115,11 +115,34 @@ def _records(content: Any) -> dict[str, set[str]]:
     return {"array": set(content.array_records), "metric": set(content.metric_records), "config": set(content.config_records)}
 
 
+# Flower's decoder reads only these keys of the fixed records; anything else in them would leave unchecked.
+_FIXED_KEYS = {"status": {"code", "message"}, "num_examples": {"num_examples"}, "loss": {"loss"}}
+_EMPTY_TENSOR_KEY = "_empty"  # flwr.compat's marker for a reply without arrays; its decoder skips the entry
+
+
+def _layout_problems(content: Any) -> list[str]:
+    """What the legacy decoder would skip: extra keys in fixed records, unread array entries and Array metadata."""
+    problems = []
+    for kind in ("metric", "config"):
+        for name, record in getattr(content, f"{kind}_records").items():
+            fixed = _FIXED_KEYS.get(name.rpartition(".")[2])
+            if fixed is not None and set(record) != fixed:
+                problems.append(f"{kind} record {name} has keys other than {', '.join(sorted(fixed))}")
+    for name, record in content.array_records.items():
+        keys = list(record.keys())
+        if keys not in ([str(i) for i in range(len(keys))], [_EMPTY_TENSOR_KEY]):
+            problems.append(f"array record {name} has entries other than the legacy encoder's")
+        for key in keys:
+            array = record[key]
+            if array.dtype != "" or tuple(array.shape) != () or array.stype not in ("numpy.ndarray", "") or (
+                    key == _EMPTY_TENSOR_KEY and array.data):
+                problems.append(f"array record {name} carries data outside its arrays")
+                break
+    return problems
+
+
 def check_reply(message_type: str, content: Any, spec: EgressSpec) -> list[str]:
     """Every way `content` (a Flower RecordDict, legacy encoding) breaks the policy; empty when it may leave."""
-    import flwr.compat.common.recorddict_compat as compat
-    from flwr.common import Code, parameters_to_ndarrays
-
     records = _records(content)
     if message_type == MSG_TRAIN:
         expected = {"array": {"fitres.parameters"}, "metric": {"fitres.num_examples"}, "config": {"fitres.metrics", "fitres.status"}}
@@ -132,8 +155,20 @@ def check_reply(message_type: str, content: Any, spec: EgressSpec) -> list[str]:
         return [f"message type {message_type!r:.40} may not leave the site"]
     problems = [f"unexpected {kind} record {name!r:.40}" for kind in expected for name in sorted(records[kind] - expected[kind])]
     problems += [f"missing {kind} record {name}" for kind in expected for name in sorted(expected[kind] - records[kind])]
+    problems += _layout_problems(content)
     if problems:
         return problems
+    try:
+        return problems + _decoded_problems(message_type, content, spec)
+    except Exception as exc:  # noqa: BLE001 - a reply Flower cannot decode must be blocked, and its error text not sent
+        return [f"the reply does not decode as a legacy {message_type} reply ({type(exc).__name__})"]
+
+
+def _decoded_problems(message_type: str, content: Any, spec: EgressSpec) -> list[str]:
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import Code, parameters_to_ndarrays
+
+    problems: list[str] = []
     if message_type == MSG_TRAIN:
         res = compat.recorddict_to_fitres(content, keep_input=True)
         arrays = parameters_to_ndarrays(res.parameters)

@@ -40,6 +40,7 @@ from semiofed.common.privacy import PlannedRun, PrivacyBudgetError, SiteAccounta
 log = logging.getLogger(__name__)
 
 RUNS_DIR = "federated-runs"
+EPS_SLACK = 0.01  # the PRV accountant's epsilon error: a run planned to the cap may land this far above it
 
 
 class RoundDeclined(SemiofedError):
@@ -158,13 +159,32 @@ class SiteTask:
                  self.site.site_id, sigma, run_id, self.config.rounds, self.steps_per_round, allowance)
         return sigma
 
+    def run_cap(self) -> float:
+        """The most this site spends in one run (its --run-epsilon and the server's request); 0: no cap but the lifetime budget."""
+        caps = [e for e in (self.config.site_epsilon, self.settings.run_epsilon) if e > 0]
+        return min(caps) if caps else 0.0
+
+    def check_round(self, accountant: SiteAccountant, planned: PlannedRun, run_id: str) -> float:
+        """The projected lifetime epsilon after this round; RoundDeclined/PrivacyBudgetError if the site's limits say no."""
+        projected = accountant.check(planned)
+        cap = self.run_cap()
+        if cap > 0:
+            before = float(json.loads(self._run_file(run_id).read_text(encoding="utf-8"))["epsilon_before"])
+            if projected - before > cap + EPS_SLACK:
+                raise RoundDeclined(
+                    f"this round would bring the run's spending at site {self.site.site_id} to epsilon "
+                    f"{projected - before:.3f}, above the {cap:g} the site allows one run; the site's policy wins",
+                    "the run goes on with the other sites; this site's budget is unchanged",
+                )
+        return projected
+
     def budget_status(self, run_id: str) -> dict[str, Any]:
         """Whether the site can afford the next round of `run_id`, with its figures (nothing is spent)."""
         accountant = self.accountant()
         status: dict[str, Any] = accountant.summary()
         try:
             sigma = self.noise_for_run(run_id)
-            status["epsilon_projected"] = accountant.check(PlannedRun(sigma, self.sample_rate, self.steps_per_round))
+            status["epsilon_projected"] = self.check_round(accountant, PlannedRun(sigma, self.sample_rate, self.steps_per_round), run_id)
             status["accepts"], status["decline_reason"] = 1, ""
         except (RoundDeclined, PrivacyBudgetError) as exc:
             status["epsilon_projected"] = status["epsilon_spent"]
@@ -191,7 +211,7 @@ class SiteTask:
         planned = PlannedRun(sigma, self.sample_rate, self.steps_per_round)
         accountant = self.accountant()
         try:
-            accountant.check(planned)
+            self.check_round(accountant, planned, run_id)
         except PrivacyBudgetError as exc:
             raise RoundDeclined(f"site {self.site.site_id} declines round {round}: {exc.what}",
                                 "the run goes on with the other sites; this site's budget is unchanged") from None

@@ -1,0 +1,160 @@
+"""SecAgg+ as the coordinator runs it (server_app.secure_fit_workflow) gives FedAvg's weighted mean, in Flower's simulation engine.
+
+Three virtual sites send fixed, known updates of the run's classifier shapes
+with different patient counts, masked by `secaggplus_mod`; the coordinator
+unmasks only the sum. The result is compared with the exact weighted mean,
+within the error SecAgg+'s quantisation allows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Context, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow
+from flwr.simulation import run_simulation
+
+from semiofed.client.federated_training import classifier_config, get_weights
+from semiofed.common.classifier import build_classifier
+from semiofed.common.federation import FederationConfig
+from semiofed.server.server_app import secure_fit_workflow
+from semiofed.server.strategy import pooled_metrics
+
+CONFIG = FederationConfig(temporal="attn", hidden=8, embed_dim=8, n_segments=4, stcnn_dim=16, rounds=1, min_sites=3,
+                          round_timeout=120.0)
+SHAPES = [w.shape for w in get_weights(build_classifier(classifier_config(CONFIG), seed=0))]
+TRAIN_PATIENTS = (6, 9, 23)  # each site's FedAvg weight: its training patients, as SiteTask.fit reports them
+
+
+def site_update(site: int) -> list[np.ndarray]:
+    """The fixed update virtual site `site` sends: weights of the size a trained classifier has."""
+    rng = np.random.default_rng(1000 + site)
+    return [rng.normal(0.0, 0.3, size=shape).astype(np.float32) for shape in SHAPES]
+
+
+class FixedSite(NumPyClient):
+    """A site that answers every fit with its fixed update and patient count."""
+
+    def __init__(self, site: int) -> None:
+        self.site = site
+
+    def fit(self, parameters, config):
+        return site_update(self.site), TRAIN_PATIENTS[self.site], {}
+
+
+def client_fn(context: Context):
+    return FixedSite(int(context.node_config["partition-id"])).to_client()
+
+
+class CapturingFedAvg(FedAvg):
+    """FedAvg that keeps what it was given and what it returned."""
+
+    def __init__(self, seen: dict, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen = seen
+
+    def aggregate_fit(self, server_round, results, failures):
+        self.seen["results"] = [(res.num_examples, parameters_to_ndarrays(res.parameters)) for _, res in results]
+        self.seen["failures"] = failures
+        parameters, metrics = super().aggregate_fit(server_round, results, failures)
+        self.seen["aggregate"] = parameters_to_ndarrays(parameters)
+        return parameters, metrics
+
+
+def make_server_app(seen: dict) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        initial = ndarrays_to_parameters([np.zeros(shape, np.float32) for shape in SHAPES])
+        strategy = CapturingFedAvg(seen, fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=3, min_available_clients=3,
+                                   initial_parameters=initial)
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1, round_timeout=CONFIG.round_timeout),
+                               strategy=strategy)
+        DefaultWorkflow(fit_workflow=secure_fit_workflow(CONFIG))(grid, legacy)
+
+    return app
+
+
+def quantisation_tolerance(counts: tuple[int, ...]) -> float:
+    """The most SecAgg+'s aggregate can differ from the exact weighted mean, per coordinate.
+
+    Each site scales its update by r_i = round(n_i / max_weight * T) / T (T the quantization range),
+    clips it to +-clipping_range and rounds it stochastically onto T levels over that range: an error
+    below one level, 2 * clipping_range / T, per site and coordinate. The coordinator sums the N
+    sites and divides by sum(r_i): at most N * level / sum(r_i). The weights r_i themselves are off
+    n_i / max_weight by at most 1 / (2T) each, which moves the mean by at most 2 * max|x| * N / (2T) / sum(r_i).
+    Note the division by sum(r_i) ~ sum(n_i) / max_weight: with few patients per site the error is
+    max_weight / sum(n_i) times one quantisation level, far above one level.
+    """
+    workflow = secure_fit_workflow(CONFIG)
+    levels, clip, max_weight = workflow.quantization_range, workflow.clipping_range, workflow.max_weight
+    ratios = [round(n / max_weight * levels) / levels for n in counts]
+    # float32 updates resolve the shifted range [0, 2 * clip) no finer than 2 * clip * eps32: a level cannot be finer
+    level = 2 * clip / levels + 2 * clip * float(np.finfo(np.float32).eps)
+    largest = max(float(np.abs(w).max()) for site in range(len(counts)) for w in site_update(site))
+    return (len(counts) * level + 2 * largest * len(counts) / (2 * levels)) / sum(ratios) + 1e-9
+
+
+def test_secaggplus_aggregate_is_the_weighted_mean():
+    seen: dict = {}
+    client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+    run_simulation(server_app=make_server_app(seen), client_app=client_app, num_supernodes=3,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2, "num_gpus": 0, "logging_level": "ERROR"}})
+
+    assert "aggregate" in seen, "the round did not reach aggregation"
+    assert seen["failures"] == []
+    counts = tuple(n for n, _ in seen["results"])
+    assert sorted(counts) == sorted(TRAIN_PATIENTS)  # the patient counts travel in plain, the updates do not
+    updates = [site_update(site) for site in range(3)]
+    exact = [sum(n * u[i].astype(np.float64) for n, u in zip(TRAIN_PATIENTS, updates)) / sum(TRAIN_PATIENTS)
+             for i in range(len(SHAPES))]
+    aggregate = seen["aggregate"]
+    assert [a.shape for a in aggregate] == SHAPES
+    error = max(float(np.abs(a - e).max()) for a, e in zip(aggregate, exact))
+    assert error <= quantisation_tolerance(TRAIN_PATIENTS), (error, quantisation_tolerance(TRAIN_PATIENTS))
+    assert error > 0  # it did go through quantisation (a plain FedAvg would be exact to float precision)
+
+    # the strategy never saw a site's own update: every result carries the unmasked sum only
+    for _, params in seen["results"]:
+        assert all(np.allclose(p, a, rtol=0, atol=1e-9) for p, a in zip(params, aggregate))
+        for update in updates:
+            assert max(float(np.abs(p - u).max()) for p, u in zip(params, update)) > 0.1
+
+
+def test_pooled_metrics_weights_by_seizures_and_pools_the_confusion_counts():
+    per_site = {
+        "hospital-a": {"num_examples": 10, "loss": 0.5, "accuracy": 0.8, "balanced_accuracy": 0.75, "f1_macro": 0.7,
+                       "auroc": 0.9, "ece": 0.1, "tp": 3.0, "fn": 1.0, "fp": 1.0, "tn": 5.0},
+        # AUROC undefined at this site (one class in its test set): reported as -1, left out of the mean
+        "hospital-b": {"num_examples": 30, "loss": 0.3, "accuracy": 0.6, "balanced_accuracy": 0.55, "f1_macro": 0.5,
+                       "auroc": -1.0, "ece": 0.2, "tp": 10.0, "fn": 5.0, "fp": 3.0, "tn": 12.0},
+    }
+    out = pooled_metrics(per_site)
+
+    assert out["num_examples"] == 40 and out["sites"] == 2
+    assert out["loss"] == pytest.approx((0.5 * 10 + 0.3 * 30) / 40)
+    assert out["ece"] == pytest.approx((0.1 * 10 + 0.2 * 30) / 40)
+    assert out["f1_macro_mean"] == pytest.approx((0.7 * 10 + 0.5 * 30) / 40)
+    assert out["auroc_mean"] == pytest.approx(0.9)
+    # accuracy and balanced accuracy come from the pooled matrix, not from the sites' own figures
+    tp, fn, fp, tn = 13.0, 6.0, 4.0, 17.0
+    assert (out["tp"], out["fn"], out["fp"], out["tn"]) == (tp, fn, fp, tn)
+    assert out["accuracy"] == pytest.approx((tp + tn) / 40)
+    assert out["sensitivity"] == pytest.approx(tp / (tp + fn)) and out["specificity"] == pytest.approx(tn / (tn + fp))
+    assert out["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
+
+
+def test_pooled_metrics_without_confusion_counts_or_sites():
+    assert pooled_metrics({}) == {}
+    multiclass = {"a": {"num_examples": 4, "accuracy": 0.5, "balanced_accuracy": 0.4},
+                  "b": {"num_examples": 12, "accuracy": 0.75, "balanced_accuracy": 0.6}}
+    out = pooled_metrics(multiclass)
+    assert out["accuracy"] == pytest.approx((0.5 * 4 + 0.75 * 12) / 16)
+    assert out["balanced_accuracy"] == pytest.approx((0.4 * 4 + 0.6 * 12) / 16)
+    assert "sensitivity" not in out and "tp" not in out
