@@ -183,6 +183,10 @@ def simulate(
     local_epochs: int = typer.Option(2, "--local-epochs", help="Local epochs per round."),
     secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+ (on by default)."),
     temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help="Temporal model."),
+    hidden: int = typer.Option(64, "--hidden", help="Hidden units."),
+    segments: int = typer.Option(16, "--segments", help="Segments per seizure."),
+    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per DP step at each site."),
+    folds: int = typer.Option(5, "--folds", help="Patient folds at each site (>= 3)."),
     output_format: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
     """Run the same federation in Flower's simulation engine, one virtual SuperNode per site store."""
@@ -191,8 +195,9 @@ def simulate(
     from semiofed.server.simulation import simulate as run_simulation
 
     config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
-                              secure_aggregation=secure_aggregation, temporal=temporal,
-                              checkpoints_dir=str(out.resolve()), semiofed_version=semiofed_version())
+                              secure_aggregation=secure_aggregation, temporal=temporal, hidden=hidden, n_segments=segments,
+                              batch_patients=batch_patients, folds=folds, checkpoints_dir=str(out.resolve()),
+                              semiofed_version=semiofed_version())
     final = run_simulation(sites_dir, config)
     result = read_run(final.parent)
     if output_format == "json":
