@@ -16,6 +16,7 @@ from typing import Any
 
 from flwr.client import Client, ClientApp
 from flwr.client.mod import secaggplus_mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 from flwr.common import (
     Code,
     Context,
@@ -150,5 +151,12 @@ def client_fn(context: Context) -> Client:
     return SiteClient(context)
 
 
-# secaggplus_mod first (outermost): it masks what the egress policy already let through.
-app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod, make_egress_mod(egress_spec)])
+def secure_aggregation_mod(msg: Any, context: Context, call_next: Any) -> Any:
+    """SecAgg+ for the train messages of a run that uses it; a run without it (--no-secure-aggregation) passes through."""
+    if msg.metadata.message_type == "train" and SECAGG_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+# secure aggregation first (outermost): it masks what the egress policy already let through.
+app = ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod, make_egress_mod(egress_spec)])

@@ -10,6 +10,7 @@ planned spend) before its first step, so a crash can only over-count.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -68,11 +69,16 @@ def _merged(history: list[tuple[float, float, int]]) -> list[tuple[float, float,
 
 
 def _epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    history = _merged(history)
+    return _epsilon_of_merged(tuple(_merged(history)), float(delta))
+
+
+@functools.lru_cache(maxsize=512)
+def _epsilon_of_merged(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """PRV epsilon of a merged history (cached: a round asks for the same history several times)."""
     if not history:
         return 0.0
     accountant = _make_accountant()
-    accountant.history = history
+    accountant.history = list(history)
     # at q = 1 Opacus's PRV code takes log(0) on a branch np.where discards
     with np.errstate(divide="ignore"):
         return float(accountant.get_epsilon(delta=delta, eps_error=EPS_ERROR))

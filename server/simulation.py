@@ -48,16 +48,16 @@ class VirtualSite:
 def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2) -> Path:
     """Run the federation in Flower's simulation engine; returns the final global checkpoint."""
     from flwr.client import ClientApp
-    from flwr.client.mod import secaggplus_mod
     from flwr.simulation import run_simulation
 
+    from semiofed.client.client_app import secure_aggregation_mod
     from semiofed.client.egress import make_egress_mod
     from semiofed.server.run_log import read_run
     from semiofed.server.server_app import make_server_app
 
     sites = find_sites(sites_dir)
     virtual = VirtualSite(sites, config)
-    client_app = ClientApp(client_fn=virtual.client_fn, mods=[secaggplus_mod, make_egress_mod(virtual.egress_spec)])
+    client_app = ClientApp(client_fn=virtual.client_fn, mods=[secure_aggregation_mod, make_egress_mod(virtual.egress_spec)])
     checkpoints = Path(config.checkpoints_dir)
     before = set(checkpoints.glob("run-*")) if checkpoints.is_dir() else set()
     run_simulation(server_app=make_server_app(config), client_app=client_app, num_supernodes=len(sites),

@@ -25,6 +25,7 @@ from flwr.common import (
     FitRes,
     GetPropertiesIns,
     Parameters,
+    ndarrays_to_parameters,
     Scalar,
     parameters_to_ndarrays,
 )
@@ -170,7 +171,9 @@ class SiteAwareStrategy(Strategy):
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         checkpoint = None
         if parameters is not None:
-            self.latest = parameters_to_ndarrays(parameters)
+            # SecAgg+'s dequantisation yields float64; the model (and what goes back to the sites) is float32
+            self.latest = [np.asarray(a, dtype=np.float32) for a in parameters_to_ndarrays(parameters)]
+            parameters = ndarrays_to_parameters(self.latest)
             checkpoint = self.save_checkpoint(server_round, self.latest, {"sites": sorted(fit), "round": server_round})
         self.run_log.update(server_round, fit=fit, failures=problems, checkpoint=checkpoint)
         return parameters, metrics

@@ -1,8 +1,7 @@
-"""`semiofed coordinator simulate` end to end: three site stores, one SecAgg+ round in Flower's simulation engine.
+"""`semiofed coordinator simulate` end to end: three site stores in Flower's simulation engine, with and without SecAgg+.
 
-The command has no options for the model's shape, so the run trains the
-default classifier (hidden 64, 16 segments, 1024-d I3D features) and the
-synthetic records carry 1024-d features.
+The first test trains the default classifier (hidden 64, 16 segments, 1024-d I3D
+features), so the synthetic records carry 1024-d features; the second a small one.
 """
 
 from __future__ import annotations
@@ -77,3 +76,22 @@ def test_simulate_command_trains_a_checkpoint_and_leaves_verified_ledgers(tmp_pa
         verification = verify_ledger(site.layout.ledger_file, load_public_key(site.layout.public_key))
         assert verification.ok, (site.site_id, [str(p) for p in verification.problems])
         assert not (site.layout.root / EGRESS_LOG).exists()  # the egress policy blocked nothing
+
+
+def test_a_run_without_secure_aggregation_trains_with_plain_fedprox(tmp_path):
+    sites_dir = tmp_path / "sites"
+    for seed, name in enumerate(SITES):
+        site = init_site(sites_dir / name, name, PrivacyPolicy(max_epsilon=8.0))
+        populate(site.layout.records_dir, n_patients=6, dim=DEFAULT.stcnn_dim, n_snippets=8, seed=seed)
+    out = tmp_path / "federation"
+    main._register()
+    result = CliRunner().invoke(main.app, ["coordinator", "simulate", "--sites-dir", str(sites_dir), "--rounds", "1",
+                                           "--local-epochs", "1", "--out", str(out), "--temporal", "attn", "--hidden", "8",
+                                           "--segments", "4", "--folds", "3", "--batch-patients", "2",
+                                           "--no-secure-aggregation", "--strategy", "fedprox", "--format", "json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    run = json.loads(result.stdout[result.stdout.index("{\n"):])
+    assert run["status"] == "finished" and run["rounds"][0]["failures"] == []
+    assert sorted(run["rounds"][0]["fit"]) == list(SITES)
+    assert run["config"]["secure-aggregation"] is False and run["config"]["strategy"] == "fedprox"
+    assert load_checkpoint(Path(run["final_checkpoint"])).config.hidden == 8
