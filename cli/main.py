@@ -37,6 +37,7 @@ def _register() -> None:
 
     site_cmd.app.command("train")(train_cmd.train)
     site_cmd.app.command("budget")(train_cmd.budget)
+    site_cmd.app.command("cv")(train_cmd.cv)
     app.add_typer(models_cmd.app, name="models")
     app.add_typer(site_cmd.app, name="site")
     app.command("predict")(predict_cmd.predict)
