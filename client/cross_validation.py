@@ -28,18 +28,18 @@ from semiofed.client.local_training import (
     CLASS_WEIGHTS_BALANCED,
     LocalTrainingOptions,
     _common_extractor,
+    calibrated_test_predictions,
     group_patients,
     load_site_records,
     split_patients,
 )
 from semiofed.client.privacy_ledger import check_ledger_appendable, record_release
 from semiofed.client.site import open_site
-from semiofed.common.calibration import fit_temperature
 from semiofed.common.classifier import ClassifierConfig, build_classifier
-from semiofed.common.dp_training import Patient, TrainConfig, Trainer, balanced_class_weights, predict_logits
+from semiofed.common.dp_training import Patient, TrainConfig, Trainer, balanced_class_weights
 from semiofed.common.errors import SemiofedError
 from semiofed.common.ledger import KIND_LOCAL
-from semiofed.common.metrics import classification_report, softmax
+from semiofed.common.metrics import classification_report
 from semiofed.common.privacy import PlannedRun, PrivacyBudgetError, SiteAccountant
 
 log = logging.getLogger(__name__)
@@ -238,19 +238,14 @@ def cross_validate(
         finally:
             trainer.close()
 
-        val_seizures = [s for p in val for s in p.seizures]
-        val_logits = predict_logits(model, val_seizures, n_segments=options.n_segments)
-        temperature = fit_temperature(val_logits, np.array([s.label for s in val_seizures])) if val_seizures else 1.0
-        test_seizures = [s for p in test for s in p.seizures]
-        probs = softmax(predict_logits(model, test_seizures, n_segments=options.n_segments), temperature)
-        labels = [s.label for s in test_seizures]
+        temperature, labels, probs = calibrated_test_predictions(model, val, test, n_segments=options.n_segments)
         pooled_labels += labels
         pooled_probs.append(probs)
         result = FoldResult(
             fold=k,
             n_patients={"train": len(train), "validation": len(val), "test": len(test)},
-            n_seizures={"train": sum(len(p.seizures) for p in train), "validation": len(val_seizures),
-                        "test": len(test_seizures)},
+            n_seizures={"train": sum(len(p.seizures) for p in train), "validation": sum(len(p.seizures) for p in val),
+                        "test": len(labels)},
             test_patients=tuple(p.pseudonym for p in test), sample_rate=q, steps=taken, temperature=temperature,
             test_metrics=classification_report(labels, probs),
         )

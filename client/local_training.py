@@ -133,6 +133,17 @@ def split_patients(patients: Sequence[Patient], folds: int, test_fold: int, seed
     return train, [p for p in patients if p.pseudonym in val], [p for p in patients if p.pseudonym in test]
 
 
+def calibrated_test_predictions(model: Any, validation: Sequence[Patient], test: Sequence[Patient], *,
+                                n_segments: int) -> tuple[float, list[int], np.ndarray]:
+    """(temperature fitted on the validation patients, test labels, calibrated test probabilities)."""
+    val_seizures = [s for p in validation for s in p.seizures]
+    val_logits = predict_logits(model, val_seizures, n_segments=n_segments)
+    temperature = fit_temperature(val_logits, np.array([s.label for s in val_seizures])) if val_seizures else 1.0
+    test_seizures = [s for p in test for s in p.seizures]
+    probs = softmax(predict_logits(model, test_seizures, n_segments=n_segments), temperature)
+    return temperature, [s.label for s in test_seizures], probs
+
+
 def train_site(
     site_dir: Path,
     options: LocalTrainingOptions,
@@ -191,12 +202,8 @@ def train_site(
     finally:
         trainer.close()
 
-    val_seizures = [s for p in val for s in p.seizures]
-    val_logits = predict_logits(model, val_seizures, n_segments=options.n_segments)
-    temperature = fit_temperature(val_logits, np.array([s.label for s in val_seizures])) if val_seizures else 1.0
-    test_seizures = [s for p in test for s in p.seizures]
-    test_logits = predict_logits(model, test_seizures, n_segments=options.n_segments)
-    metrics = classification_report([s.label for s in test_seizures], softmax(test_logits, temperature))
+    temperature, test_labels, test_probs = calibrated_test_predictions(model, val, test, n_segments=options.n_segments)
+    metrics = classification_report(test_labels, test_probs)
 
     summary = accountant.summary() if accountant is not None else None
     privacy = {
