@@ -120,6 +120,24 @@ def markdown(rows: list[dict], cohort: dict, args: argparse.Namespace) -> str:
             f"| {r['streams']} | {eps} | {sigma} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} "
             f"({sd['balanced_accuracy']:.2f}) | {m['auroc']:.3f} ({sd['auroc']:.2f}) | {m['f1_macro']:.3f} | "
             f"{m['ece']:.3f} | {total} | {r['seconds']:.0f} |")
+    plain = {r["streams"]: r["pooled"]["balanced_accuracy"] for r in rows if r["epsilon"] is None}
+    private = [r["pooled"] for r in rows if r["epsilon"] is not None]
+    best = max(plain, key=plain.get)
+    lines += [
+        "",
+        f"Reading: without DP the {best} stream carries most of the signal (balanced accuracy "
+        + ", ".join(f"{k} {v:.2f}" for k, v in plain.items())
+        + "), well below what the phantom's learnability check gets from clean keypoint statistics: with ~28 "
+        "training patients the model memorises them (training accuracy 1.0 after 30 epochs; see the "
+        "membership-inference section) and generalises modestly. Under DP at epsilon 1-8 every setting here is at "
+        f"chance (balanced accuracy {min(m['balanced_accuracy'] for m in private):.2f}-"
+        f"{max(m['balanced_accuracy'] for m in private):.2f}, AUROC {min(m['auroc'] for m in private):.2f}-"
+        f"{max(m['auroc'] for m in private):.2f}): with ~8 patients per step the noise (sigma x clipping norm, "
+        "sigma 2-12) swamps the clipped patient gradients, so one site of this size cannot train a useful private "
+        "model. On the easier synthetic records above, 60 patients kept some utility at epsilon 8 and 200 "
+        "patients most of it: DP needs many patients per model, the case for federation. Each fold tests ~10 patients: differences under ~0.1 are fold noise. "
+        "Seconds are wall time on a CPU shared with other jobs and vary with their load.",
+    ]
     return "\n".join(lines)
 
 
