@@ -135,7 +135,8 @@ def markdown(rows: list[dict], cohort: dict, args: argparse.Namespace) -> str:
         f"{max(m['auroc'] for m in private):.2f}): with ~8 patients per step the noise (sigma x clipping norm, "
         "sigma 2-12) swamps the clipped patient gradients, so one site of this size cannot train a useful private "
         "model. On the easier synthetic records above, 60 patients kept some utility at epsilon 8 and 200 "
-        "patients most of it: DP needs many patients per model, the case for federation. Each fold tests ~10 patients: differences under ~0.1 are fold noise. "
+        "patients most of it: DP needs many patients per model, the case for federation. Each fold tests ~10 "
+        "patients: differences under ~0.1 are fold noise. "
         "Seconds are wall time on a CPU shared with other jobs and vary with their load.",
     ]
     return "\n".join(lines)
