@@ -27,7 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from semiofed.client.local_training import (
     CLASS_WEIGHTS_BALANCED,
     LocalTrainingOptions,
-    _common_extractor,
+    common_extractor,
     calibrated_test_predictions,
     group_patients,
     load_site_records,
@@ -185,7 +185,7 @@ def cross_validate(
     site = open_site(site_dir)
     policy = site.policy
     records = load_site_records(site, options.labels)
-    extractor = _common_extractor(records)
+    extractor = common_extractor(records)
     patients = group_patients(records, options.labels, options.streams)
     if len(patients) < options.folds:
         raise SemiofedError(f"{len(patients)} patients cannot fill {options.folds} patient folds",

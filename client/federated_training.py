@@ -27,7 +27,7 @@ from semiofed.client.privacy_ledger import check_ledger_appendable, record_relea
 from semiofed.client.site import Site, open_site
 from semiofed.common.calibration import fit_temperature
 from semiofed.common.classifier import ClassifierConfig, SeizureClassifier, build_classifier
-from semiofed.common.dp_training import Patient, TrainConfig, Trainer, predict_logits
+from semiofed.common.dp_training import TrainConfig, Trainer, predict_logits
 from semiofed.common.errors import SemiofedError
 from semiofed.common.federation import FederationConfig
 from semiofed.common.features import STREAM_STCNN, feature_extractor_of
@@ -231,11 +231,11 @@ class SiteTask:
             trainer.close()
         new_weights = get_weights(model)
         spent = accountant.epsilon_spent()
-        record_release(self.site, kind=KIND_FEDERATED, run_id=run_id, round=round, update_sha256=weights_sha256(new_weights),
+        entry = record_release(self.site, kind=KIND_FEDERATED, run_id=run_id, round=round, update_sha256=weights_sha256(new_weights),
                        noise_multiplier=sigma, sample_rate=self.sample_rate, steps=self.steps_per_round,
                        clipping_norm=config.clipping_norm, epsilon_cumulative=spent)
         metrics = {
-            "epsilon_round": _round_epsilon(planned, self.site.policy.target_delta),
+            "epsilon_round": float(entry["epsilon"]),
             "epsilon_spent": spent, "epsilon_max": self.site.policy.max_epsilon, "delta": self.site.policy.target_delta,
             "noise_multiplier": sigma, "sample_rate": self.sample_rate, "steps": float(self.steps_per_round),
             "train_patients": float(len(self.train)), "clipped_fraction": float(last.get("clipped_fraction", 0.0)),
@@ -264,19 +264,8 @@ class SiteTask:
         return loss, len(test), {k: (v if math.isfinite(v) else -1.0) for k, v in metrics.items()}
 
 
-def _round_epsilon(planned: PlannedRun, delta: float) -> float:
-    from semiofed.common.privacy import _epsilon_of
-
-    return _epsilon_of([(planned.noise_multiplier, planned.sample_rate, planned.steps)], delta)
-
-
 def _reason(exc: SemiofedError) -> str:
     return str(exc)[:900]
-
-
-def patients_of(task: SiteTask) -> dict[str, list[Patient]]:
-    """The site's split, by role (for tests and reports)."""
-    return {"train": task.train, "validation": task.validation, "test": task.test}
 
 
 __all__ = ["SiteTask", "SiteSettings", "RoundDeclined", "classifier_config", "get_weights", "set_weights", "weights_sha256"]

@@ -106,7 +106,8 @@ def load_site_records(site: Site, labels: Sequence[str]) -> list[SeizureRecord]:
     return records
 
 
-def _common_extractor(records: Sequence[SeizureRecord]) -> dict[str, Any]:
+def common_extractor(records: Sequence[SeizureRecord]) -> dict[str, Any]:
+    """The one feature extractor (name, weights sha256, dim) all of the site's records were made with."""
     seen = {(r.stcnn, feature_extractor_of(r)["sha256"], r.feature_dim) for r in records}
     if len(seen) > 1:
         raise SemiofedError(f"the site's records were made with different feature extractors {sorted(seen)}",
@@ -155,7 +156,7 @@ def train_site(
     site = open_site(site_dir)
     policy = site.policy
     records = load_site_records(site, options.labels)
-    extractor = _common_extractor(records)
+    extractor = common_extractor(records)
     patients = group_patients(records, options.labels, options.streams)
     if len(patients) < 3:
         raise SemiofedError(f"this site has {len(patients)} patient(s) with records of the labels {', '.join(options.labels)}",

@@ -35,7 +35,8 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new file in `path` durable (fsync the directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -60,7 +61,7 @@ def atomic_write(path: Path, *, mode: int = OWNER_ONLY_FILE, binary: bool = True
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -87,7 +88,7 @@ def publish_dir(staging: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def npz_bytes(arrays: dict[str, Any] | list[tuple[str, Any]]) -> bytes:

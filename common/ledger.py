@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from semiofed.common.errors import SemiofedError
+from semiofed.common.files import fsync_dir
 from semiofed.common.keys import (
     PrivateKey,
     PublicKey,
@@ -379,14 +380,6 @@ def check_appendable(path: Path, public_key: PublicKey) -> list[dict[str, Any]]:
     return _check_appendable(path, _read_bytes(path) if path.exists() else b"", public_key)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def append_entry(path: Path, fields: dict[str, Any], private_key: PrivateKey) -> dict[str, Any]:
     """Seal `fields` as the ledger's next entry and append it durably; return the entry written.
 
@@ -420,7 +413,7 @@ def append_entry(path: Path, fields: dict[str, Any], private_key: PrivateKey) ->
         stream.flush()
         os.fsync(stream.fileno())
     if created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return entry
 
 
