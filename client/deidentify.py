@@ -118,14 +118,15 @@ class Deidentifier:
         snippet = self.config.snippet_frames
         pose, hands, face = kp.PoseStream(self.model_dir), kp.HandStream(self.model_dir), kp.FaceStream(self.model_dir)
         probe_landmarker = kp.PoseProbe(self.model_dir)
+        tracker = kp.RotationTracker(probe_landmarker)
         ex = self._executors
-        rotation = [0]
 
         def pose_step(frames: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            rotation[0] = kp.choose_rotation(frames, rotation[0], probe_landmarker)
-            upright = kp.rotate(frames, rotation[0])
+            rotation = tracker.choose(frames)
+            upright = kp.rotate(frames, rotation)
             arrays = pose.process(upright, stamps)
-            arrays[rec.ROTATION] = np.full(len(frames), rotation[0], dtype=np.int16)
+            tracker.observe(arrays, upright.shape[2], upright.shape[1])
+            arrays[rec.ROTATION] = np.full(len(frames), rotation, dtype=np.int16)
             return upright, arrays
 
         def stcnn_step(upright_future: Future) -> np.ndarray:

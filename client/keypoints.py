@@ -26,8 +26,12 @@ landmarker's C calls on its own worker thread without the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,9 +146,38 @@ def _base_options(key: str, model_dir: Path | str | None) -> BaseOptions:
     return BaseOptions(model_asset_path=str(verified_path(key, model_dir)))
 
 
+_NATIVE_STDERR = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_warnings_silenced() -> Iterator[None]:
+    """Discard what MediaPipe's C++ graph prints to stderr while a landmarker starts (unless --verbose).
+
+    Every landmarker start prints some ten absl warnings that no setting
+    turns off (glog variables are ignored), once per video. The
+    process's stderr (fd 2) points at /dev/null for the call only;
+    failures still raise with MediaPipe's own message.
+    """
+    if logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    with _NATIVE_STDERR:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
+
+
 def _create(factory: Any, options: Any, key: str) -> Any:
     try:
-        return factory.create_from_options(options)
+        with _native_warnings_silenced():
+            return factory.create_from_options(options)
     except (RuntimeError, ValueError) as exc:
         raise ModelFileError(
             f"MediaPipe could not load model {key} from {options.base_options.model_asset_path} ({exc})",
@@ -459,13 +492,49 @@ def choose_rotation(frames: np.ndarray, current: int, pose_probe: PoseProbe, *, 
 # ---------------------------------------------------------------- orchestration
 
 
+class RotationTracker:
+    """The rotation of one video's windows, searched with the pose probe only when needed.
+
+    No search while the last window's pose showed an upright person. After a
+    search that kept the rotation, the next `RETRY_WINDOWS` windows skip it:
+    a full search costs 4 x `samples` probe detections, and cameras seldom
+    turn (a patient lying in bed is never upright, so without the pause
+    every window would pay for a search).
+    """
+
+    RETRY_WINDOWS = 4
+
+    def __init__(self, probe: PoseProbe | None, rotation: int = 0, samples: int = 3) -> None:
+        if rotation not in ROTATIONS:
+            raise ValueError(f"rotation {rotation} is not one of {ROTATIONS}")
+        self.probe = probe
+        self.rotation = rotation
+        self.samples = samples
+        self._upright_before = False
+        self._cooldown = 0
+
+    def choose(self, frames: np.ndarray) -> int:
+        """The rotation for this window (frames before rotation, after any ROI crop)."""
+        if self.probe is None or self._upright_before:
+            return self.rotation  # the last window's pose already showed an upright person at this rotation
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            return self.rotation
+        chosen = choose_rotation(frames, self.rotation, self.probe, samples=self.samples)
+        if chosen == self.rotation:
+            self._cooldown = self.RETRY_WINDOWS
+        else:
+            logger.info("rotation changed from %d to %d degrees clockwise", self.rotation, chosen)
+            self.rotation = chosen
+        return self.rotation
+
+    def observe(self, arrays: Arrays, width: int, height: int) -> None:
+        """Remember whether this window's pose (at the chosen rotation) showed an upright person."""
+        self._upright_before = _mostly_upright(arrays, width, height)
+
+
 class KeypointExtractor:
     """ROI crop, rotation choice and the three streams for consecutive windows of one video."""
-
-    # After a search that kept the rotation, skip this many windows before
-    # the next: a full search costs 4 x `samples` probe detections, and
-    # cameras seldom turn.
-    RETRY_WINDOWS = 4
 
     def __init__(
         self,
@@ -481,27 +550,26 @@ class KeypointExtractor:
         unknown = [s for s in streams if s not in STREAMS]
         if unknown:
             raise ValueError(f"unknown stream(s) {', '.join(unknown)}; use any of {', '.join(STREAMS)}")
-        if rotation not in ROTATIONS:
-            raise ValueError(f"rotation {rotation} is not one of {ROTATIONS}")
         if window < 1:
             raise ValueError(f"window must be at least 1 frame, got {window}")
         self.window = window
         self.roi = tuple(roi) if roi is not None else None
-        self.rotation = rotation
-        self.samples = samples
+        self.tracker = RotationTracker(None, rotation, samples)
         classes = {"pose": PoseStream, "hands": HandStream, "face": FaceStream}
         self.streams: dict[str, _VideoStream] = {}
-        self.probe: PoseProbe | None = None
         try:
             for name in STREAMS:
                 if name in streams:
                     self.streams[name] = classes[name](model_dir)
-            self.probe = PoseProbe(model_dir) if auto_rotate else None
+            self.tracker.probe = PoseProbe(model_dir) if auto_rotate else None
         except Exception:
             self.close()
             raise
-        self._upright_before = False
-        self._cooldown = 0
+
+    @property
+    def rotation(self) -> int:
+        """The rotation (degrees clockwise) applied to the latest window."""
+        return self.tracker.rotation
 
     def process_window(self, frames: np.ndarray, timestamps_ms: np.ndarray) -> tuple[np.ndarray, Arrays]:
         """Crop, choose the rotation, rotate and run the streams; returns the processed frames and the arrays.
@@ -510,29 +578,15 @@ class KeypointExtractor:
         for a disabled stream) and ROTATION [N] int16.
         """
         frames = crop_roi(_check_frames(frames), self.roi)
-        self._update_rotation(frames)
-        rotated = rotate(frames, self.rotation)
+        rotated = rotate(frames, self.tracker.choose(frames))
         arrays: Arrays = {}
         for name in STREAMS:
             stream = self.streams.get(name)
             arrays.update(stream.process(rotated, timestamps_ms) if stream else empty_arrays(name, len(rotated)))
         arrays[ROTATION] = np.full(len(rotated), self.rotation, np.int16)
         if "pose" in self.streams:
-            self._upright_before = _mostly_upright(arrays, rotated.shape[2], rotated.shape[1])
+            self.tracker.observe(arrays, rotated.shape[2], rotated.shape[1])
         return rotated, arrays
-
-    def _update_rotation(self, frames: np.ndarray) -> None:
-        if self.probe is None or self._upright_before:
-            return  # the last window's pose already showed an upright person at this rotation
-        if self._cooldown > 0:
-            self._cooldown -= 1
-            return
-        chosen = choose_rotation(frames, self.rotation, self.probe, samples=self.samples)
-        if chosen == self.rotation:
-            self._cooldown = self.RETRY_WINDOWS
-        else:
-            logger.info("rotation changed from %d to %d degrees clockwise", self.rotation, chosen)
-            self.rotation = chosen
 
     def run(self, frames_iter: Iterable[tuple[np.ndarray, int]]) -> Arrays:
         """Process (frame [H, W, 3], timestamp_ms) pairs window by window; the arrays for all frames."""
@@ -558,8 +612,8 @@ class KeypointExtractor:
         """Release every landmarker."""
         for stream in self.streams.values():
             stream.close()
-        if self.probe is not None:
-            self.probe.close()
+        if self.tracker.probe is not None:
+            self.tracker.probe.close()
 
     def __enter__(self) -> KeypointExtractor:
         return self

@@ -205,3 +205,31 @@ def test_crop_then_rotate_geometry() -> None:
     np.testing.assert_array_equal(kp.rotate(crop, 180), crop[:, ::-1, ::-1])
     with pytest.raises(ValueError, match="multiple of 90"):
         kp.rotate(crop, 45)
+
+
+class _CountingProbe:
+    """A stand-in pose probe: finds a person lying down (never upright), counting its detections."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def probe(self, frame: np.ndarray) -> kp.ProbeResult:
+        self.calls += 1
+        return kp.ProbeResult(found=True, visibility=0.9, upright=0.0)
+
+
+def test_rotation_search_pauses_after_a_search_that_kept_the_rotation() -> None:
+    """A patient lying in bed is never upright: one search, then RETRY_WINDOWS windows without, then again."""
+    probe = _CountingProbe()
+    tracker = kp.RotationTracker(probe, samples=3)  # type: ignore[arg-type]
+    frames = np.zeros((8, 32, 48, 3), np.uint8)
+    searches = []
+    for _ in range(2 * (kp.RotationTracker.RETRY_WINDOWS + 1)):
+        before = probe.calls
+        assert tracker.choose(frames) == 0
+        searches.append(probe.calls > before)
+    assert searches == ([True] + [False] * kp.RotationTracker.RETRY_WINDOWS) * 2
+    assert probe.calls == 2 * 4 * 3  # each search tries 4 rotations on 3 frames
+    assert kp.RotationTracker(None).choose(frames) == 0  # no probe: no search
+    with pytest.raises(ValueError, match="rotation 45"):
+        kp.RotationTracker(probe, rotation=45)  # type: ignore[arg-type]
