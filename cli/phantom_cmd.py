@@ -56,7 +56,9 @@ def generate(
     patients: int = typer.Option(20, "--patients", help="Number of patients over all sites (each belongs to one site)."),
     seizures_per_patient: str = typer.Option("1-4", "--seizures-per-patient", help="Seizures per patient, N or LO-HI."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
-    duration_s: str = typer.Option("15-180", "--duration-s", help="Seizure duration (onset to offset) in seconds, N or LO-HI; the video adds 3-12 s before and 3-15 s after."),
+    duration_s: str = typer.Option("15-180", "--duration-s", help="Seizure duration (onset to offset) in seconds, N or LO-HI."),
+    lead_s: str = typer.Option("3-12", "--lead-s", help="Video before the onset in seconds, N or LO-HI."),
+    tail_s: str = typer.Option("3-15", "--tail-s", help="Video after the offset (postictal) in seconds, N or LO-HI."),
     fps: float = typer.Option(15.0, "--fps", help="Frames per second."),
     size: str = typer.Option("320x240", "--size", help="Frame size WIDTHxHEIGHT."),
     workers: int = typer.Option(1, "--workers", help="Parallel render processes (the output does not depend on it)."),
@@ -66,7 +68,8 @@ def generate(
     """Write phantom seizure videos (mp4), ground truth (json+npz) and one manifest per site."""
     config = GenerateConfig(
         sites=sites, patients=patients, seizures_per_patient=_range(seizures_per_patient, "--seizures-per-patient", int),
-        seed=seed, duration_s=_range(duration_s, "--duration-s", float), fps=fps, size=_size(size),
+        seed=seed, duration_s=_range(duration_s, "--duration-s", float), lead_s=_range(lead_s, "--lead-s", float),
+        tail_s=_range(tail_s, "--tail-s", float), fps=fps, size=_size(size),
     )
     check_output_dir(out, force)
     profiles, videos = plan_dataset(config)

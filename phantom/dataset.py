@@ -63,6 +63,9 @@ class GenerateConfig:
     seizures_per_patient: tuple[int, int] = (1, 4)
     seed: int = 0
     duration_s: tuple[float, float] = (15.0, 180.0)  # seizure duration, onset to offset
+    lead_s: tuple[float, float] = (3.0, 12.0)  # video before the onset
+    tail_s: tuple[float, float] = (3.0, 15.0)  # video after the offset (postictal)
+    min_patients_per_site: int = 1
     fps: float = 15.0
     size: tuple[int, int] = (320, 240)
 
@@ -70,9 +73,11 @@ class GenerateConfig:
         """Raise PhantomError naming the first bad setting."""
         if self.sites < 1:
             raise PhantomError(f"--sites {self.sites} is below 1", "ask for at least one site")
-        if self.patients < self.sites:
-            raise PhantomError(f"--patients {self.patients} is fewer than --sites {self.sites}",
-                               "give every site at least one patient (a patient belongs to one hospital)")
+        if self.min_patients_per_site < 1:
+            raise PhantomError(f"at least {self.min_patients_per_site} patients per site is below 1", "ask for at least one")
+        if self.patients < self.sites * self.min_patients_per_site:
+            raise PhantomError(f"--patients {self.patients} is fewer than {self.min_patients_per_site} per site for --sites {self.sites}",
+                               f"give every site at least {self.min_patients_per_site} patient(s) (a patient belongs to one hospital)")
         lo, hi = self.seizures_per_patient
         if not 1 <= lo <= hi:
             raise PhantomError(f"--seizures-per-patient {lo}-{hi} is not a range of at least 1", "write it as e.g. 1-4")
@@ -80,6 +85,9 @@ class GenerateConfig:
         if not MIN_SEIZURE_S <= dlo <= dhi <= 600:
             raise PhantomError(f"--duration-s {dlo:g}-{dhi:g} is outside {MIN_SEIZURE_S:g}-600 s or not increasing",
                                "write it as e.g. 15-180 (seizure duration in seconds)")
+        for name, (a, b) in (("lead", self.lead_s), ("tail", self.tail_s)):
+            if not 1.0 <= a <= b <= 60:
+                raise PhantomError(f"{name} {a:g}-{b:g} s is outside 1-60 s or not increasing", "write it as e.g. 3-12")
         if not 5 <= self.fps <= 60:
             raise PhantomError(f"--fps {self.fps:g} is outside 5-60", "use e.g. 15")
         w, h = self.size
@@ -111,8 +119,8 @@ class PlannedVideo:
 def _split_patients(config: GenerateConfig, profiles: list[SiteProfile]) -> list[int]:
     rng = np.random.default_rng([config.seed, 11])
     shares = np.array([p.patient_share for p in profiles]) * rng.uniform(0.8, 1.25, len(profiles))
-    counts = np.ones(len(profiles), dtype=int)
-    extra = config.patients - len(profiles)
+    counts = np.full(len(profiles), config.min_patients_per_site, dtype=int)
+    extra = config.patients - counts.sum()
     counts += np.floor(extra * shares / shares.sum()).astype(int)
     for k in np.argsort(-shares)[: config.patients - counts.sum()]:
         counts[k] += 1
@@ -148,26 +156,27 @@ def plan_dataset(config: GenerateConfig) -> tuple[list[SiteProfile], list[Planne
                 seed = episode_seed(config.seed, patient_no, seizure_no)
                 rng = np.random.default_rng([seed, 0])
                 label = TCS if rng.random() < traits.tcs_probability else FOS
-                plan = plan_seizure(traits, label, config.duration_s, rng)
+                plan = plan_seizure(traits, label, config.duration_s, rng, lead_s=config.lead_s, tail_s=config.tail_s)
                 kind = home_scene if rng.random() < 0.7 else kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
                 scene = sample_scene(kind, profile.style, config.size, plan.video_s, rng)
                 seizure_id = f"{patient_id}-S{seizure_no}"
                 spec = EpisodeSpec(patient_id, seizure_id, body, traits, plan, scene, config.fps, seed)
                 site_videos.append(PlannedVideo(site, f"videos/{patient_id}_S{seizure_no}.mp4", spec))
-        videos += _ensure_both_labels(site_videos, traits_seed=config.seed)
+        videos += _ensure_both_labels(site_videos, config)
     return profiles, videos
 
 
-def _ensure_both_labels(site_videos: list[PlannedVideo], traits_seed: int) -> list[PlannedVideo]:
+def _ensure_both_labels(site_videos: list[PlannedVideo], config: GenerateConfig) -> list[PlannedVideo]:
     """Give a site with two or more seizures at least one of each label (trainers need both classes)."""
     labels = {v.spec.plan.label for v in site_videos}
     if len(site_videos) < 2 or len(labels) == 2:
         return site_videos
     missing = TCS if FOS in labels else FOS
     last = site_videos[-1]
-    rng = np.random.default_rng([last.spec.seed, 9, traits_seed])
+    rng = np.random.default_rng([last.spec.seed, 9, config.seed])
     lo = last.spec.plan.offset_s - last.spec.plan.onset_s
-    plan = plan_seizure(last.spec.traits, missing, (max(lo, MIN_SEIZURE_S), max(lo, MIN_SEIZURE_S) + 1e-6), rng)
+    plan = plan_seizure(last.spec.traits, missing, (max(lo, MIN_SEIZURE_S), max(lo, MIN_SEIZURE_S) + 1e-6), rng,
+                        lead_s=config.lead_s, tail_s=config.tail_s)
     scene = replace(last.spec.scene, nurse_s=None if last.spec.scene.nurse_s is None else min(last.spec.scene.nurse_s, plan.video_s - 3),
                     light_change_s=None if last.spec.scene.light_change_s is None else min(last.spec.scene.light_change_s, plan.video_s - 2))
     fixed = replace(last, spec=replace(last.spec, plan=plan, scene=scene))

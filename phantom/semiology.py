@@ -82,13 +82,18 @@ def sample_traits(rng: np.random.Generator, tcs_fraction: float) -> PatientTrait
 
 
 def plan_seizure(traits: PatientTraits, label: str, duration_range_s: tuple[float, float],
-                 rng: np.random.Generator) -> SeizurePlan:
-    """Lay out the phases of one seizure; both labels draw durations from the same distribution."""
+                 rng: np.random.Generator, *, lead_s: tuple[float, float] = (3.0, 12.0),
+                 tail_s: tuple[float, float] = (3.0, 15.0)) -> SeizurePlan:
+    """Lay out the phases of one seizure; both labels draw durations from the same distribution.
+
+    The video starts `lead_s` (uniform range) before the onset and ends
+    `tail_s` after the offset (the postictal phase).
+    """
     lo, hi = duration_range_s
     duration = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    onset = round(float(rng.uniform(3.0, 12.0)), 2)
+    onset = round(float(rng.uniform(*lead_s)), 2)
     offset = round(onset + duration, 2)
-    video_s = round(offset + float(rng.uniform(3.0, 15.0)), 2)
+    video_s = round(offset + float(rng.uniform(*tail_s)), 2)
     other = "right" if traits.side == "left" else "left"
     phases: list[Phase] = []
     p = np.asarray(traits.sign_weights)

@@ -158,10 +158,30 @@ def test_mediapipe_finds_upright_phantoms(kind: str, model_dir: Path, tmp_path: 
     assert error["nme"] < 0.1 and error["nme"] < error["nme_swapped"]
 
 
+def test_short_videos_and_even_sites_for_the_demo():
+    """lead/tail bound the video around the seizure; every site gets at least min_patients_per_site patients."""
+    config = GenerateConfig(sites=3, patients=12, min_patients_per_site=4, seizures_per_patient=(1, 1), seed=3,
+                            duration_s=(10, 10.5), lead_s=(1.5, 2.5), tail_s=(1.5, 2.5))
+    _, videos = plan_dataset(config)
+    per_site = {site: len({v.spec.patient_id for v in videos if v.site == site}) for site in {v.site for v in videos}}
+    assert per_site == {"site_01": 4, "site_02": 4, "site_03": 4}
+    for v in videos:
+        plan = v.spec.plan
+        assert 1.5 <= plan.onset_s <= 2.5 and 1.5 <= plan.video_s - plan.offset_s <= 2.5 + 1e-6
+        assert v.spec.num_frames == round(plan.video_s * 15)
+    # the defaults keep the long lead and tail (and so the bytes of earlier datasets)
+    _, default = plan_dataset(GenerateConfig(sites=3, patients=12, seizures_per_patient=(1, 1), seed=3))
+    assert max(v.spec.plan.onset_s for v in default) > 2.5
+
+
 def test_bad_settings_say_what_to_do(tmp_path: Path):
-    with pytest.raises(PhantomError, match="at least one patient"):
+    with pytest.raises(PhantomError, match="at least 1 patient"):
         plan_dataset(GenerateConfig(sites=3, patients=2))
+    with pytest.raises(PhantomError, match="at least 4 patient"):
+        plan_dataset(GenerateConfig(sites=3, patients=11, min_patients_per_site=4))
     with pytest.raises(PhantomError, match="--duration-s"):
         plan_dataset(GenerateConfig(duration_s=(5, 8)))
+    with pytest.raises(PhantomError, match="lead 4-2 s"):
+        plan_dataset(GenerateConfig(lead_s=(4, 2)))
     result = runner.invoke(app, ["generate", "--out", str(tmp_path), "--size", "big"], env={"SEMIOFED_PROGRESS": "off"})
     assert result.exit_code != 0 and "320x240" in str(result.exception)
