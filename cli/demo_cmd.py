@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from semiofed.cli.progress import progress_bar
@@ -38,13 +40,29 @@ def _task(description: str, total: int) -> Iterator[Callable[..., None]]:
         yield lambda n=1: progress.advance(task, n)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _show_flower_line(console: Console) -> Callable[[str], None]:
+    """Print the round lines of Flower's log (without its colour codes)."""
+
+    def show(line: str) -> None:
+        if "ROUND" in line or "aggregate_" in line or "declin" in line:
+            console.print(f"  [dim]{escape(_ANSI.sub('', line).strip())}[/]", highlight=False)
+
+    return show
+
+
 def demo(
     out: Path = typer.Option(Path("semiofed-demo"), "--out", help="Folder for the videos, sites, coordinator and reports."),
     sites: int = typer.Option(3, "--sites", min=2, max=8, help="Number of hospitals."),
     quick: bool = typer.Option(False, "--quick", help="Fewer, shorter videos and a smaller model (same real pipeline)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic patients."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Federated rounds (default 3; 2 with --quick)."),
-    simulation: bool = typer.Option(False, "--simulation", help="Use Flower's simulation engine instead of a real local deployment."),
+    simulation: Optional[bool] = typer.Option(
+        None, "--simulation/--deployment",
+        help="Flower's simulation engine, or a real local deployment (SuperLink and one SuperNode process per site). "
+             "Default: a deployment; the simulation with --quick."),
     output_format: str = typer.Option("table", "--format", help="table or json (summary on stdout)."),
 ) -> None:
     """The whole system on phantom seizure videos: de-identify at each hospital, federate with DP and SecAgg+, audit, report.
@@ -52,8 +70,8 @@ def demo(
     Each hospital gets synthetic seizure videos (its own camera set-up and
     case mix) and runs `site init` and `site prepare` (real MediaPipe and
     I3D). The sites then train one classifier over a real local Flower
-    deployment (TLS, site keys, SecAgg+; or the simulation engine with
-    --simulation), each under its own DP budget, and are compared with
+    deployment (TLS, site keys, SecAgg+; --quick uses the simulation engine
+    unless --deployment), each under its own DP budget, and are compared with
     local-only DP training and a centralised non-private model on the same
     held-out patients. Every site's ledger is audited; report.html and
     report.json are written to --out.
@@ -63,26 +81,30 @@ def demo(
 
     console = Console(stderr=True)
     _ensure_models(console)
+    simulation = quick if simulation is None else simulation
     config = DemoConfig(out=out.resolve(), sites=sites, quick=quick, seed=seed,
                         mode=MODE_SIMULATION if simulation else MODE_DEPLOY, rounds=rounds or (2 if quick else 3))
-    console.print(f"federation: {'Flower simulation engine' if simulation else 'real local deployment (TLS, site keys, SecAgg+)'}")
-    report = run_demo(config, _task, on_line=lambda line: console.print(f"  [dim]{line}[/]", highlight=False)
-                      if "ROUND" in line or "aggregate_" in line or "declin" in line else None)
+    console.print("federation: " + ("Flower simulation engine (SecAgg+, one virtual SuperNode per site; --deployment for real processes)"
+                                    if simulation else "real local deployment (TLS, site keys, SecAgg+, one SuperNode process per site)"))
+    report = run_demo(config, _task, on_line=_show_flower_line(console))
     summary = {"out": str(config.out), "seconds": report["seconds"], "report_html": str(config.out / REPORT_HTML),
                "report_json": str(config.out / REPORT_JSON), "final_checkpoint": report["final_checkpoint"],
                "audit_verified": all(a["verified"] for a in report["audit"].values())}
     if output_format == "json":
         print(json.dumps(summary, indent=2))
         return
-    from semiofed.server.report import comparison_rows
+    from semiofed.server.report import SMALL_TEST_SET, comparison_rows, small_test_set_note
 
-    table = Table(title=f"semiofed demo ({report['seconds']:.0f} s): held-out patients of {sites} hospitals")
+    held_out = len(report["federated"]["y"])
+    table = Table(title=f"semiofed demo ({report['seconds']:.0f} s): {held_out} held-out seizures at {sites} hospitals")
     for column in ("model", "privacy", "accuracy", "balanced acc.", "AUROC", "ECE"):
         table.add_column(column)
     fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731 - v != v: NaN (one class only)
     for row in comparison_rows(report):
         table.add_row(row[0], row[1], *[fmt(v) for v in row[2:]])
     Console().print(table)
+    if held_out < SMALL_TEST_SET:
+        Console().print(small_test_set_note(held_out), style="dim")
     eps = ", ".join(f"{s} {a['epsilon'][-1]['epsilon_cumulative']:.2f}/{a['epsilon_max']:g}" if a["epsilon"] else f"{s} 0"
                     for s, a in sorted(report["audit"].items()))
     Console().print(f"privacy spent (epsilon/budget): {eps}; audit: "

@@ -12,7 +12,10 @@ site's ledger audited; report.json and report.html written.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol
@@ -45,6 +48,21 @@ class DemoConfig:
     local_epsilon: float = 2.0  # each site's local-only baseline run
     federated_epsilon: float = 4.0  # what the coordinator asks each site to spend at most in the federated run
 
+    def phantom(self) -> Any:
+        """The phantom cohort: every site gets enough patients for a test, a validation and a training fold.
+
+        Video time is what `site prepare` pays for (about 0.8 s per second of
+        video on 2 CPU cores, MediaPipe and I3D together), so the videos are
+        short: the seizure plus a few seconds before and after.
+        """
+        from semiofed.phantom.dataset import GenerateConfig
+
+        if self.quick:
+            return GenerateConfig(sites=self.sites, patients=4 * self.sites, min_patients_per_site=4, seizures_per_patient=(1, 1),
+                                  seed=self.seed, duration_s=(10.0, 10.5), lead_s=(1.5, 2.5), tail_s=(1.5, 2.5), size=(256, 192))
+        return GenerateConfig(sites=self.sites, patients=10 * self.sites, min_patients_per_site=8, seizures_per_patient=(1, 1),
+                              seed=self.seed, duration_s=(10.0, 25.0), lead_s=(2.0, 4.0), tail_s=(2.0, 4.0))
+
     def federation(self) -> FederationConfig:
         """The federated run: GESTURES' BLSTM on both streams; 3 folds per site (test, validation, training)."""
         return FederationConfig(rounds=self.rounds, local_epochs=3 if self.quick else 5, batch_patients=4, lr=3e-3,
@@ -54,20 +72,15 @@ class DemoConfig:
 
 def generate_videos(config: DemoConfig, progress: Progress) -> list[Path]:
     """Phantom seizure videos for each hospital (own camera set-up and case mix); returns one manifest per site."""
-    from semiofed.phantom.dataset import GenerateConfig, check_output_dir, plan_dataset, render_video, write_manifests
+    from semiofed.phantom.dataset import check_output_dir, plan_dataset, render_video, write_manifests
 
-    generate = GenerateConfig(
-        # every site needs >= 3 patients (test, validation, training) after the phantom's uneven site shares
-        sites=config.sites, patients=(5 if config.quick else 8) * config.sites,
-        seizures_per_patient=(1, 1 if config.quick else 2), seed=config.seed,
-        duration_s=(10.0, 12.0) if config.quick else (15.0, 40.0),
-    )
     videos = config.out / "videos"
     check_output_dir(videos, force=True)
-    _, planned = plan_dataset(generate)
-    with progress("rendering phantom seizure videos", len(planned)) as advance:
-        for video in planned:
-            render_video(video, videos)
+    _, planned = plan_dataset(config.phantom())
+    workers = max(1, min(len(planned), os.cpu_count() or 1))
+    with progress("rendering phantom seizure videos", len(planned)) as advance, \
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for _ in pool.map(render_video, planned, [videos] * len(planned)):
             advance()
     return sorted(write_manifests(videos, planned))
 
@@ -169,7 +182,7 @@ def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, o
 
         sites_root = site_dirs[0].parent
         final = simulate(sites_root, replace(fed, checkpoints_dir=str((config.out / "federation").resolve()),
-                                             semiofed_version=semiofed_version()))
+                                             semiofed_version=semiofed_version()), on_line=on_line)
         return read_run(final.parent)
     from semiofed.client import supernode
     from semiofed.client.site import open_site

@@ -128,6 +128,16 @@ def _pooled_local(local: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+SMALL_TEST_SET = 20  # held-out seizures below which the figures say little about the classifier
+
+
+def small_test_set_note(n: int) -> str:
+    """What to make of figures on very few held-out seizures (the quick demo)."""
+    return (f"Only {n} held-out seizures: these figures show the pipeline working end to end, not how well the "
+            "classifier performs (one seizure more or less moves accuracy by several points). Run the demo without "
+            "--quick, or see docs/benchmarks.md for cross-validated figures.")
+
+
 def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
     """Local-only vs federated vs centralised, on the same held-out patients."""
     rows = []
@@ -161,7 +171,8 @@ def build_html(report: dict[str, Any]) -> str:
             f"{len(run['rounds'])} federated rounds ({report['federation_mode']}). Audit: "
             + ("every site's ledger verifies." if all_ok else "SOME LEDGERS FAIL VERIFICATION.")),
             H.table(["model", "privacy", *[title for _, title in METRICS]], comparison_rows(report),
-                    caption="pooled over every site's held-out test patients (same patients for all three)")),
+                    caption=f"pooled over every site's held-out test patients ({len(fed['y'])} seizures, the same for all three)"),
+            *([H.paragraph(small_test_set_note(len(fed["y"])))] if len(fed["y"]) < SMALL_TEST_SET else [])),
         H.section("Sites", sites, per_site),
         H.section("Federated rounds", H.figure(rounds_figure(run), caption="global model after each round, on each site's held-out patients"),
                   H.bullet_list(declined) if declined else H.paragraph("No site declined a round.")),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from semiofed.common.errors import SemiofedError
 from semiofed.common.federation import FederationConfig
@@ -45,8 +47,36 @@ class VirtualSite:
         return egress_spec(context, config=self.config, settings=self.settings(context))
 
 
-def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2) -> Path:
-    """Run the federation in Flower's simulation engine; returns the final global checkpoint."""
+class _LineHandler(logging.Handler):
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.on_line = on_line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.on_line(record.getMessage())
+
+
+@contextlib.contextmanager
+def flower_log(on_line: Callable[[str], None] | None) -> Iterator[None]:
+    """Flower's log lines go to `on_line` (or, without it, to Flower's own console handler only, not twice via root)."""
+    logger = logging.getLogger("flwr")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    logger.propagate = False
+    if on_line is not None:
+        logger.handlers[:] = [_LineHandler(on_line)]
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2,
+             on_line: Callable[[str], None] | None = None) -> Path:
+    """Run the federation in Flower's simulation engine; returns the final global checkpoint.
+
+    on_line receives Flower's log lines instead of the console.
+    """
     from flwr.client import ClientApp
     from flwr.simulation import run_simulation
 
@@ -55,14 +85,17 @@ def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2) -> Pat
     from semiofed.server.run_log import read_run
     from semiofed.server.server_app import make_server_app
 
+    # CPU-only actors; without this Ray prints a FutureWarning about GPU variables at every start
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     sites = find_sites(sites_dir)
     virtual = VirtualSite(sites, config)
     client_app = ClientApp(client_fn=virtual.client_fn, mods=[secure_aggregation_mod, make_egress_mod(virtual.egress_spec)])
     checkpoints = Path(config.checkpoints_dir)
     before = set(checkpoints.glob("run-*")) if checkpoints.is_dir() else set()
-    run_simulation(server_app=make_server_app(config), client_app=client_app, num_supernodes=len(sites),
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": cpus, "num_gpus": 0, "logging_level": "ERROR"}})
+    with flower_log(on_line):
+        run_simulation(server_app=make_server_app(config), client_app=client_app, num_supernodes=len(sites),
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": cpus, "num_gpus": 0, "logging_level": "ERROR"}})
     runs = sorted(set(checkpoints.glob("run-*")) - before, key=lambda p: p.stat().st_mtime)
     if not runs:
         raise SemiofedError("the simulation ended without a run record", "run with --verbose and read Flower's log above")

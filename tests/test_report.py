@@ -63,6 +63,10 @@ def test_report_html_is_self_contained(tmp_path):
     assert json.loads(json_path.read_text())["run"]["status"] == "finished"
     rows = comparison_rows(report)
     assert [r[1] for r in rows] == ["DP per site", "DP per site", "NOT private"]
+    assert "Only 12 held-out seizures" in page  # a quick-demo-sized test set says what its figures mean
+    many = sample_report()
+    many["federated"] |= {"y": [0, 1] * 15, "p": [[0.5, 0.5]] * 30}
+    assert "held-out seizures:" not in build_html(many) and "30 seizures" in build_html(many)
 
 
 def test_report_renders_in_headless_chromium(tmp_path):

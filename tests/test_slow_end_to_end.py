@@ -19,9 +19,11 @@ CLI = [sys.executable, "-m", "semiofed.cli"]
 pytestmark = pytest.mark.slow
 
 
-def test_quick_demo_federates_audits_and_reports(tmp_path: Path, model_dir: Path) -> None:
+@pytest.mark.parametrize("engine", ["default", "--deployment"])
+def test_quick_demo_federates_audits_and_reports(tmp_path: Path, model_dir: Path, engine: str) -> None:
+    """`demo --quick` federates in the simulation engine by default; --deployment runs real SuperLink/SuperNode processes."""
     out = tmp_path / "demo"
-    done = subprocess.run([*CLI, "demo", "--quick", "--out", str(out), "--format", "json"],
+    done = subprocess.run([*CLI, "demo", "--quick", "--out", str(out), "--format", "json", *([engine] if engine != "default" else [])],
                           capture_output=True, text=True, env=os.environ | {"SEMIOFED_PROGRESS": "off"})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
@@ -30,7 +32,8 @@ def test_quick_demo_federates_audits_and_reports(tmp_path: Path, model_dir: Path
     assert [s["site"] for s in report["sites"]] == ["site_01", "site_02", "site_03"]
     assert all(s["failed"] == 0 and s["records"] >= 3 for s in report["sites"])
     assert report["run"]["status"] == "finished" and len(report["run"]["rounds"]) == 2
-    assert "real local deployment" in report["federation_mode"]
+    assert ("real local deployment" if engine == "--deployment" else "simulation engine") in report["federation_mode"]
+    assert all(s["records"] == 4 for s in report["sites"])  # the quick cohort: 4 patients per site, one seizure each
     for site, audit in report["audit"].items():
         # a local-only run and one entry per federated round the site trained, within the site's budget
         trained = sum(site in r["fit"] for r in report["run"]["rounds"])
