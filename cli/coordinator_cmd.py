@@ -149,15 +149,18 @@ def _run_table(run: dict[str, Any]) -> Table:
 
 @app.command()
 def status(directory: Path = DirOption, output_format: str = typer.Option("text", "--format", help="text or json")) -> None:
-    """The SuperLink's state, enrolled sites and the progress of every run."""
+    """The SuperLink's state, enrolled sites (online or not) and the progress of every run."""
     coordinator = _coordinator(directory)
     info, runs = coordinator.info(), coordinator.runs()
+    sites = coordinator.site_status() if info["running"] else {}
     if output_format == "json":
-        print(json.dumps({"superlink": info, "runs": runs}, indent=2, sort_keys=True))
+        print(json.dumps({"superlink": info, "sites": sites, "runs": runs}, indent=2, sort_keys=True))
         return
     console = Console()
     console.print(f"SuperLink: {'running (pid %s)' % info['pid'] if info['running'] else 'stopped'} at {info['superlink']}; "
                   f"sites enrolled: {', '.join(info['enrolled_sites']) or 'none'}")
+    if sites:
+        console.print("sites on the SuperLink: " + ", ".join(f"{name} {state}" for name, state in sites.items()))
     for r in runs:
         console.print(_run_table(r))
 

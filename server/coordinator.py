@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -192,6 +193,25 @@ class Coordinator:
             log.info("registered site %s as node %s", name, state.registered[name])
         self.save_state(state)
         return state.registered
+
+    def site_status(self) -> dict[str, str]:
+        """Each registered site's node status on the running SuperLink (online, offline, ...), from `flwr supernode ls`."""
+        result = self._flwr(["supernode", "ls", CONNECTION, "--format", "json"])
+        answer = _last_json(result.stdout)
+        if result.returncode != 0 or not answer.get("success"):
+            raise CoordinatorError(f"the SuperLink did not list its sites: {(result.stdout + result.stderr).strip()[-400:]}",
+                                   "start it with `semiofed coordinator start` and read its log")
+        by_node = {str(n.get("node-id")): str(n.get("status")) for n in answer.get("nodes", [])}
+        return {name: by_node.get(node_id, "unknown") for name, node_id in sorted(self.state().registered.items())}
+
+    def wait_for_sites(self, count: int, *, timeout: float = 120.0, poll: float = 2.0) -> dict[str, str]:
+        """Wait until at least `count` sites are online (after a restart, SuperNodes reconnect with a back-off)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.site_status()
+            if sum(v == "online" for v in status.values()) >= count or time.monotonic() > deadline:
+                return status
+            time.sleep(poll)
 
     # --- runs ----------------------------------------------------------------
     def write_app(self, config: FederationConfig) -> Path:

@@ -170,6 +170,10 @@ def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
     assert final.meta["training"]["federated"] is True and final.meta["temperature"] > 0
     assert final.meta["privacy"]["secure_aggregation"] is True
 
+    status = CliRunner().invoke(_cli(), ["coordinator", "status", "--dir", str(fed.coordinator.root), "--format", "json"])
+    assert status.exit_code == 0, status.output
+    # every enrolled site is online; the rogue is not enrolled and not listed
+    assert json.loads(status.stdout)["sites"] == {s.site_id: "online" for s in fed.sites}
     info = CliRunner().invoke(_cli(), ["coordinator", "info", "--dir", str(fed.coordinator.root), "--format", "json"])
     assert info.exit_code == 0, info.output
     shown = json.loads(info.stdout)
@@ -183,6 +187,9 @@ def test_coordinator_restart_keeps_state_and_resumes(federation):
     assert latest is not None
     fed.coordinator.stop()
     fed.coordinator.start()  # same database: the registered sites may reconnect without enrolling again
+    # SuperNodes reconnect with a back-off; a run started at once would get only the sites back so far
+    status = fed.coordinator.wait_for_sites(len(fed.sites), timeout=180)
+    assert set(status.values()) == {"online"}, status
     run = fed.run(rounds=1, resume_from=str(latest))
     assert run["status"] == "finished", run.get("error")
     assert run["config"]["resume-from"] == str(latest) and run["config"]["semiofed-version"] == semiofed_version()
