@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import typer
@@ -15,7 +14,7 @@ from semiofed.phantom.dataset import (
     PhantomError,
     check_output_dir,
     plan_dataset,
-    render_video,
+    render_videos,
     write_dataset_summary,
     write_manifests,
 )
@@ -75,14 +74,7 @@ def generate(
     profiles, videos = plan_dataset(config)
     with progress_bar() as progress:
         task = progress.add_task("rendering phantom videos", total=len(videos))
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(render_video, videos, [out] * len(videos)):
-                    progress.advance(task)
-        else:
-            for video in videos:
-                render_video(video, out)
-                progress.advance(task)
+        render_videos(videos, out, workers=workers, on_rendered=lambda: progress.advance(task))
     manifests = write_manifests(out, videos)
     summary_path = write_dataset_summary(out, config, profiles, videos)
     summary = json.loads(summary_path.read_text(encoding="utf-8"))

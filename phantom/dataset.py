@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -16,7 +19,7 @@ from semiofed.phantom.encode import video_codec, write_mp4
 from semiofed.phantom.episode import EpisodeSpec, simulate
 from semiofed.phantom.render import Renderer
 from semiofed.phantom.scene import SCENES, SiteStyle, roi_fraction, sample_scene
-from semiofed.phantom.semiology import FOS, MIN_SEIZURE_S, TCS, plan_seizure, sample_traits
+from semiofed.phantom.semiology import DEFAULT_LEAD_S, DEFAULT_TAIL_S, FOS, MIN_SEIZURE_S, TCS, plan_seizure, sample_traits
 from semiofed.phantom.truth import write_truth
 
 log = logging.getLogger(__name__)
@@ -63,8 +66,8 @@ class GenerateConfig:
     seizures_per_patient: tuple[int, int] = (1, 4)
     seed: int = 0
     duration_s: tuple[float, float] = (15.0, 180.0)  # seizure duration, onset to offset
-    lead_s: tuple[float, float] = (3.0, 12.0)  # video before the onset
-    tail_s: tuple[float, float] = (3.0, 15.0)  # video after the offset (postictal)
+    lead_s: tuple[float, float] = DEFAULT_LEAD_S  # video before the onset
+    tail_s: tuple[float, float] = DEFAULT_TAIL_S  # video after the offset (postictal)
     min_patients_per_site: int = 1
     fps: float = 15.0
     size: tuple[int, int] = (320, 240)
@@ -211,6 +214,21 @@ def render_video(video: PlannedVideo, out: Path) -> dict[str, str]:
     write_truth(episode, site_dir / "truth" / (Path(video.relpath).stem + ".json"), video.relpath)
     log.info("wrote %s (%s, %d frames)", path, video.spec.plan.label, frames)
     return manifest_row(video)
+
+
+def render_videos(videos: list[PlannedVideo], out: Path, *, workers: int = 1,
+                  on_rendered: Callable[[], None] | None = None) -> None:
+    """Render every planned video, in `workers` processes (the output does not depend on it)."""
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for _ in pool.map(render_video, videos, [out] * len(videos)):
+                if on_rendered:
+                    on_rendered()
+        return
+    for video in videos:
+        render_video(video, out)
+        if on_rendered:
+            on_rendered()
 
 
 def write_manifests(out: Path, videos: list[PlannedVideo]) -> list[Path]:

@@ -19,6 +19,8 @@ LABELS = (FOS, TCS)
 FOCAL_SIGNS = ("arrest", "head_version", "clonic_arm", "clonic_face", "manual_automatism",
                "oral_automatism", "dystonic_hand", "pedal_automatism", "hemiclonic")
 MIN_SEIZURE_S = 10.0  # a TCS needs room for focal onset, tonic and clonic phases
+DEFAULT_LEAD_S = (3.0, 12.0)  # video before the onset, seconds (uniform range)
+DEFAULT_TAIL_S = (3.0, 15.0)  # video after the offset (postictal), seconds
 SIDE_SIGN = {"left": 1.0, "right": -1.0}
 
 
@@ -82,8 +84,8 @@ def sample_traits(rng: np.random.Generator, tcs_fraction: float) -> PatientTrait
 
 
 def plan_seizure(traits: PatientTraits, label: str, duration_range_s: tuple[float, float],
-                 rng: np.random.Generator, *, lead_s: tuple[float, float] = (3.0, 12.0),
-                 tail_s: tuple[float, float] = (3.0, 15.0)) -> SeizurePlan:
+                 rng: np.random.Generator, *, lead_s: tuple[float, float] = DEFAULT_LEAD_S,
+                 tail_s: tuple[float, float] = DEFAULT_TAIL_S) -> SeizurePlan:
     """Lay out the phases of one seizure; both labels draw durations from the same distribution.
 
     The video starts `lead_s` (uniform range) before the onset and ends

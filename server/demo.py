@@ -12,10 +12,8 @@ site's ledger audited; report.json and report.html written.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol
@@ -72,16 +70,13 @@ class DemoConfig:
 
 def generate_videos(config: DemoConfig, progress: Progress) -> list[Path]:
     """Phantom seizure videos for each hospital (own camera set-up and case mix); returns one manifest per site."""
-    from semiofed.phantom.dataset import check_output_dir, plan_dataset, render_video, write_manifests
+    from semiofed.phantom.dataset import check_output_dir, plan_dataset, render_videos, write_manifests
 
     videos = config.out / "videos"
     check_output_dir(videos, force=True)
     _, planned = plan_dataset(config.phantom())
-    workers = max(1, min(len(planned), os.cpu_count() or 1))
-    with progress("rendering phantom seizure videos", len(planned)) as advance, \
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for _ in pool.map(render_video, planned, [videos] * len(planned)):
-            advance()
+    with progress("rendering phantom seizure videos", len(planned)) as advance:
+        render_videos(planned, videos, workers=min(len(planned), os.cpu_count() or 1), on_rendered=advance)
     return sorted(write_manifests(videos, planned))
 
 
