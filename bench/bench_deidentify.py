@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
 
-from semiofed.client import keypoints as kp  # noqa: E402
-from semiofed.client.deidentify import Deidentifier, DeidentifyConfig  # noqa: E402
-from semiofed.client.video import read_frames  # noqa: E402
+from semiofed.client.deid import keypoints as kp  # noqa: E402
+from semiofed.client.deid.pipeline import Deidentifier, DeidentifyConfig  # noqa: E402
+from semiofed.client.deid.video import read_frames  # noqa: E402
 from semiofed.common.models.stcnn import load_stcnn  # noqa: E402
 
 SHARED = Path(os.environ.get("SEMIOFED_SHARED", Path(__file__).resolve().parents[2] / "shared"))

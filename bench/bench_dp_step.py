@@ -33,9 +33,9 @@ def _child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    from semiofed.common.classifier import ClassifierConfig, build_classifier
-    from semiofed.common.dp_training import patient_loss
-    from semiofed.common.per_sample import PerPatientGradients, clip_and_noise
+    from semiofed.common.learning.classifier import ClassifierConfig, build_classifier
+    from semiofed.common.learning.trainer import patient_loss
+    from semiofed.common.learning.per_sample import PerPatientGradients, clip_and_noise
 
     p, k = spec["patients"], spec["seizures"]
     kwargs = dict(spec["kwargs"])

@@ -21,7 +21,7 @@ Usage: python bench/bench_federation.py [--parts overhead,bytes,scale] [--scale-
    all its descendants (Ray's GCS, raylet, workers), sampled every 0.5 s.
 
 Every simulation runs in a fresh subprocess (its own Ray). The simulation is
-simulate() of server/simulation.py, rebuilt here so the bench can add its mod
+simulate() of server/federation/simulation.py, rebuilt here so the bench can add its mod
 and time the ServerApp's main apart from Ray's start. Work files and results:
 /tmp/semiofed-bench/federation/ (SEMIOFED_BENCH_DIR).
 """
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from report import write_section  # noqa: E402
 
-from semiofed.common.federation import FederationConfig  # noqa: E402
+from semiofed.common.federation.run_config import FederationConfig  # noqa: E402
 
 BENCH_DIR = Path(os.environ.get("SEMIOFED_BENCH_DIR", "/tmp/semiofed-bench")) / "federation"
 RESULTS = BENCH_DIR / "results.json"
@@ -66,7 +66,7 @@ def make_sites(root: Path, n_sites: int, *, n_patients: int, dim: int, n_snippet
     from dp_synthetic import populate
 
     from semiofed.client.site import init_site
-    from semiofed.common.policy import PrivacyPolicy
+    from semiofed.common.privacy.policy import PrivacyPolicy
 
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -209,10 +209,10 @@ def _child_simulate(spec: dict[str, Any]) -> dict[str, Any]:
     from flwr.server import ServerApp
     from flwr.simulation import run_simulation
 
-    from semiofed.client.egress import make_egress_mod
+    from semiofed.client.federation.egress import make_egress_mod
     from semiofed.server.run_log import read_run
-    from semiofed.server.server_app import run_federation
-    from semiofed.server.simulation import VirtualSite, find_sites
+    from semiofed.server.federation.server_app import run_federation
+    from semiofed.server.federation.simulation import VirtualSite, find_sites
 
     imported = time.monotonic()
     config = FederationConfig(**spec["config"])
@@ -236,7 +236,7 @@ def _child_simulate(spec: dict[str, Any]) -> dict[str, Any]:
 
     virtual = VirtualSite(sites, config)
     counter = [make_byte_counter(spec["bytes_dir"])] if spec.get("bytes_dir") else []
-    from semiofed.client.client_app import secure_aggregation_mod as secagg
+    from semiofed.client.federation.client_app import secure_aggregation_mod as secagg
 
     client_app = ClientApp(client_fn=virtual.client_fn, mods=[*counter, secagg, make_egress_mod(virtual.egress_spec)])
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(sites),
@@ -256,10 +256,10 @@ def _child_central(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # as the simulation's Ray actors (Ray sets OMP_NUM_THREADS=1 for a 1-CPU actor)
-    from semiofed.client.federated_training import SiteSettings, SiteTask, classifier_config
-    from semiofed.common.classifier import build_classifier
-    from semiofed.common.dp_training import TrainConfig, Trainer
-    from semiofed.server.simulation import find_sites
+    from semiofed.client.training.federated_round import SiteSettings, SiteTask, classifier_config
+    from semiofed.common.learning.classifier import build_classifier
+    from semiofed.common.learning.trainer import TrainConfig, Trainer
+    from semiofed.server.federation.simulation import find_sites
 
     imported = time.monotonic()
     config = FederationConfig(**spec["config"])
@@ -275,9 +275,9 @@ def _child_central(spec: dict[str, Any]) -> dict[str, Any]:
     trained = time.monotonic()
     trainer.close()
     # What a site's fit "seconds" holds beyond DP-SGD: one site's round, in this warm process, against its steps alone
-    from semiofed.client.federated_training import get_weights
+    from semiofed.client.training.federated_round import get_weights
 
-    from semiofed.common import privacy
+    from semiofed.common.privacy import accountant as privacy
 
     calls = {"n": 0, "s": 0.0}
     epsilon_of = privacy._epsilon_of
@@ -290,7 +290,7 @@ def _child_central(spec: dict[str, Any]) -> dict[str, Any]:
             calls["n"] += 1
             calls["s"] += time.monotonic() - t
 
-    from semiofed.client import privacy_ledger
+    from semiofed.common.privacy import release as privacy_ledger
 
     privacy._epsilon_of = privacy_ledger._epsilon_of = counted
     task = tasks[0]
@@ -340,7 +340,7 @@ def run_child(kind: str, spec: dict[str, Any], *, timeout: float, sample: bool =
     finally:
         if sampler:
             sampler.__exit__()
-        from semiofed.common.processes import stop
+        from semiofed.common.federation.processes import stop
 
         stop(proc.pid, timeout=10)  # the child's session: Ray's processes too, also after a timeout
     memory = {"peak_rss_mib": sampler.peak_rss / 1024, "peak_pss_mib": sampler.peak_pss / 1024,
@@ -365,10 +365,10 @@ def sim_config(name: str, rounds: int, secure: bool, **extra: Any) -> dict[str, 
 
 def deployment_run(sites_dir: Path, config: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Coordinator + SuperLink (TLS, site auth) + one SuperNode per site on 127.0.0.1; one run; everything stopped after."""
-    from semiofed.client import supernode
-    from semiofed.common.processes import free_port
+    from semiofed.client.federation import supernode
+    from semiofed.common.federation.processes import free_port
     from semiofed.server.coordinator import Coordinator
-    from semiofed.server.simulation import find_sites
+    from semiofed.server.federation.simulation import find_sites
 
     secure = bool(config.get("secure_aggregation", True))
     root = BENCH_DIR / "deployment"
@@ -419,7 +419,7 @@ def _kill_all(pids: list[int], grace: float = 5.0) -> None:
     """SIGTERM, then after `grace` s SIGKILL, each of `pids` still running."""
     import signal
 
-    from semiofed.common.processes import is_running
+    from semiofed.common.federation.processes import is_running
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [p for p in pids if is_running(p)]
@@ -460,8 +460,8 @@ def _span(start: str, end: str) -> float:
 def cold_imports() -> dict[str, float]:
     """Seconds a fresh Python takes to import what a flwr-clientapp needs: the app module, and torch for train/evaluate."""
     out = {}
-    for name, code in (("python", "pass"), ("client_app", "import semiofed.client.client_app"),
-                       ("client_app + torch training", "import semiofed.client.client_app, semiofed.client.federated_training")):
+    for name, code in (("python", "pass"), ("client_app", "import semiofed.client.federation.client_app"),
+                       ("client_app + torch training", "import semiofed.client.federation.client_app, semiofed.client.training.federated_round")):
         times = []
         for _ in range(3):
             t = time.monotonic()
@@ -494,8 +494,8 @@ def overhead_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 # --- 2. bytes ------------------------------------------------------------------------
 def model_size(config: dict[str, Any]) -> dict[str, int]:
-    from semiofed.client.federated_training import classifier_config, get_weights
-    from semiofed.common.classifier import build_classifier
+    from semiofed.client.training.federated_round import classifier_config, get_weights
+    from semiofed.common.learning.classifier import build_classifier
 
     weights = get_weights(build_classifier(classifier_config(FederationConfig(**config))))
     return {"arrays": len(weights), "values": int(sum(w.size for w in weights)), "bytes": int(sum(w.nbytes for w in weights))}

@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phantom_cohort import BENCH_DIR, build_cohort, cohort_summary  # noqa: E402
 from report import write_section  # noqa: E402
 
-from semiofed.client.local_training import group_patients, load_site_records  # noqa: E402
+from semiofed.client.training.local import group_patients, load_site_records  # noqa: E402
 from semiofed.client.site import open_site  # noqa: E402
-from semiofed.common.classifier import ClassifierConfig, build_classifier  # noqa: E402
-from semiofed.common.dp_training import Patient, TrainConfig, Trainer, predict_logits  # noqa: E402
-from semiofed.common.metrics import auroc  # noqa: E402
-from semiofed.common.policy import PrivacyPolicy  # noqa: E402
-from semiofed.common.privacy import PlannedRun, SiteAccountant  # noqa: E402
+from semiofed.common.learning.classifier import ClassifierConfig, build_classifier  # noqa: E402
+from semiofed.common.learning.trainer import Patient, TrainConfig, Trainer, predict_logits  # noqa: E402
+from semiofed.common.learning.metrics import auroc  # noqa: E402
+from semiofed.common.privacy.policy import PrivacyPolicy  # noqa: E402
+from semiofed.common.privacy.accountant import PlannedRun, SiteAccountant  # noqa: E402
 
 LABELS = ("FOS", "TCS")
 STREAMS = ("stcnn", "keypoints")

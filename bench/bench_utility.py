@@ -4,7 +4,7 @@ Usage: python bench/bench_utility.py [--folds 5 --epochs 30 --write]
 
 Data: the phantom cohort of bench/phantom_cohort.py (real MediaPipe + I3D
 records of phantom seizure videos; built on first use). Each setting runs
-`semiofed site cv`'s function (client/cross_validation.py) in a scratch site
+`semiofed site cv`'s function (client/training/cross_validation.py) in a scratch site
 with a fresh budget, and reports the test metrics pooled over the folds
 (every seizure tested once, after temperature scaling on the validation fold).
 
@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phantom_cohort import BENCH_DIR, build_cohort, cohort_summary, scratch_site  # noqa: E402
 from report import write_section  # noqa: E402
 
-from semiofed.client.cross_validation import cross_validate, fold_splits  # noqa: E402
-from semiofed.client.local_training import LocalTrainingOptions, group_patients, load_site_records  # noqa: E402
+from semiofed.client.training.cross_validation import cross_validate, fold_splits  # noqa: E402
+from semiofed.client.training.local import LocalTrainingOptions, group_patients, load_site_records  # noqa: E402
 from semiofed.client.site import open_site  # noqa: E402
-from semiofed.common.dp_training import TrainConfig  # noqa: E402
-from semiofed.common.privacy import SiteAccountant  # noqa: E402
+from semiofed.common.learning.trainer import TrainConfig  # noqa: E402
+from semiofed.common.privacy.accountant import SiteAccountant  # noqa: E402
 
 LABELS = ("FOS", "TCS")
 DELTA = 1e-5

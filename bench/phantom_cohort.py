@@ -30,11 +30,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from semiofed.client.local_training import load_site_records
-from semiofed.client.prepare import prepare_site
+from semiofed.client.training.local import load_site_records
+from semiofed.client.deid.prepare import prepare_site
 from semiofed.client.site import Site, init_site, open_site
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.record import META_FILE
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.records.schema import META_FILE
 from semiofed.phantom.dataset import MANIFEST_HEADER, GenerateConfig, PlannedVideo, manifest_row, plan_dataset
 from semiofed.phantom.encode import write_mp4
 from semiofed.phantom.episode import simulate

@@ -80,8 +80,8 @@ def verify(
     output_format: str = typer.Option("table", "--format", help="table, or json on stdout (the table then goes to stderr)."),
 ) -> None:
     """Verify a site's privacy ledger: hash chain, every signature, every epsilon recomputed; exit 1 unless all verify."""
-    from semiofed.common.keys import load_public_key
-    from semiofed.common.ledger_audit import verify_ledger
+    from semiofed.common.privacy.keys import load_public_key
+    from semiofed.common.audit.verify import verify_ledger
 
     _check_format(output_format)
     public_key = load_public_key(site_key)
@@ -102,8 +102,8 @@ def report(
     out: Path = typer.Option(Path("privacy-audit.html"), "--out", help="The HTML report to write (self-contained)."),
 ) -> None:
     """Write one HTML page: each site's epsilon over time against its budget, runs, verification; exit 1 unless all verify."""
-    from semiofed.common.audit_report import audit_site, build_report, find_site_ledgers
-    from semiofed.common.html_report import write_html
+    from semiofed.common.audit.report import audit_site, build_report, find_site_ledgers
+    from semiofed.common.reporting.html import write_html
 
     console = Console()
     sites = find_site_ledgers(ledgers)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM
-from semiofed.common.federation import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
+from semiofed.common.federation.run_config import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
 
 app = typer.Typer(help="Run the federation: certificates, site enrolment, the Flower SuperLink and federated runs.",
                   no_args_is_help=True)
@@ -195,7 +195,7 @@ def simulate(
     """Run the same federation in Flower's simulation engine, one virtual SuperNode per site store."""
     from semiofed.common.version import semiofed_version
     from semiofed.server.run_log import read_run
-    from semiofed.server.simulation import simulate as run_simulation
+    from semiofed.server.federation.simulation import simulate as run_simulation
 
     config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
                               secure_aggregation=secure_aggregation, temporal=temporal, hidden=hidden, n_segments=segments,

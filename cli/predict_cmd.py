@@ -20,11 +20,11 @@ def predict(
     output_format: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
     """Classify a seizure video: calibrated class probabilities and a timeline plot with generalisation time."""
-    from semiofed.client.predict import predict_record, write_timeline_png
-    from semiofed.common.checkpoint import load_checkpoint
+    from semiofed.client.training.predict import predict_record, write_timeline_png
+    from semiofed.common.learning.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)  # verify the model before the slow de-identification
-    from semiofed.client.prepare import deidentify_video
+    from semiofed.client.deid.prepare import deidentify_video
 
     if not video.is_file():
         raise SemiofedError(f"video {video} does not exist", "give the path of a video file")

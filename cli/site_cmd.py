@@ -13,7 +13,7 @@ from rich.table import Table
 from semiofed.cli.progress import progress_bar
 from semiofed.client.site import init_site, open_site, tighten_policy
 from semiofed.client.store import list_records
-from semiofed.common.policy import PrivacyPolicy
+from semiofed.common.privacy.policy import PrivacyPolicy
 
 app = typer.Typer(
     help="Hospital site: create the site, de-identify its seizure videos into records, inspect the store.",
@@ -75,8 +75,8 @@ def prepare(
 ) -> None:
     """De-identify every video of the manifest into records in the site store (re-runs skip finished ones)."""
     # imported here: MediaPipe and torch load in seconds, other commands need neither
-    from semiofed.client.deidentify import DeidentifyConfig
-    from semiofed.client.prepare import prepare_site
+    from semiofed.client.deid.pipeline import DeidentifyConfig
+    from semiofed.client.deid.prepare import prepare_site
 
     site = open_site(site_dir)
     config = DeidentifyConfig(fps=fps, snippet_frames=snippet_frames, stcnn=stcnn)
@@ -194,7 +194,7 @@ def join(
     background: bool = typer.Option(False, "--background", help="Detach and write supernode.pid (stop with `site leave`)."),
 ) -> None:
     """Join the federation: a SuperNode authenticated by the site key, trusting only the coordinator's CA."""
-    from semiofed.client.supernode import join as join_federation
+    from semiofed.client.federation.supernode import join as join_federation
 
     code = join_federation(site_dir, superlink=superlink, ca=ca, clientapp_port=clientapp_port, run_epsilon=run_epsilon,
                            background=background)
@@ -207,6 +207,6 @@ def join(
 @app.command()
 def leave(site_dir: Path = typer.Option(..., "--site-dir", help="The site directory.")) -> None:
     """Stop the site's background SuperNode."""
-    from semiofed.client.supernode import leave as leave_federation
+    from semiofed.client.federation.supernode import leave as leave_federation
 
     Console().print("SuperNode stopped" if leave_federation(site_dir) else "no SuperNode was running for this site")

@@ -50,7 +50,7 @@ def train(
     output_format: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
     """Train the seizure classifier on this site's records only, with patient-level DP by default."""
-    from semiofed.client.local_training import LocalTrainingOptions, train_site
+    from semiofed.client.training.local import LocalTrainingOptions, train_site
 
     err = Console(stderr=True)
     if not dp:
@@ -92,7 +92,7 @@ def budget(
     output_format: str = typer.Option("text", "--format", help="text or json"),
 ) -> None:
     """Show the privacy budget of this site: epsilon spent, maximum and remaining."""
-    from semiofed.client.local_training import site_budget
+    from semiofed.client.training.local import site_budget
 
     summary = site_budget(site_dir)
     if output_format == "json":
@@ -137,8 +137,8 @@ def cv(
     """Cross-validate over patient folds (every patient tested once); under DP every fold is charged to the budget."""
     from rich.table import Table
 
-    from semiofed.client.cross_validation import cross_validate
-    from semiofed.client.local_training import LocalTrainingOptions
+    from semiofed.client.training.cross_validation import cross_validate
+    from semiofed.client.training.local import LocalTrainingOptions
 
     err = Console(stderr=True)
     if not dp:

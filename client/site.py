@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from semiofed.common.errors import SiteError
 from semiofed.common.files import make_private_dir, write_bytes_atomic, write_json_atomic
-from semiofed.common.policy import PrivacyPolicy, load_policy, save_policy
+from semiofed.common.privacy.policy import PrivacyPolicy, load_policy, save_policy
 
 SITE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

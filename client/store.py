@@ -8,7 +8,7 @@ from typing import Any
 from semiofed.client.site import SiteLayout
 from semiofed.common.errors import RecordError
 from semiofed.common.files import write_json_atomic
-from semiofed.common.record import META_FILE, STATUS_FAILED, read_meta
+from semiofed.common.records.schema import META_FILE, STATUS_FAILED, read_meta
 
 SHOW_FIELDS = ("record_id", "status", "error", "label", "patient_pseudonym", "n_frames", "fps",
                "duration_s", "detection_rate", "n_snippets", "feature_dim")

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from semiofed.common import processes
+from semiofed.common.federation import processes
 from semiofed.common.errors import SemiofedError
-from semiofed.common.federation import FederationConfig
+from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.files import make_private_dir, write_bytes_atomic, write_json_atomic
-from semiofed.common.keys import load_public_key, public_key_fingerprint
+from semiofed.common.privacy.keys import load_public_key, public_key_fingerprint
 from semiofed.common.version import semiofed_version
 from semiofed.server.certificates import DEFAULT_SANS, TlsFiles, make_ca, make_server_certificate
 
@@ -223,7 +223,7 @@ class Coordinator:
             'description = "semiofed federated seizure classifier (configuration only)"', 'license = "Apache-2.0"',
             'dependencies = []', '', '[tool.hatch.build.targets.wheel]', 'packages = ["."]', '',
             '[tool.flwr.app]', 'publisher = "semiofed"', '', '[tool.flwr.app.components]',
-            'serverapp = "semiofed.server.server_app:app"', 'clientapp = "semiofed.client.client_app:app"', '',
+            'serverapp = "semiofed.server.federation.server_app:app"', 'clientapp = "semiofed.client.federation.client_app:app"', '',
             '[tool.flwr.app.config]',
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in config.to_run_config().items()]

@@ -20,7 +20,7 @@ from typing import Any, Callable, ContextManager, Protocol
 
 import numpy as np
 
-from semiofed.common.federation import FederationConfig
+from semiofed.common.federation.run_config import FederationConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def generate_videos(config: DemoConfig, progress: Progress) -> list[Path]:
 
 def prepare_sites(config: DemoConfig, manifests: list[Path], progress: Progress) -> list[dict[str, Any]]:
     """`site init` and `site prepare` at each hospital."""
-    from semiofed.client.prepare import prepare_site
+    from semiofed.client.deid.prepare import prepare_site
     from semiofed.client.site import init_site, open_site
 
     results = []
@@ -102,7 +102,7 @@ def prepare_sites(config: DemoConfig, manifests: list[Path], progress: Progress)
 
 def local_baselines(site_dirs: list[Path], fed: FederationConfig, epsilon: float, progress: Progress) -> dict[str, Any]:
     """Each site alone, with DP: the baseline a hospital can run without the federation."""
-    from semiofed.client.local_training import LocalTrainingOptions, train_site
+    from semiofed.client.training.local import LocalTrainingOptions, train_site
     from semiofed.client.site import open_site
 
     out = {}
@@ -126,15 +126,15 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def site_tasks(site_dirs: list[Path], fed: FederationConfig) -> list[Any]:
     """Each site's split for this run (the same patients the federation and the baselines hold out)."""
-    from semiofed.client.federated_training import SiteSettings, SiteTask
+    from semiofed.client.training.federated_round import SiteSettings, SiteTask
 
     return [SiteTask(SiteSettings(d), fed) for d in site_dirs]
 
 
 def evaluate_everywhere(model: Any, temperature: float, tasks: list[Any], n_segments: int) -> dict[str, Any]:
     """Per-site and pooled metrics of one model on every site's held-out test patients."""
-    from semiofed.common.dp_training import predict_logits
-    from semiofed.common.metrics import classification_report, softmax
+    from semiofed.common.learning.trainer import predict_logits
+    from semiofed.common.learning.metrics import classification_report, softmax
 
     per_site, ys, ps = {}, [], []
     for task in tasks:
@@ -150,10 +150,10 @@ def evaluate_everywhere(model: Any, temperature: float, tasks: list[Any], n_segm
 
 def centralised_baseline(tasks: list[Any], fed: FederationConfig, progress: Progress) -> tuple[dict[str, Any], Any]:
     """All sites' training patients pooled in one place, no DP: the non-private upper reference (never done in practice)."""
-    from semiofed.client.federated_training import classifier_config
-    from semiofed.common.calibration import fit_temperature
-    from semiofed.common.classifier import build_classifier
-    from semiofed.common.dp_training import TrainConfig, Trainer, predict_logits
+    from semiofed.client.training.federated_round import classifier_config
+    from semiofed.common.learning.calibration import fit_temperature
+    from semiofed.common.learning.classifier import build_classifier
+    from semiofed.common.learning.trainer import TrainConfig, Trainer, predict_logits
 
     model = build_classifier(classifier_config(fed), seed=fed.seed)
     train = [p for t in tasks for p in t.train]
@@ -173,15 +173,15 @@ def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, o
     from semiofed.server.run_log import read_run
 
     if config.mode == MODE_SIMULATION:
-        from semiofed.server.simulation import simulate
+        from semiofed.server.federation.simulation import simulate
 
         sites_root = site_dirs[0].parent
         final = simulate(sites_root, replace(fed, checkpoints_dir=str((config.out / "federation").resolve()),
                                              semiofed_version=semiofed_version()), on_line=on_line)
         return read_run(final.parent)
-    from semiofed.client import supernode
+    from semiofed.client.federation import supernode
     from semiofed.client.site import open_site
-    from semiofed.common.processes import free_port
+    from semiofed.common.federation.processes import free_port
     from semiofed.server.coordinator import Coordinator
 
     coordinator = Coordinator(config.out / "coordinator")
@@ -206,9 +206,9 @@ def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, o
 def audit_sites(site_dirs: list[Path]) -> dict[str, Any]:
     """Every site's ledger verified with the independent accountant, against the site's public key."""
     from semiofed.client.site import open_site
-    from semiofed.common.keys import load_public_key
-    from semiofed.common.ledger import read_entries
-    from semiofed.common.ledger_audit import verify_ledger
+    from semiofed.common.privacy.keys import load_public_key
+    from semiofed.common.privacy.ledger import read_entries
+    from semiofed.common.audit.verify import verify_ledger
 
     out = {}
     for d in site_dirs:
@@ -224,9 +224,9 @@ def audit_sites(site_dirs: list[Path]) -> dict[str, Any]:
 
 def timeline_example(checkpoint_dir: Path, tasks: list[Any]) -> dict[str, Any] | None:
     """One held-out TCS seizure through the final model: per-snippet P(TCS) with true onset and generalisation."""
-    from semiofed.client.local_training import load_site_records
-    from semiofed.client.predict import predict_record
-    from semiofed.common.checkpoint import load_checkpoint
+    from semiofed.client.training.local import load_site_records
+    from semiofed.client.training.predict import predict_record
+    from semiofed.common.learning.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_dir)
     for task in tasks:
@@ -245,7 +245,7 @@ def timeline_example(checkpoint_dir: Path, tasks: list[Any]) -> dict[str, Any] |
 
 def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], None] = lambda _l: None) -> dict[str, Any]:
     """The whole demo; returns the report data (also written to report.json and report.html)."""
-    from semiofed.common.checkpoint import load_checkpoint
+    from semiofed.common.learning.checkpoint import load_checkpoint
     from semiofed.server.report import write_reports
 
     started = time.monotonic()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from semiofed.common import html_report as H
+from semiofed.common.reporting import html as H
 from semiofed.common.files import write_bytes_atomic
 
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semiofed.common import record as R
-from semiofed.common.record import SeizureRecord, write_record
+from semiofed.common.records import schema as R
+from semiofed.common.records.schema import SeizureRecord, write_record
 
 FAKE_I3D_SHA = "a5b185914226a2ad4d5de1a2c9f9974f1c661039daa651c8aa28986144e3141b"
 

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from dp_synthetic import populate
 from semiofed.cli import audit_cmd
 from semiofed.cli.train_cmd import budget, train
-from semiofed.client.privacy_ledger import record_release
+from semiofed.common.privacy.release import record_release
 from semiofed.client.site import init_site
 from semiofed.common.errors import SemiofedError
-from semiofed.common.ledger import KIND_FEDERATED, read_entries
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.privacy import _epsilon_of
+from semiofed.common.privacy.ledger import KIND_FEDERATED, read_entries
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.privacy.accountant import _epsilon_of
 
 SIGMA, Q, STEPS = 1.2, 0.1, 10
 
@@ -147,8 +147,8 @@ def test_training_is_refused_before_any_step_when_the_ledger_is_broken(tmp_path)
     site = make_site(tmp_path / "site", "s1", 1)
     populate(site.layout.records_dir, n_patients=10, dim=16, n_snippets=12)
     tamper(site.layout.ledger_file)
-    from semiofed.client.local_training import LocalTrainingOptions, train_site
-    from semiofed.common.ledger import LedgerError
+    from semiofed.client.training.local import LocalTrainingOptions, train_site
+    from semiofed.common.privacy.ledger import LedgerError
 
     with pytest.raises(LedgerError, match="does not verify"):
         train_site(site.layout.root, LocalTrainingOptions(epochs=1, noise_multiplier=2.0, batch_patients=3,

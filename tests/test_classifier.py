@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from dp_synthetic import make_record
-from semiofed.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from semiofed.common.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
-from semiofed.common.dp_training import patient_loss
+from semiofed.common.learning.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from semiofed.common.learning.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
+from semiofed.common.learning.trainer import patient_loss
 from semiofed.common.errors import SemiofedError
-from semiofed.common.features import KEYPOINT_DIM, feature_extractor_of, keypoint_snippet_features, record_inputs, segment_indices
-from semiofed.common.per_sample import PerPatientGradients
+from semiofed.common.records.features import KEYPOINT_DIM, feature_extractor_of, keypoint_snippet_features, record_inputs, segment_indices
+from semiofed.common.learning.per_sample import PerPatientGradients
 
 SMALL = dict(stcnn_dim=32, embed_dim=8, hidden=6, n_segments=5)
 

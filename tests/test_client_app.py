@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from flwr.common import Context, RecordDict
 
-from semiofed.client.client_app import SiteClient, run_config, site_settings
+from semiofed.client.federation.client_app import SiteClient, run_config, site_settings
 from semiofed.common.errors import SemiofedError
-from semiofed.common.federation import FederationConfig
+from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.version import semiofed_version
 
 

@@ -10,15 +10,15 @@ from typer.testing import CliRunner
 
 from dp_synthetic import populate
 from semiofed.cli.train_cmd import cv
-from semiofed.client.cross_validation import cross_validate, fold_splits
-from semiofed.client.local_training import LocalTrainingOptions, group_patients, site_budget
+from semiofed.client.training.cross_validation import cross_validate, fold_splits
+from semiofed.client.training.local import LocalTrainingOptions, group_patients, site_budget
 from semiofed.client.site import init_site
-from semiofed.common.dp_training import TrainConfig
-from semiofed.common.keys import load_public_key
-from semiofed.common.ledger import read_entries
-from semiofed.common.ledger_audit import verify_ledger
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.privacy import PlannedRun, PrivacyBudgetError, SiteAccountant
+from semiofed.common.learning.trainer import TrainConfig
+from semiofed.common.privacy.keys import load_public_key
+from semiofed.common.privacy.ledger import read_entries
+from semiofed.common.audit.verify import verify_ledger
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.privacy.accountant import PlannedRun, PrivacyBudgetError, SiteAccountant
 
 app = typer.Typer()
 app.command("cv")(cv)

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from dp_synthetic import populate
-from semiofed.client.local_training import LocalTrainingOptions, train_site
+from semiofed.client.training.local import LocalTrainingOptions, train_site
 from semiofed.client.site import init_site
-from semiofed.common.checkpoint import load_checkpoint
-from semiofed.common.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
-from semiofed.common.dp_training import Patient, Seizure, TrainConfig, Trainer, make_batch, patient_loss
+from semiofed.common.learning.checkpoint import load_checkpoint
+from semiofed.common.learning.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
+from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, make_batch, patient_loss
 from semiofed.common.errors import SemiofedError
-from semiofed.common.per_sample import PerPatientGradients, clip_and_noise
-from semiofed.common.policy import PrivacyPolicy
+from semiofed.common.learning.per_sample import PerPatientGradients, clip_and_noise
+from semiofed.common.privacy.policy import PrivacyPolicy
 
 SMALL = dict(stcnn_dim=16, embed_dim=8, hidden=6, n_segments=4)
 

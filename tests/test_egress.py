@@ -37,13 +37,13 @@ from flwr.compat.common.recorddict_compat import (
     getpropertiesres_to_recorddict,
 )
 
-from semiofed.client.client_app import egress_spec
-from semiofed.client.egress import EGRESS_LOG, EgressBlocked, EgressSpec, check_reply, make_egress_mod
-from semiofed.client.federated_training import SiteSettings, classifier_config, get_weights
-from semiofed.client.privacy_ledger import record_release
+from semiofed.client.federation.client_app import egress_spec
+from semiofed.client.federation.egress import EGRESS_LOG, EgressBlocked, EgressSpec, check_reply, make_egress_mod
+from semiofed.client.training.federated_round import SiteSettings, classifier_config, get_weights
+from semiofed.common.privacy.release import record_release
 from semiofed.client.site import init_site
-from semiofed.common.classifier import build_classifier
-from semiofed.common.federation import (
+from semiofed.common.learning.classifier import build_classifier
+from semiofed.common.federation.run_config import (
     BUDGET_METRICS,
     CFG_ROUND,
     CFG_RUN_ID,
@@ -57,10 +57,10 @@ from semiofed.common.federation import (
     KEY_VERSION,
     FederationConfig,
 )
-from semiofed.common.keys import load_site_private_key
-from semiofed.common.ledger import KIND_FEDERATED, ledger_head
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.privacy import _epsilon_of
+from semiofed.common.privacy.keys import load_site_private_key
+from semiofed.common.privacy.ledger import KIND_FEDERATED, ledger_head
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.privacy.accountant import _epsilon_of
 from semiofed.common.version import semiofed_version
 
 SITE = "hospital-a"

@@ -21,10 +21,10 @@ from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameter
 from flwr.compat.common.recorddict_compat import evaluateres_to_recorddict, fitres_to_recorddict
 
 from dp_synthetic import populate
-from semiofed.client import federated_training
-from semiofed.client.client_app import egress_spec
-from semiofed.client.egress import check_reply
-from semiofed.client.federated_training import (
+from semiofed.client.training import federated_round as federated_training
+from semiofed.client.federation.client_app import egress_spec
+from semiofed.client.federation.egress import check_reply
+from semiofed.client.training.federated_round import (
     RUNS_DIR,
     RoundDeclined,
     SiteSettings,
@@ -34,9 +34,9 @@ from semiofed.client.federated_training import (
     weights_sha256,
 )
 from semiofed.client.site import init_site, tighten_policy
-from semiofed.common.classifier import build_classifier
-from semiofed.common.dp_training import Trainer, TrainConfig
-from semiofed.common.federation import (
+from semiofed.common.learning.classifier import build_classifier
+from semiofed.common.learning.trainer import Trainer, TrainConfig
+from semiofed.common.federation.run_config import (
     EVAL_METRICS,
     FIT_METRICS,
     KEY_FEATURE_SHA,
@@ -47,11 +47,11 @@ from semiofed.common.federation import (
     STRATEGY_FEDPROX,
     FederationConfig,
 )
-from semiofed.common.keys import load_public_key
-from semiofed.common.ledger import KIND_FEDERATED, read_entries
-from semiofed.common.ledger_audit import verify_ledger
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.privacy import ACCOUNTANT_FILE, _epsilon_of
+from semiofed.common.privacy.keys import load_public_key
+from semiofed.common.privacy.ledger import KIND_FEDERATED, read_entries
+from semiofed.common.audit.verify import verify_ledger
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.privacy.accountant import ACCOUNTANT_FILE, _epsilon_of
 from semiofed.common.version import semiofed_version
 
 SIGMA = 1.0  # what the coordinator asks for where the test is not about choosing the noise

@@ -17,17 +17,17 @@ import pytest
 from typer.testing import CliRunner
 
 from dp_synthetic import populate
-from semiofed.client import supernode
-from semiofed.client.federated_training import SiteSettings, SiteTask
+from semiofed.client.federation import supernode
+from semiofed.client.training.federated_round import SiteSettings, SiteTask
 from semiofed.client.site import init_site
-from semiofed.common.checkpoint import load_checkpoint
-from semiofed.common.federation import FederationConfig
-from semiofed.common.keys import load_public_key
-from semiofed.common.ledger import read_entries
-from semiofed.common.ledger_audit import verify_ledger
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.privacy import _epsilon_of
-from semiofed.common.processes import flower_bin, free_port, is_running, read_pid, start_detached, stop
+from semiofed.common.learning.checkpoint import load_checkpoint
+from semiofed.common.federation.run_config import FederationConfig
+from semiofed.common.privacy.keys import load_public_key
+from semiofed.common.privacy.ledger import read_entries
+from semiofed.common.audit.verify import verify_ledger
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.privacy.accountant import _epsilon_of
+from semiofed.common.federation.processes import flower_bin, free_port, is_running, read_pid, start_detached, stop
 from semiofed.common.version import semiofed_version
 from semiofed.server.coordinator import Coordinator
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiofed.client import keypoints as kp
-from semiofed.client.manifest import parse_roi
-from semiofed.client.video import read_frames
-from semiofed.common import record as rec
+from semiofed.client.deid import keypoints as kp
+from semiofed.client.deid.manifest import parse_roi
+from semiofed.client.deid.video import read_frames
+from semiofed.common.records import schema as rec
 from semiofed.common.errors import ManifestError
 
 FPS = 15.0

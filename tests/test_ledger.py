@@ -15,11 +15,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from semiofed.common import ledger as L
-from semiofed.common.keys import KeyFileError, load_public_key, load_site_private_key, public_key_fingerprint
-from semiofed.common.ledger_audit import verify_ledger
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.privacy import EPS_ERROR, _epsilon_of
+from semiofed.common.privacy import ledger as L
+from semiofed.common.privacy.keys import KeyFileError, load_public_key, load_site_private_key, public_key_fingerprint
+from semiofed.common.audit.verify import verify_ledger
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.privacy.accountant import EPS_ERROR, _epsilon_of
 
 POLICY = PrivacyPolicy(max_epsilon=50.0)
 SIGMA, Q, STEPS = 1.0, 0.1, 20  # one release: epsilon ~3.6 at delta 1e-5
@@ -302,8 +302,8 @@ def test_site_epsilon_matches_the_independent_accountant_on_20_random_parameter_
 def test_the_auditor_never_imports_opacus_or_torch(ledger, keys, tmp_path):
     pub = tmp_path / "site.pub"
     pub.write_bytes(keys[1].public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
-    code = ("import sys; from semiofed.common.keys import load_public_key; "
-            "from semiofed.common.ledger_audit import verify_ledger; "
+    code = ("import sys; from semiofed.common.privacy.keys import load_public_key; "
+            "from semiofed.common.audit.verify import verify_ledger; "
             f"assert verify_ledger({str(ledger)!r}, load_public_key({str(pub)!r})).ok; "
             "print(sorted(m for m in ('opacus', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from semiofed.client.manifest import parse_roi, read_manifest
+from semiofed.client.deid.manifest import parse_roi, read_manifest
 from semiofed.common.errors import ManifestError
 
 

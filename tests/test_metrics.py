@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semiofed.common.calibration import fit_temperature
-from semiofed.common.metrics import classification_report, patient_group_kfold, softmax
+from semiofed.common.learning.calibration import fit_temperature
+from semiofed.common.learning.metrics import classification_report, patient_group_kfold, softmax
 
 
 def test_report_on_a_known_confusion():

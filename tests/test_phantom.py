@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from semiofed.cli.phantom_cmd import app
-from semiofed.client.manifest import read_manifest
-from semiofed.client.video import read_frames
+from semiofed.client.deid.manifest import read_manifest
+from semiofed.client.deid.video import read_frames
 from semiofed.phantom.body import HAND_LANDMARK_JOINTS, JOINT_INDEX, JOINTS, POSE_LANDMARK_JOINTS, POSE_LANDMARKS, Skeleton
 from semiofed.phantom.body import sample_anthropometry
 from semiofed.phantom.dataset import GenerateConfig, PhantomError, plan_dataset

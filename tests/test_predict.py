@@ -9,10 +9,10 @@ import sys
 import numpy as np
 
 from dp_synthetic import make_record
-from semiofed.client.predict import estimate_generalisation, predict_record, write_timeline_png
-from semiofed.common.checkpoint import load_checkpoint, save_checkpoint
-from semiofed.common.classifier import ClassifierConfig, build_classifier
-from semiofed.common.features import feature_extractor_of
+from semiofed.client.training.predict import estimate_generalisation, predict_record, write_timeline_png
+from semiofed.common.learning.checkpoint import load_checkpoint, save_checkpoint
+from semiofed.common.learning.classifier import ClassifierConfig, build_classifier
+from semiofed.common.records.features import feature_extractor_of
 
 
 def _ckpt(tmp_path, record):

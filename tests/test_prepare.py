@@ -16,9 +16,9 @@ import av
 import numpy as np
 import pytest
 
-from semiofed.client import keypoints as kp
+from semiofed.client.deid import keypoints as kp
 from semiofed.client.site import init_site
-from semiofed.common import record as rec
+from semiofed.common.records import schema as rec
 
 CLI = [sys.executable, "-m", "semiofed.cli"]
 
@@ -196,7 +196,7 @@ def test_rerun_skips_finished_records(hospital: dict) -> None:
 
 
 def test_a_crash_while_writing_leaves_no_half_record(hospital: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from semiofed.client import prepare as prep
+    from semiofed.client.deid import prepare as prep
 
     site = init_site(tmp_path / "site", "crashy")
     manifest = tmp_path / "m.csv"

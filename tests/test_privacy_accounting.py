@@ -7,11 +7,11 @@ import json
 import pytest
 
 from dp_synthetic import populate
-from semiofed.client.local_training import LocalTrainingOptions, site_budget, train_site
+from semiofed.client.training.local import LocalTrainingOptions, site_budget, train_site
 from semiofed.client.site import init_site
-from semiofed.common import dp_training
-from semiofed.common.policy import PrivacyPolicy
-from semiofed.common.privacy import ACCOUNTANT_FILE, PlannedRun, PrivacyBudgetError, SiteAccountant, pld_epsilon
+from semiofed.common.learning import trainer as dp_training
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.privacy.accountant import ACCOUNTANT_FILE, PlannedRun, PrivacyBudgetError, SiteAccountant, pld_epsilon
 
 OPTS = dict(batch_patients=3, temporal="tconv", hidden=8, embed_dim=8, n_segments=4)
 

@@ -18,11 +18,11 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow
 from flwr.simulation import run_simulation
 
-from semiofed.client.federated_training import classifier_config, get_weights
-from semiofed.common.classifier import build_classifier
-from semiofed.common.federation import FederationConfig
-from semiofed.server.server_app import secure_fit_workflow
-from semiofed.server.strategy import pooled_metrics
+from semiofed.client.training.federated_round import classifier_config, get_weights
+from semiofed.common.learning.classifier import build_classifier
+from semiofed.common.federation.run_config import FederationConfig
+from semiofed.server.federation.server_app import secure_fit_workflow
+from semiofed.server.federation.strategy import pooled_metrics
 
 CONFIG = FederationConfig(temporal="attn", hidden=8, embed_dim=8, n_segments=4, stcnn_dim=16, rounds=1, min_sites=3,
                           round_timeout=120.0)

@@ -14,14 +14,14 @@ from typer.testing import CliRunner
 
 from dp_synthetic import populate
 from semiofed.cli import main
-from semiofed.client.egress import EGRESS_LOG
+from semiofed.client.federation.egress import EGRESS_LOG
 from semiofed.client.site import init_site
-from semiofed.common.checkpoint import load_checkpoint
-from semiofed.common.federation import EVAL_METRICS, FederationConfig
-from semiofed.common.keys import load_public_key
-from semiofed.common.ledger import KIND_FEDERATED, read_entries
-from semiofed.common.ledger_audit import verify_ledger
-from semiofed.common.policy import PrivacyPolicy
+from semiofed.common.learning.checkpoint import load_checkpoint
+from semiofed.common.federation.run_config import EVAL_METRICS, FederationConfig
+from semiofed.common.privacy.keys import load_public_key
+from semiofed.common.privacy.ledger import KIND_FEDERATED, read_entries
+from semiofed.common.audit.verify import verify_ledger
+from semiofed.common.privacy.policy import PrivacyPolicy
 from semiofed.server.run_log import RUN_FILE
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")

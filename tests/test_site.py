@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from semiofed.client.pseudonym import patient_pseudonym, record_id
+from semiofed.client.deid.pseudonym import patient_pseudonym, record_id
 from semiofed.client.site import init_site, open_site
 from semiofed.common.errors import SiteError
-from semiofed.common.policy import PrivacyPolicy, load_policy
+from semiofed.common.privacy.policy import PrivacyPolicy, load_policy
 
 CLI = [sys.executable, "-m", "semiofed.cli"]
 

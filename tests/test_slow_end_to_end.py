@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from semiofed.client.site import init_site
-from semiofed.common import record as rec
+from semiofed.common.records import schema as rec
 
 CLI = [sys.executable, "-m", "semiofed.cli"]
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from dp_synthetic import populate
 from semiofed.cli.train_cmd import budget, train
 from semiofed.client.site import init_site
 from semiofed.common.errors import SemiofedError
-from semiofed.common.policy import PrivacyPolicy
+from semiofed.common.privacy.policy import PrivacyPolicy
 
 app = typer.Typer()
 app.command("train")(train)

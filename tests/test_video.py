@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from semiofed.client.video import probe, read_frames
+from semiofed.client.deid.video import probe, read_frames
 from semiofed.common.errors import VideoError
 
 # clip: (duration in s, size (w, h) as decoded; 1080p is scaled to 640 wide)

@@ -1,0 +1,162 @@
+"""The hospital's Flower ClientApp: decode a message, call the site task, encode the reply.
+
+Flower 1.41 offers SecAgg+ only through its legacy Client API, so the app is
+a legacy `Client` behind `secaggplus_mod`; the egress policy sits inside it
+and sees every reply in plain form. Torch is imported only for training and
+evaluation: the SecAgg+ key-exchange stages start a process each and stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from flwr.client import Client, ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
+from flwr.common import (
+    Code,
+    Context,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetPropertiesIns,
+    GetPropertiesRes,
+    Parameters,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+
+from semiofed.client.federation.egress import EGRESS_LOG, EgressSpec, make_egress_mod
+from semiofed.common.errors import SemiofedError
+from semiofed.common.federation.run_config import (
+    CFG_ROUND,
+    KEY_ACCEPTS,
+    KEY_DECLINE_REASON,
+    KEY_FEATURE_SHA,
+    KEY_LEDGER_HEAD,
+    KEY_SITE_ID,
+    KEY_VERSION,
+    FederationConfig,
+)
+from semiofed.common.version import semiofed_version
+
+log = logging.getLogger(__name__)
+
+NODE_SITE_DIR = "site-dir"
+NODE_RUN_EPSILON = "run-epsilon"
+
+
+def site_settings(node_config: dict[str, Any]) -> Any:
+    """Site-only settings from the SuperNode's --node-config."""
+    from semiofed.client.training.federated_round import SiteSettings
+
+    if NODE_SITE_DIR not in node_config:
+        raise SemiofedError("this SuperNode has no site directory", 'start it with `semiofed site join --site-dir DIR` (node config site-dir="DIR")')
+    return SiteSettings(site_dir=Path(str(node_config[NODE_SITE_DIR])), run_epsilon=float(node_config.get(NODE_RUN_EPSILON, 0.0)))
+
+
+def run_config(context: Context) -> FederationConfig:
+    """The run's config, refusing an app built for another semiofed version."""
+    config = FederationConfig.from_run_config(context.run_config)
+    if config.semiofed_version != semiofed_version():
+        raise SemiofedError(
+            f"the coordinator's app is for semiofed {config.semiofed_version or '(unknown)'}, this site runs {semiofed_version()}",
+            "a site runs only the code it installed: install the same semiofed version at the coordinator and the sites",
+        )
+    return config
+
+
+class SiteClient(Client):
+    """One message's worth of a site: the task is built on demand (it loads the site's records)."""
+
+    def __init__(self, context: Context, *, config: FederationConfig | None = None, settings: Any = None) -> None:
+        self.context = context
+        self.config = config or run_config(context)
+        self.settings = settings or site_settings(context.node_config)
+        self.run_id = str(context.run_id)
+
+    def _task(self) -> Any:
+        from semiofed.client.training.federated_round import SiteTask
+
+        return SiteTask(self.settings, self.config)
+
+    def _identity(self, task: Any) -> dict[str, Any]:
+        return {KEY_SITE_ID: task.site.site_id, KEY_VERSION: semiofed_version(), KEY_LEDGER_HEAD: task.head(),
+                KEY_FEATURE_SHA: str(task.extractor.get("sha256") or "0" * 64)}
+
+    def get_properties(self, ins: GetPropertiesIns) -> GetPropertiesRes:
+        """Budget query: can this site afford the next round? Nothing is spent."""
+        from semiofed.client.training.federated_round import RoundDeclined
+
+        try:
+            task = self._task()
+        except RoundDeclined as exc:
+            return GetPropertiesRes(Status(Code.OK, ""), {KEY_ACCEPTS: 0, KEY_DECLINE_REASON: str(exc)[:900]})
+        status = task.budget_status(self.run_id)
+        props = {k: float(status[k]) for k in ("epsilon_spent", "epsilon_max", "epsilon_remaining", "epsilon_projected", "delta")}
+        props.update({KEY_ACCEPTS: int(status["accepts"]), KEY_DECLINE_REASON: status["decline_reason"], **self._identity(task)})
+        return GetPropertiesRes(Status(Code.OK, ""), props)
+
+    def fit(self, ins: FitIns) -> FitRes:
+        """Train one round from the global weights, or decline with the site's reason."""
+        from semiofed.client.training.federated_round import RoundDeclined
+
+        round_ = int(ins.config.get(CFG_ROUND, 0))
+        try:
+            task = self._task()
+            weights, n, metrics = task.fit(parameters_to_ndarrays(ins.parameters), run_id=self.run_id, round=round_)
+        except RoundDeclined as exc:
+            log.warning("%s", exc)
+            return FitRes(Status(Code.FIT_NOT_IMPLEMENTED, f"declined: {str(exc)[:900]}"), Parameters([], ""), 0, {})
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, {**metrics, **self._identity(task)})
+
+    def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+        """Evaluate the global model on this site's held-out patients."""
+        task = self._task()
+        loss, n, metrics = task.evaluate(parameters_to_ndarrays(ins.parameters))
+        return EvaluateRes(Status(Code.OK, ""), loss, n, {**metrics, KEY_SITE_ID: task.site.site_id})
+
+
+@lru_cache(maxsize=4)
+def _egress_spec(site_dir: str, run_config_json: str) -> EgressSpec:
+    from semiofed.client.training.federated_round import classifier_config
+    from semiofed.client.site import open_site
+    from semiofed.common.learning.classifier import build_classifier
+    from semiofed.common.privacy.keys import load_public_key
+    from semiofed.common.privacy.ledger import verify_head
+
+    site = open_site(Path(site_dir))
+    public_key = load_public_key(site.layout.public_key)
+    config = FederationConfig.from_run_config(json.loads(run_config_json))
+    shapes = tuple(tuple(v.shape) for v in build_classifier(classifier_config(config)).state_dict().values())
+    return EgressSpec(site_id=site.site_id, version=semiofed_version(), array_shapes=shapes,
+                      verify_head=lambda head: verify_head(head, public_key), log_path=site.layout.root / EGRESS_LOG)
+
+
+def egress_spec(context: Context, *, config: FederationConfig | None = None, settings: Any = None) -> EgressSpec:
+    """The egress policy for this site and run."""
+    settings = settings or site_settings(context.node_config)
+    raw = config.to_run_config() if config is not None else dict(context.run_config)
+    return _egress_spec(str(settings.site_dir), json.dumps(raw, sort_keys=True, default=str))
+
+
+def client_fn(context: Context) -> Client:
+    """Flower's factory: one SiteClient per message."""
+    return SiteClient(context)
+
+
+def secure_aggregation_mod(msg: Any, context: Context, call_next: Any) -> Any:
+    """SecAgg+ for the train messages of a run that uses it; a run without it (--no-secure-aggregation) passes through."""
+    if msg.metadata.message_type == "train" and SECAGG_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+# secure aggregation first (outermost): it masks what the egress policy already let through.
+app = ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod, make_egress_mod(egress_spec)])

@@ -1,0 +1,271 @@
+"""One site's part of a federated round: budget check, local DP training from the global weights, evaluation.
+
+Knows nothing of Flower (client/federation/client_app.py decodes and encodes messages).
+The site enforces its own policy: the noise is at least the site's minimum,
+every round is checked against the site's lifetime budget before any step,
+the accountant and the chosen noise are persisted on the site's disk (a
+SuperNode restart or a new run continues them), and every release is written
+to the signed ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from semiofed.client.training.local import group_patients, load_site_records, split_patients
+from semiofed.common.privacy.release import check_ledger_appendable, record_release
+from semiofed.client.site import Site, open_site
+from semiofed.common.learning.calibration import fit_temperature
+from semiofed.common.learning.classifier import ClassifierConfig, SeizureClassifier, build_classifier
+from semiofed.common.learning.trainer import TrainConfig, Trainer, predict_logits
+from semiofed.common.errors import SemiofedError
+from semiofed.common.federation.run_config import FederationConfig
+from semiofed.common.records.features import STREAM_STCNN, feature_extractor_of
+from semiofed.common.files import make_private_dir, write_json_atomic
+from semiofed.common.privacy.keys import load_site_private_key
+from semiofed.common.privacy.ledger import KIND_FEDERATED, ledger_head
+from semiofed.common.learning.metrics import classification_report, softmax
+from semiofed.common.privacy.accountant import PlannedRun, PrivacyBudgetError, SiteAccountant
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = "federated-runs"
+EPS_SLACK = 0.01  # the PRV accountant's epsilon error: a run planned to the cap may land this far above it
+
+
+class RoundDeclined(SemiofedError):
+    """The site will not train this round (its policy or budget says no); the reason goes to the coordinator."""
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """Site-only settings (from the SuperNode's --node-config); never sent by the server."""
+
+    site_dir: Path
+    # the most this site spends in one federated run; 0: whatever its policy has left
+    run_epsilon: float = 0.0
+
+
+def classifier_config(config: FederationConfig) -> ClassifierConfig:
+    """The model every site trains in this run."""
+    return ClassifierConfig(labels=config.labels, streams=config.streams, temporal=config.temporal,
+                            stcnn_dim=config.stcnn_dim, embed_dim=config.embed_dim, hidden=config.hidden,
+                            n_segments=config.n_segments)
+
+
+def get_weights(model: torch.nn.Module) -> list[np.ndarray]:
+    """The model's state as float32 arrays, in state_dict order."""
+    return [v.detach().cpu().numpy().astype(np.float32, copy=True) for v in model.state_dict().values()]
+
+
+def set_weights(model: torch.nn.Module, weights: Sequence[np.ndarray]) -> None:
+    """Load arrays in state_dict order, checking count and shapes."""
+    keys = list(model.state_dict())
+    if len(weights) != len(keys):
+        raise SemiofedError(f"received {len(weights)} weight arrays, the model has {len(keys)}",
+                            "the coordinator and this site run different model shapes: check the run config")
+    state = {}
+    for key, array, current in zip(keys, weights, model.state_dict().values()):
+        if tuple(array.shape) != tuple(current.shape):
+            raise SemiofedError(f"weight {key} has shape {tuple(array.shape)}, expected {tuple(current.shape)}",
+                                "the coordinator and this site run different model shapes: check the run config")
+        state[key] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    model.load_state_dict(state, strict=True)
+
+
+def weights_sha256(weights: Sequence[np.ndarray]) -> str:
+    """Hash of the released update (shapes and float32 bytes, in order)."""
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(str(tuple(w.shape)).encode())
+        h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+class SiteTask:
+    """A site's records, split and budget for one federated run."""
+
+    def __init__(self, settings: SiteSettings, config: FederationConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.site: Site = open_site(settings.site_dir)
+        records = load_site_records(self.site, config.labels)
+        self.extractor = feature_extractor_of(records[0])
+        if STREAM_STCNN in config.streams:
+            if self.extractor["name"] != config.stcnn or int(self.extractor["dim"]) != config.stcnn_dim:
+                raise RoundDeclined(
+                    f"site {self.site.site_id} has {self.extractor['name']} features ({self.extractor['dim']}-d), "
+                    f"the run trains on {config.stcnn} ({config.stcnn_dim}-d)",
+                    f"re-prepare the site's records with --stcnn {config.stcnn}, or run with this site's extractor",
+                )
+        patients = group_patients(records, config.labels, config.streams)
+        if len(patients) < config.folds:
+            raise RoundDeclined(f"site {self.site.site_id} has {len(patients)} patients, fewer than the run's {config.folds} folds",
+                                "prepare more records, or run with fewer --folds")
+        self.train, self.validation, self.test = split_patients(patients, config.folds, config.test_fold, config.seed)
+        self.train_config = TrainConfig(epochs=config.local_epochs, batch_patients=config.batch_patients, lr=config.lr,
+                                        dp=True, clipping_norm=self.site.policy.clipping_norm, seed=config.seed)
+        self.sample_rate = self.train_config.sample_rate(len(self.train))
+        self.steps_per_round = self.train_config.steps(len(self.train))
+
+    # --- privacy ----------------------------------------------------------
+    def accountant(self) -> SiteAccountant:
+        """The site's lifetime accountant, read from disk each time (another process may have stepped it)."""
+        return SiteAccountant(self.site.layout.privacy_dir, self.site.policy)
+
+    def _run_file(self, run_id: str) -> Path:
+        return make_private_dir(self.site.layout.privacy_dir / RUNS_DIR) / f"{run_id}.json"
+
+    def noise_for_run(self, run_id: str) -> float:
+        """Sigma for this run, chosen once (at its first round) so all its rounds fit the site's run budget; persisted."""
+        path = self._run_file(run_id)
+        if path.is_file():
+            return float(json.loads(path.read_text(encoding="utf-8"))["noise_multiplier"])
+        policy = self.site.policy
+        requested = self.config.noise_multiplier
+        if requested and requested < policy.min_noise_multiplier:
+            raise RoundDeclined(
+                f"the coordinator asked for noise multiplier {requested:g}, below site {self.site.site_id}'s minimum "
+                f"{policy.min_noise_multiplier:g}; the site's policy wins",
+                "run with --noise-multiplier 0 (each site chooses) or at least every site's minimum",
+            )
+        accountant = self.accountant()
+        spent = accountant.epsilon_spent()
+        caps = [policy.max_epsilon - spent] + [e for e in (self.config.site_epsilon, self.settings.run_epsilon) if e > 0]
+        allowance = min(caps)
+        if requested:
+            sigma = requested
+        else:
+            if allowance <= 1e-6:
+                raise RoundDeclined(f"site {self.site.site_id} has spent epsilon {spent:.3f} of its {policy.max_epsilon:g}",
+                                    "nothing is left; the site's privacy officer may not raise it")
+            total_steps = self.config.rounds * self.steps_per_round
+            sigma = accountant.noise_for(target_epsilon=spent + allowance, sample_rate=self.sample_rate, steps=total_steps)
+        write_json_atomic(path, {"run_id": run_id, "noise_multiplier": sigma, "sample_rate": self.sample_rate,
+                                 "steps_per_round": self.steps_per_round, "rounds": self.config.rounds,
+                                 "epsilon_before": spent, "epsilon_allowance": allowance,
+                                 "chosen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        log.info("site %s: noise multiplier %.3f for run %s (%d rounds x %d steps, allowance %.3f)",
+                 self.site.site_id, sigma, run_id, self.config.rounds, self.steps_per_round, allowance)
+        return sigma
+
+    def run_cap(self) -> float:
+        """The most this site spends in one run (its --run-epsilon and the server's request); 0: no cap but the lifetime budget."""
+        caps = [e for e in (self.config.site_epsilon, self.settings.run_epsilon) if e > 0]
+        return min(caps) if caps else 0.0
+
+    def check_round(self, accountant: SiteAccountant, planned: PlannedRun, run_id: str) -> float:
+        """The projected lifetime epsilon after this round; RoundDeclined/PrivacyBudgetError if the site's limits say no."""
+        projected = accountant.check(planned)
+        cap = self.run_cap()
+        if cap > 0:
+            before = float(json.loads(self._run_file(run_id).read_text(encoding="utf-8"))["epsilon_before"])
+            if projected - before > cap + EPS_SLACK:
+                raise RoundDeclined(
+                    f"this round would bring the run's spending at site {self.site.site_id} to epsilon "
+                    f"{projected - before:.3f}, above the {cap:g} the site allows one run; the site's policy wins",
+                    "the run goes on with the other sites; this site's budget is unchanged",
+                )
+        return projected
+
+    def budget_status(self, run_id: str) -> dict[str, Any]:
+        """Whether the site can afford the next round of `run_id`, with its figures (nothing is spent)."""
+        accountant = self.accountant()
+        status: dict[str, Any] = accountant.summary()
+        try:
+            sigma = self.noise_for_run(run_id)
+            status["epsilon_projected"] = self.check_round(accountant, PlannedRun(sigma, self.sample_rate, self.steps_per_round), run_id)
+            status["accepts"], status["decline_reason"] = 1, ""
+        except (RoundDeclined, PrivacyBudgetError) as exc:
+            status["epsilon_projected"] = status["epsilon_spent"]
+            status["accepts"], status["decline_reason"] = 0, _reason(exc)
+        return status
+
+    def head(self) -> str:
+        """The site's signed ledger head as compact JSON."""
+        key = load_site_private_key(self.site.layout.private_key)
+        head = ledger_head(self.site.layout.ledger_file, key, self.site.site_id, policy=self.site.policy)
+        return json.dumps(head, separators=(",", ":"), sort_keys=True)
+
+    # --- training and evaluation -----------------------------------------
+    def build_model(self, weights: Sequence[np.ndarray]) -> SeizureClassifier:
+        """The run's classifier with the given global weights."""
+        model = build_classifier(classifier_config(self.config), seed=self.config.seed)
+        set_weights(model, weights)
+        return model
+
+    def fit(self, weights: Sequence[np.ndarray], *, run_id: str, round: int) -> tuple[list[np.ndarray], int, dict[str, float]]:
+        """Train one round with DP-SGD from `weights`; the round is refused (RoundDeclined) before any step if unaffordable."""
+        started = time.monotonic()
+        sigma = self.noise_for_run(run_id)
+        planned = PlannedRun(sigma, self.sample_rate, self.steps_per_round)
+        accountant = self.accountant()
+        try:
+            self.check_round(accountant, planned, run_id)
+        except PrivacyBudgetError as exc:
+            raise RoundDeclined(f"site {self.site.site_id} declines round {round}: {exc.what}",
+                                "the run goes on with the other sites; this site's budget is unchanged") from None
+        check_ledger_appendable(self.site)
+        model = self.build_model(weights)
+        global_params = [p.detach().clone() for p in model.parameters()]
+        seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}/{run_id}/{round}".encode()).digest()[:4], "little")
+        config = TrainConfig(**{**self.train_config.to_dict(), "noise_multiplier": sigma, "seed": seed})
+        mu = self.config.proximal_mu if self.config.strategy == "fedprox" else 0.0
+        trainer = Trainer(model, config, n_segments=self.config.n_segments, proximal=(global_params, mu) if mu > 0 else None)
+        last: dict[str, float] = {}
+        try:
+            with accountant.run(planned, note=f"federated {run_id} round {round}"):
+                trainer.fit(self.train, on_step=accountant.step, steps=self.steps_per_round,
+                            on_epoch=lambda _e, stats: last.update(stats))
+        finally:
+            trainer.close()
+        new_weights = get_weights(model)
+        spent = accountant.epsilon_spent()
+        entry = record_release(self.site, kind=KIND_FEDERATED, run_id=run_id, round=round, update_sha256=weights_sha256(new_weights),
+                       noise_multiplier=sigma, sample_rate=self.sample_rate, steps=self.steps_per_round,
+                       clipping_norm=config.clipping_norm, epsilon_cumulative=spent)
+        metrics = {
+            "epsilon_round": float(entry["epsilon"]),
+            "epsilon_spent": spent, "epsilon_max": self.site.policy.max_epsilon, "delta": self.site.policy.target_delta,
+            "noise_multiplier": sigma, "sample_rate": self.sample_rate, "steps": float(self.steps_per_round),
+            "train_patients": float(len(self.train)), "clipped_fraction": float(last.get("clipped_fraction", 0.0)),
+            "seconds": time.monotonic() - started,
+        }
+        # FedAvg weights by patients, the privacy unit (not seizures: a patient's count is private)
+        return new_weights, len(self.train), metrics
+
+    def evaluate(self, weights: Sequence[np.ndarray]) -> tuple[float, int, dict[str, float]]:
+        """Metrics of the global model on this site's held-out test patients; temperature fitted on validation."""
+        model = self.build_model(weights)
+        n = self.config.n_segments
+        val = [s for p in self.validation for s in p.seizures]
+        temperature = fit_temperature(predict_logits(model, val, n_segments=n), np.array([s.label for s in val])) if val else 1.0
+        test = [s for p in self.test for s in p.seizures]
+        logits = predict_logits(model, test, n_segments=n)
+        y = np.array([s.label for s in test])
+        probs = softmax(logits, temperature)
+        report = classification_report(y, probs)
+        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
+        cm = np.asarray(report["confusion_matrix"])
+        metrics = {key: float(report[key]) for key in ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece")}
+        metrics.update({"loss": loss, "temperature": float(temperature), "test_patients": float(len(self.test))})
+        if cm.shape == (2, 2):  # binary task: the confusion counts (TCS positive) for the pooled matrix
+            metrics.update({"tp": float(cm[1, 1]), "fn": float(cm[1, 0]), "fp": float(cm[0, 1]), "tn": float(cm[0, 0])})
+        return loss, len(test), {k: (v if math.isfinite(v) else -1.0) for k, v in metrics.items()}
+
+
+def _reason(exc: SemiofedError) -> str:
+    return str(exc)[:900]
+
+
+__all__ = ["SiteTask", "SiteSettings", "RoundDeclined", "classifier_config", "get_weights", "set_weights", "weights_sha256"]

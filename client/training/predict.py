@@ -1,0 +1,90 @@
+"""Run a trained classifier on one de-identified record: calibrated probabilities and a timeline."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semiofed.common.learning.checkpoint import Checkpoint
+from semiofed.common.learning.trainer import snippet_logits
+from semiofed.common.records.features import record_inputs
+from semiofed.common.files import write_bytes_atomic
+from semiofed.common.learning.metrics import softmax
+from semiofed.common.records.schema import SNIPPET_TIMES, SeizureRecord
+
+log = logging.getLogger(__name__)
+
+GENERALISED_LABEL = "TCS"
+# A generalisation call needs the TCS probability above one half for this many snippets in a row.
+MIN_RUN_SNIPPETS = 3
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Seizure-level calibrated probabilities, per-snippet probabilities and the generalisation estimate."""
+
+    labels: tuple[str, ...]
+    probabilities: dict[str, float]
+    predicted: str
+    confidence: float
+    temperature: float
+    snippet_times: np.ndarray  # [S] snippet mid-times, seconds
+    snippet_probabilities: np.ndarray  # [S, C]
+    generalisation_s: float | None
+
+
+def estimate_generalisation(times: np.ndarray, p_tcs: np.ndarray, *, run: int = MIN_RUN_SNIPPETS) -> float | None:
+    """Start time of the first run of `run` snippets with P(TCS) >= 0.5, else None."""
+    above = p_tcs >= 0.5
+    for i in range(len(above) - run + 1):
+        if above[i : i + run].all():
+            return float(times[i])
+    return None
+
+
+def predict_record(checkpoint: Checkpoint, record: SeizureRecord) -> Prediction:
+    """Classify one record with every snippet (arbitrary length), calibrated by the checkpoint's temperature."""
+    checkpoint.check_record(record)
+    config = checkpoint.config
+    seizure, snippets = snippet_logits(checkpoint.model, record_inputs(record, config.streams))
+    t = checkpoint.temperature
+    probs = softmax(seizure[None], t)[0]
+    snippet_probs = softmax(snippets, t)
+    times = record.arrays[SNIPPET_TIMES].mean(axis=1)
+    labels = config.labels
+    generalisation = None
+    if GENERALISED_LABEL in labels and labels[int(probs.argmax())] == GENERALISED_LABEL:
+        generalisation = estimate_generalisation(times, snippet_probs[:, labels.index(GENERALISED_LABEL)])
+    return Prediction(labels=labels, probabilities={l: float(p) for l, p in zip(labels, probs)},
+                      predicted=labels[int(probs.argmax())], confidence=float(probs.max()), temperature=t,
+                      snippet_times=times, snippet_probabilities=snippet_probs, generalisation_s=generalisation)
+
+
+def write_timeline_png(prediction: Prediction, path: Path, *, title: str = "") -> Path:
+    """Plot per-snippet class probability over time, with the estimated generalisation time, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=110)
+    for c, label in enumerate(prediction.labels):
+        ax.plot(prediction.snippet_times, prediction.snippet_probabilities[:, c], label=f"P({label})")
+    if prediction.generalisation_s is not None:
+        ax.axvline(prediction.generalisation_s, color="k", linestyle="--",
+                   label=f"estimated generalisation {prediction.generalisation_s:.1f} s")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time from video start (s)")
+    ax.set_ylabel("probability (calibrated)")
+    ax.set_title(title or f"{prediction.predicted} ({prediction.confidence:.0%})")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_bytes_atomic(Path(path), buffer.getvalue(), mode=0o644)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""The auditor's side: an independent PLD accountant, ledger verification, the multi-site report (no torch, no opacus)."""

@@ -1,0 +1,224 @@
+"""The seizure classifier: snippet streams -> temporal model -> seizure and per-snippet logits.
+
+GESTURES-style (arXiv 2106.12014): per-snippet features feed a temporal model
+whose per-snippet outputs go through one linear head; the seizure logits pool
+them. Every trainable parameter lives in an `nn.Linear`, and no layer mixes
+batch elements, so per-sample (per-patient) gradients are exact from layer
+activations and output gradients (see common/learning/per_sample.py), and Opacus's
+GradSampleModule can also compute them (the recurrent weights are
+`nn.Linear`s reused once per time step, as in `opacus.layers.DPLSTM`).
+"""
+
+from __future__ import annotations
+
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semiofed.common.constants import (  # noqa: F401 - re-exported for callers of this module
+    DEFAULT_LABELS,
+    TEMPORAL_ATTN,
+    TEMPORAL_BLSTM,
+    TEMPORAL_MODELS,
+    TEMPORAL_TCONV,
+)
+from semiofed.common.errors import SemiofedError
+from semiofed.common.records.features import KEYPOINT_DIM, STREAM_KEYPOINTS, STREAM_STCNN, check_streams
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The shape of a classifier; stored in every checkpoint."""
+
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    streams: tuple[str, ...] = (STREAM_STCNN, STREAM_KEYPOINTS)
+    temporal: str = TEMPORAL_BLSTM
+    stcnn_dim: int = 1024  # I3D Mixed_5c average-pooled
+    keypoint_dim: int = KEYPOINT_DIM
+    # per-stream linear embedding before fusion; 0 feeds the raw features (GESTURES)
+    embed_dim: int = 64
+    hidden: int = 64  # GESTURES: BLSTM with 64 hidden units
+    n_segments: int = 16  # GESTURES: 16 segments
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "streams", check_streams(self.streams))
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise SemiofedError(f"label set {list(self.labels)} needs at least two distinct labels", "use e.g. FOS,TCS")
+        if self.temporal not in TEMPORAL_MODELS:
+            raise SemiofedError(f"temporal model '{self.temporal}' is unknown", f"use one of {list(TEMPORAL_MODELS)}")
+        for name in ("stcnn_dim", "keypoint_dim", "hidden", "n_segments"):
+            if getattr(self, name) < 1:
+                raise SemiofedError(f"classifier {name}={getattr(self, name)} must be positive")
+        if self.embed_dim < 0 or not (0.0 <= self.dropout < 1.0):
+            raise SemiofedError("classifier embed_dim must be >= 0 and dropout in [0, 1)")
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the concatenated stream input per snippet."""
+        return sum(self.stcnn_dim if s == STREAM_STCNN else self.keypoint_dim for s in self.streams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        d = asdict(self)
+        d["labels"], d["streams"] = list(self.labels), list(self.streams)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ClassifierConfig":
+        """Parse a stored config, naming unknown fields."""
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise SemiofedError(f"classifier config has unknown fields {unknown}", "use a checkpoint written by this semiofed")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+class LSTMDirection(nn.Module):
+    """One direction of an LSTM built from two Linears (input and recurrent), like DPLSTM's cell."""
+
+    def __init__(self, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.ih = nn.Linear(input_size, 4 * hidden)
+        self.hh = nn.Linear(hidden, 4 * hidden, bias=False)
+        with torch.no_grad():  # forget-gate bias 1 (Jozefowicz et al. 2015)
+            self.ih.bias[hidden : 2 * hidden].fill_(1.0)
+
+    def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """[B, T, in] -> [B, T, hidden]."""
+        b, t, _ = x.shape
+        gates_in = self.ih(x)  # all time steps in one matmul
+        h = x.new_zeros(b, self.hidden)
+        c = x.new_zeros(b, self.hidden)
+        outs: list[torch.Tensor] = [h] * t
+        for step in (range(t - 1, -1, -1) if reverse else range(t)):
+            gates = gates_in[:, step] + self.hh(h)
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs[step] = h
+        return torch.stack(outs, dim=1)
+
+
+class BLSTM(nn.Module):
+    """Bidirectional single-layer LSTM, batch first."""
+
+    def __init__(self, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.fwd = LSTMDirection(input_size, hidden)
+        self.bwd = LSTMDirection(input_size, hidden)
+        self.out_dim = 2 * hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.fwd(x), self.bwd(x, reverse=True)], dim=-1)
+
+
+class TemporalConv(nn.Module):
+    """Two 'same'-padded temporal convolutions (kernel 3, dilation 1 then 2) as Linears over windows."""
+
+    def __init__(self, input_size: int, hidden: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.conv1 = nn.Linear(kernel * input_size, hidden)
+        self.conv2 = nn.Linear(kernel * hidden, hidden)
+        self.out_dim = hidden
+
+    def _windows(self, x: torch.Tensor, dilation: int) -> torch.Tensor:
+        t = x.shape[1]
+        half = (self.kernel // 2) * dilation
+        padded = F.pad(x, (0, 0, half, half))
+        return torch.cat([padded[:, k * dilation : k * dilation + t] for k in range(self.kernel)], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv1(self._windows(x, 1)))
+        return h + F.relu(self.conv2(self._windows(h, 2)))
+
+
+class AttentionMLP(nn.Module):
+    """Per-snippet MLP; pooling weights come from `score`."""
+
+    def __init__(self, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Linear(input_size, hidden)
+        self.score = nn.Linear(hidden, 1)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.mlp(x))
+
+
+class SeizureClassifier(nn.Module):
+    """Streams -> (embedding) -> temporal model -> per-snippet logits; seizure logits pool them."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.ModuleDict()
+        fused = 0
+        for stream in config.streams:
+            width = config.stcnn_dim if stream == STREAM_STCNN else config.keypoint_dim
+            if config.embed_dim:
+                self.embed[stream] = nn.Linear(width, config.embed_dim)
+                fused += config.embed_dim
+            else:
+                fused += width
+        if config.temporal == TEMPORAL_BLSTM:
+            self.temporal = BLSTM(fused, config.hidden)
+        elif config.temporal == TEMPORAL_TCONV:
+            self.temporal = TemporalConv(fused, config.hidden)
+        else:
+            self.temporal = AttentionMLP(fused, config.hidden)
+        self.head = nn.Linear(self.temporal.out_dim, len(config.labels))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., S, D_in] -> (seizure logits [..., C], snippet logits [..., S, C])."""
+        lead, (s, d) = x.shape[:-2], x.shape[-2:]
+        x = x.reshape(-1, s, d)
+        parts, start = [], 0
+        for stream in self.config.streams:
+            width = self.config.stcnn_dim if stream == STREAM_STCNN else self.config.keypoint_dim
+            # Parameter-free per-snippet normalisation: no statistic shared across patients.
+            z = F.layer_norm(x[..., start : start + width], (width,))
+            start += width
+            parts.append(F.relu(self.embed[stream](z)) if self.config.embed_dim else z)
+        h = torch.cat(parts, dim=-1)
+        if self.config.dropout and self.training:
+            h = F.dropout(h, self.config.dropout)
+        h = self.temporal(h)
+        snippet_logits = self.head(h)
+        # The head is linear and pooling weights sum to one, so pooling the snippet logits
+        # equals the head of the pooled state; the head then runs once (as Opacus hooks need).
+        if isinstance(self.temporal, AttentionMLP):
+            weights = torch.softmax(self.temporal.score(h), dim=1)
+            seizure_logits = (weights * snippet_logits).sum(dim=1)
+        else:
+            seizure_logits = snippet_logits.mean(dim=1)
+        c = snippet_logits.shape[-1]
+        return seizure_logits.reshape(*lead, c), snippet_logits.reshape(*lead, s, c)
+
+
+def build_classifier(config: ClassifierConfig, *, seed: int | None = None) -> SeizureClassifier:
+    """A freshly initialised classifier."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return SeizureClassifier(config)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "ClassifierConfig",
+    "SeizureClassifier",
+    "build_classifier",
+    "parameter_count",
+    "TEMPORAL_MODELS",
+    "DEFAULT_LABELS",
+]

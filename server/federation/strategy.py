@@ -1,0 +1,234 @@
+"""The coordinator's strategy: ask each site's budget before a round, aggregate with FedAvg/FedProx/FedAdam, checkpoint.
+
+Flower's strategies do the aggregation; this wrapper adds what a federation of
+hospitals needs around it: sites that decline (their privacy budget or policy
+says no) are left out before the round starts, and the round goes on only if
+at least `min_sites` remain; every site's signed ledger head is checked
+against its enrolled key; each round's global model is written as a
+checkpoint that `semiofed predict` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetPropertiesIns,
+    Parameters,
+    ndarrays_to_parameters,
+    Scalar,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from semiofed.common.federation.run_config import (
+    CFG_QUERY,
+    CFG_ROUND,
+    CFG_RUN_ID,
+    KEY_ACCEPTS,
+    KEY_DECLINE_REASON,
+    KEY_FEATURE_SHA,
+    KEY_LEDGER_HEAD,
+    KEY_SITE_ID,
+    STRATEGY_FEDADAM,
+    STRATEGY_FEDPROX,
+    FederationConfig,
+)
+from semiofed.server.run_log import RunLog
+
+log = logging.getLogger(__name__)
+
+
+def build_inner_strategy(config: FederationConfig, initial: Parameters) -> Strategy:
+    """Flower's aggregation for the configured strategy (weights: each site's number of training patients)."""
+    common = dict(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=config.min_sites,
+                  min_evaluate_clients=1, min_available_clients=config.min_sites, initial_parameters=initial)
+    if config.strategy == STRATEGY_FEDPROX:
+        return FedProx(proximal_mu=config.proximal_mu, **common)
+    if config.strategy == STRATEGY_FEDADAM:
+        return FedAdam(eta=config.server_lr, **common)
+    return FedAvg(**common)
+
+
+class HeadVerifier:
+    """Checks a site's signed ledger head against its enrolled public key (None when no key is enrolled)."""
+
+    def __init__(self, keys_dir: str) -> None:
+        self.keys: dict[str, Any] = {}
+        if keys_dir and Path(keys_dir).is_dir():
+            from semiofed.common.privacy.keys import load_public_key
+
+            for path in sorted(Path(keys_dir).glob("*.pub")):
+                self.keys[path.stem] = load_public_key(path)
+
+    def __call__(self, site_id: str, head_json: Any) -> bool | None:
+        from semiofed.common.privacy.ledger import verify_head
+
+        key = self.keys.get(site_id)
+        if key is None:
+            return None
+        try:
+            head = json.loads(str(head_json))
+        except ValueError:
+            return False
+        return bool(head.get("site_id") == site_id and verify_head(head, key))
+
+
+class SiteAwareStrategy(Strategy):
+    """Budget-aware site selection and checkpoints around a Flower strategy."""
+
+    def __init__(self, inner: Strategy, config: FederationConfig, run_log: RunLog, *, run_id: str,
+                 save_checkpoint: Callable[[int, list[np.ndarray], dict[str, Any]], str]) -> None:
+        self.inner = inner
+        self.config = config
+        self.run_log = run_log
+        self.run_id = run_id
+        self.save_checkpoint = save_checkpoint
+        self.verify = HeadVerifier(config.site_keys_dir)
+        self.site_of: dict[str, str] = {}  # Flower node id -> site id (from the budget answers)
+        self.temperatures: dict[str, tuple[float, int]] = {}
+        self.extractor_sha: dict[str, str] = {}
+        self.latest: list[np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        return f"SiteAwareStrategy({self.inner!r})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    # --- fit ---------------------------------------------------------------
+    def _ask_budget(self, proxy: ClientProxy, server_round: int) -> dict[str, Any]:
+        ins = GetPropertiesIns({CFG_QUERY: "budget", CFG_RUN_ID: self.run_id, CFG_ROUND: server_round})
+        try:
+            res = proxy.get_properties(ins, timeout=self.config.round_timeout, group_id=server_round)
+        except Exception as exc:  # a site that does not answer cannot train this round
+            return {KEY_ACCEPTS: 0, KEY_DECLINE_REASON: f"no answer to the budget query ({type(exc).__name__}: {exc})"}
+        return dict(res.properties)
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        client_manager.wait_for(self.config.min_sites, timeout=int(self.config.round_timeout))
+        proxies = list(client_manager.all().values())
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(proxies)))) as pool:
+            answers = list(pool.map(lambda p: self._ask_budget(p, server_round), proxies))
+        accepted, budget, declined = [], {}, {}
+        for proxy, answer in zip(proxies, answers):
+            site = str(answer.get(KEY_SITE_ID, f"node-{proxy.cid}"))
+            self.site_of[proxy.cid] = site
+            verified = self.verify(site, answer.get(KEY_LEDGER_HEAD)) if KEY_LEDGER_HEAD in answer else None
+            if verified is None and self.verify.keys and KEY_LEDGER_HEAD in answer:
+                verified = False  # keys are enrolled here, but none under this site id: its head cannot be checked
+                answer[KEY_DECLINE_REASON] = f"site id {site} has no enrolled key here; enroll its site_key.pub with --name {site}"
+            budget[site] = {k: answer[k] for k in ("epsilon_spent", "epsilon_max", "epsilon_projected", "delta") if k in answer}
+            budget[site].update(ledger_head_verified=verified, ledger_head=answer.get(KEY_LEDGER_HEAD))
+            if KEY_FEATURE_SHA in answer:
+                self.extractor_sha[site] = str(answer[KEY_FEATURE_SHA])
+            if int(answer.get(KEY_ACCEPTS, 0)) == 1 and verified is not False:
+                accepted.append(proxy)
+            else:
+                reason = answer.get(KEY_DECLINE_REASON) or "its ledger head does not verify against its enrolled key"
+                declined[site] = str(reason)
+                log.warning("round %d: site %s declines: %s", server_round, site, reason)
+        self.run_log.update(server_round, budget=budget, declined=declined)
+        if len(accepted) < self.config.min_sites:
+            why = f"only {len(accepted)} of {len(proxies)} sites can take part, fewer than min-sites {self.config.min_sites}"
+            log.warning("round %d skipped: %s", server_round, why)
+            self.run_log.update(server_round, skipped=why)
+            return []
+        config: dict[str, Scalar] = {CFG_ROUND: server_round, CFG_RUN_ID: self.run_id}
+        return [(proxy, FitIns(parameters, dict(config))) for proxy in accepted]
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
+        fit, problems = {}, []
+        for proxy, res in results:
+            site = str(res.metrics.get(KEY_SITE_ID, self.site_of.get(proxy.cid, proxy.cid)))
+            fit[site] = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
+            fit[site]["num_examples"] = res.num_examples
+            if KEY_LEDGER_HEAD in res.metrics:
+                fit[site]["ledger_head_verified"] = self.verify(site, res.metrics[KEY_LEDGER_HEAD])
+                fit[site]["ledger_seq"] = json.loads(str(res.metrics[KEY_LEDGER_HEAD])).get("seq")
+        for failure in failures:
+            if isinstance(failure, tuple):
+                proxy, res = failure
+                problems.append(f"{self.site_of.get(proxy.cid, proxy.cid)}: {res.status.message}")
+            else:
+                problems.append(str(failure)[:300])
+        if not results:
+            self.run_log.update(server_round, fit=fit, failures=problems, skipped="no site returned an update")
+            return None, {}
+        parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        checkpoint = None
+        if parameters is not None:
+            # SecAgg+'s dequantisation yields float64; the model (and what goes back to the sites) is float32
+            self.latest = [np.asarray(a, dtype=np.float32) for a in parameters_to_ndarrays(parameters)]
+            parameters = ndarrays_to_parameters(self.latest)
+            checkpoint = self.save_checkpoint(server_round, self.latest, {"sites": sorted(fit), "round": server_round})
+        self.run_log.update(server_round, fit=fit, failures=problems, checkpoint=checkpoint)
+        return parameters, metrics
+
+    # --- evaluate ----------------------------------------------------------
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return [(proxy, EvaluateIns(parameters, {CFG_ROUND: server_round, CFG_RUN_ID: self.run_id}))
+                for proxy in client_manager.all().values()]
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
+        per_site = {}
+        for proxy, res in results:
+            site = str(res.metrics.get(KEY_SITE_ID, self.site_of.get(proxy.cid, proxy.cid)))
+            per_site[site] = {k: float(v) for k, v in res.metrics.items() if isinstance(v, (int, float))}
+            per_site[site]["num_examples"] = res.num_examples
+            if "temperature" in res.metrics:
+                self.temperatures[site] = (float(res.metrics["temperature"]), res.num_examples)
+        aggregate = pooled_metrics(per_site)
+        self.run_log.update(server_round, evaluate=per_site, aggregate=aggregate)
+        loss = aggregate.get("loss")
+        return (float(loss) if loss is not None else None), {k: v for k, v in aggregate.items() if isinstance(v, (int, float))}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        return None  # no central data: evaluation happens at the sites
+
+    def feature_extractor(self) -> dict[str, Any]:
+        """The STCNN the sites' records were made with (name, weights sha256, dim) for the global checkpoint."""
+        shas = set(self.extractor_sha.values())
+        if len(shas) > 1:
+            log.warning("sites report different feature extractor weights: %s", self.extractor_sha)
+        return {"name": self.config.stcnn, "sha256": shas.pop() if len(shas) == 1 else "", "dim": self.config.stcnn_dim}
+
+    def temperature(self) -> float:
+        """Calibration temperature for the final model: the sites' fitted temperatures, geometric mean weighted by test seizures."""
+        total = sum(n for _, n in self.temperatures.values())
+        if not total:
+            return 1.0
+        return float(math.exp(sum(math.log(max(t, 1e-3)) * n for t, n in self.temperatures.values()) / total))
+
+
+def pooled_metrics(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Seizure-weighted means over the sites, and accuracy/balanced accuracy from the pooled confusion counts."""
+    n = sum(m.get("num_examples", 0) for m in per_site.values())
+    if not n:
+        return {}
+    out = {"num_examples": float(n), "sites": float(len(per_site))}
+    for key in ("loss", "accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece"):
+        values = [(m[key], m["num_examples"]) for m in per_site.values() if key in m and m[key] >= 0]
+        if values:
+            out[key + ("_mean" if key in ("auroc", "f1_macro") else "")] = sum(v * w for v, w in values) / max(sum(w for _, w in values), 1)
+    counts = {k: sum(m.get(k, 0.0) for m in per_site.values()) for k in ("tp", "fn", "fp", "tn")}
+    if sum(counts.values()) > 0:
+        sens = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
+        spec = counts["tn"] / max(counts["tn"] + counts["fp"], 1)
+        out.update({"accuracy": (counts["tp"] + counts["tn"]) / sum(counts.values()), "balanced_accuracy": (sens + spec) / 2,
+                    "sensitivity": sens, "specificity": spec, **counts})
+    return out
