@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_section  # noqa: E402
 
-from semiofed.client.deid import keypoints as kp  # noqa: E402
+from semiofed.client.deid import landmarks  # noqa: E402
 from semiofed.client.deid.pipeline import Deidentifier, DeidentifyConfig  # noqa: E402
 from semiofed.client.deid.video import read_frames  # noqa: E402
 from semiofed.common.models.stcnn import load_stcnn  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
         stamps = np.round(times * 1000).astype(np.int64)
         w = config.window_frames
         windows = [(frames[i:i + w], stamps[i:i + w]) for i in range(0, len(frames), w)]
-        for name, cls in (("pose", kp.PoseStream), ("hands", kp.HandStream), ("face", kp.FaceStream)):
+        for name, cls in landmarks.STREAM_CLASSES.items():
             with cls() as stream:
                 stage[name] = timed(lambda s=stream: [s.process(f, t) for f, t in windows])
         encoder = load_stcnn(config.stcnn)

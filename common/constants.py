@@ -7,6 +7,16 @@ TEMPORAL_MODELS = (TEMPORAL_BLSTM, TEMPORAL_TCONV, TEMPORAL_ATTN)
 
 DEFAULT_LABELS = ("FOS", "TCS")  # focal onset vs focal to bilateral tonic-clonic
 
-STREAM_STCNN = "stcnn"
-STREAM_KEYPOINTS = "keypoints"
+# Model input streams: what a classifier reads from each snippet of a record.
+STREAM_STCNN = "stcnn"  # the STCNN snippet feature
+STREAM_KEYPOINTS = "keypoints"  # keypoint-motion summary of the snippet's landmarks
 STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS)
+
+# De-identification streams: what `site prepare` computes from the frames.
+# The three MediaPipe landmarkers, then the STCNN (the same features as the
+# model input stream STREAM_STCNN).
+STREAM_POSE = "pose"
+STREAM_HANDS = "hands"
+STREAM_FACE = "face"
+LANDMARK_STREAMS = (STREAM_POSE, STREAM_HANDS, STREAM_FACE)
+DEID_STREAMS = (*LANDMARK_STREAMS, STREAM_STCNN)

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from semiofed.client.deid import keypoints as kp
+from semiofed.client.deid import landmarks as lm
 from semiofed.client.site import init_site
 from semiofed.common.records import schema as rec
 
@@ -31,7 +31,7 @@ SCHEMA = {
     rec.FRAME_TIMES: (True, (), np.float32), rec.ROTATION: (True, (), np.int16),
     rec.POSE: (True, (33, 4), np.float32), rec.POSE_MASK: (True, (), np.bool_),
     rec.HANDS: (True, (2, 21, 3), np.float32), rec.HANDS_MASK: (True, (2,), np.bool_),
-    rec.FACE: (True, (kp.N_FACE, 3), np.float32), rec.FACE_MASK: (True, (), np.bool_),
+    rec.FACE: (True, (lm.N_FACE, 3), np.float32), rec.FACE_MASK: (True, (), np.bool_),
     rec.FACE_BLENDSHAPES: (True, (52,), np.float32), rec.HEAD_POSE: (True, (3,), np.float32),
     rec.SNIPPET_FEATURES: (False, (1024,), np.float32), rec.SNIPPET_TIMES: (False, (2,), np.float32),
 }

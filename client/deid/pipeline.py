@@ -1,33 +1,46 @@
-"""Turn one video into de-identified arrays: decode -> (ROI, rotation) -> keypoints + STCNN features.
+"""Turn one video into de-identified arrays: decode -> ROI crop -> rotation -> landmarks + STCNN features.
 
-Stages run concurrently, one single-worker executor each (pose and rotation,
-hands, face, STCNN), chained per window of frames with futures, so the time
-per video approaches the slowest stage rather than the sum. Nothing is
-written here; the caller builds and stores the record.
+The one de-identification pipeline, used by `site prepare`, `predict` and
+the tests. Frames go through it window by window (`VideoPipeline`): crop to
+the ROI, choose and apply the rotation, then the pose, hand and face streams
+and the STCNN on the upright frames. Stages run concurrently, one
+single-worker executor each (pose and rotation, hands, face, STCNN), chained
+per window with futures, so the time per video approaches the slowest stage
+rather than the sum. Nothing is written here; the caller builds and stores
+the record.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from semiofed.client.deid import keypoints as kp
+from semiofed.client.deid.landmarks import (
+    STREAM_CLASSES,
+    Arrays,
+    VideoStream,
+    check_frames,
+    detection_rate,
+    empty_arrays,
+)
+from semiofed.client.deid.rotation import PoseProbe, RotationTracker, crop_roi, rotate
 from semiofed.client.deid.video import DEFAULT_MAX_SIDE, iter_frames, probe
-from semiofed.common.records import schema as rec
+from semiofed.common.constants import DEID_STREAMS, LANDMARK_STREAMS, STREAM_POSE, STREAM_STCNN
 from semiofed.common.errors import SemiofedError, VideoError
 from semiofed.common.models.registry import file_sha256
-from semiofed.common.models.stcnn import load_stcnn
+from semiofed.common.models.stcnn import SnippetEncoder, load_stcnn
+from semiofed.common.records import schema as rec
 
 log = logging.getLogger(__name__)
 
-STREAMS = ("pose", "hands", "face")
-_STREAM_MODEL = {"pose": "pose_landmarker_full", "hands": "hand_landmarker", "face": "face_landmarker"}
+ROI = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame
+ProgressFn = Callable[[float], None]  # called with the seconds of video done
 
 
 @dataclass(frozen=True)
@@ -43,14 +56,33 @@ class DeidentifyConfig:
     # windows in flight: bounds memory while keeping every stage busy
     max_inflight: int = 3
     allow_random_weights: bool = False  # test-only, for R(2+1)D without its weights file
+    # What to compute. Pose is required: it picks the rotation and tells whether
+    # anyone is in the video. Without STREAM_STCNN (a keypoints-only site) no
+    # STCNN is loaded and the snippet features have width 0; a dropped
+    # landmark stream gives zeros and False masks.
+    streams: tuple[str, ...] = DEID_STREAMS
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.snippet_frames < 1 or self.snippets_per_window < 1:
             raise SemiofedError(f"bad de-identification settings {self}", "use positive fps, snippet and window sizes")
+        unknown = sorted(set(self.streams) - set(DEID_STREAMS))
+        if unknown or STREAM_POSE not in self.streams:
+            raise SemiofedError(
+                f"cannot de-identify with streams {list(self.streams)}: "
+                + (f"unknown {unknown}" if unknown else f"'{STREAM_POSE}' is missing (it chooses the rotation)"),
+                f"use '{STREAM_POSE}' and any of {list(DEID_STREAMS[1:])}",
+            )
+        object.__setattr__(self, "streams", tuple(s for s in DEID_STREAMS if s in self.streams))
 
     @property
     def window_frames(self) -> int:
+        """Frames per pipeline window."""
         return self.snippet_frames * self.snippets_per_window
+
+    @property
+    def landmark_streams(self) -> tuple[str, ...]:
+        """The MediaPipe streams to run, in LANDMARK_STREAMS order."""
+        return tuple(s for s in LANDMARK_STREAMS if s in self.streams)
 
 
 @dataclass
@@ -63,131 +95,224 @@ class DeidentifiedVideo:
     frame_size: tuple[int, int]  # width, height after the ROI crop, before rotation
     detection_rate: dict[str, float]
     models: dict[str, str] = field(default_factory=dict)
+    stcnn: str = ""  # the STCNN that made the snippet features; "" when none was computed
 
 
-ProgressFn = Callable[[float], None]
+@dataclass
+class Window:
+    """One processed window of consecutive frames."""
+
+    times: np.ndarray  # [N] float64 seconds
+    frames: np.ndarray  # [N, H, W, 3] after ROI crop and rotation: what the landmarks refer to
+    arrays: Arrays  # every landmark schema key and ROTATION, one row per frame
+    features: np.ndarray  # [N // snippet_frames, D] float32 STCNN features (D = 0 without the STCNN)
 
 
-class Deidentifier:
-    """Holds the loaded STCNN; makes fresh landmarkers per video (deterministic, no state across videos)."""
+class _PendingWindow:
+    """The futures of one submitted window."""
 
-    def __init__(self, config: DeidentifyConfig | None = None, model_dir: Path | str | None = None) -> None:
-        self.config = config or DeidentifyConfig()
-        self.model_dir = model_dir
-        self.encoder = load_stcnn(
-            self.config.stcnn, model_dir, allow_random_weights=self.config.allow_random_weights
-        )
-        keys = [_STREAM_MODEL[s] for s in STREAMS] + list(self.encoder.model_keys)
-        self.models = {key: file_sha256(key, model_dir) for key in keys}
-        self._executors = {name: ThreadPoolExecutor(1, thread_name_prefix=f"semiofed-{name}")
-                           for name in ("pose", "hands", "face", "stcnn")}
+    def __init__(self, times: np.ndarray, pose: Future, others: dict[str, Future], stcnn: Future | None,
+                 n_snippets: int) -> None:
+        self.times = times
+        self._pose = pose
+        self._others = others
+        self._stcnn = stcnn
+        self._n_snippets = n_snippets
+
+    def result(self) -> Window:
+        """Wait for every stage of the window."""
+        frames, arrays = self._pose.result()
+        for name in LANDMARK_STREAMS[1:]:
+            future = self._others.get(name)
+            arrays.update(future.result() if future else empty_arrays(name, len(frames)))
+        features = self._stcnn.result() if self._stcnn else np.zeros((self._n_snippets, 0), np.float32)
+        return Window(self.times, frames, arrays, features)
+
+    def cancel(self) -> list[Future]:
+        """Cancel the stages not yet started; return those that are still running."""
+        futures = [self._pose, *self._others.values(), *([self._stcnn] if self._stcnn else [])]
+        return [f for f in futures if not f.cancel()]
+
+
+class VideoPipeline:
+    """Fresh landmarkers and rotation state for one video; its windows go in, in order, one after another."""
+
+    def __init__(self, deidentifier: Deidentifier, *, roi: Sequence[float] | None = None, rotation: int = 0) -> None:
+        self._config = deidentifier.config
+        self._executors = deidentifier.executors
+        self._encoder = deidentifier.encoder
+        self.roi = tuple(roi) if roi is not None else None
+        self.tracker = RotationTracker(None, rotation)
+        self.frame_size = (0, 0)  # width, height of the latest window after the ROI crop
+        self._streams: dict[str, VideoStream] = {}
+        try:
+            for name in self._config.landmark_streams:
+                self._streams[name] = STREAM_CLASSES[name](deidentifier.model_dir)
+            self.tracker.probe = PoseProbe(deidentifier.model_dir)
+        except Exception:
+            self.close()
+            raise
+
+    def submit(self, frames: np.ndarray, times_s: np.ndarray) -> _PendingWindow:
+        """Queue one window: frames [N, H, W, 3] uint8 RGB at times_s [N] seconds, later than the last window's."""
+        frames = crop_roi(check_frames(frames), self.roi)
+        times = np.asarray(times_s, dtype=np.float64)
+        stamps = np.round(times * 1000.0).astype(np.int64)
+        self.frame_size = (int(frames.shape[2]), int(frames.shape[1]))
+        ex = self._executors
+        pose = ex[STREAM_POSE].submit(self._pose_step, frames, stamps)
+        others = {name: ex[name].submit(self._stream_step, stream, pose, stamps)
+                  for name, stream in self._streams.items() if name != STREAM_POSE}
+        stcnn = ex[STREAM_STCNN].submit(self._stcnn_step, self._encoder, pose) if self._encoder else None
+        return _PendingWindow(times, pose, others, stcnn, len(frames) // self._config.snippet_frames)
+
+    def process_window(self, frames: np.ndarray, times_s: np.ndarray) -> Window:
+        """Run one window through every stage and wait for it."""
+        return self.submit(frames, times_s).result()
+
+    def _pose_step(self, frames: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, Arrays]:
+        rotation = self.tracker.choose(frames)
+        upright = rotate(frames, rotation)
+        arrays = self._streams[STREAM_POSE].process(upright, stamps)
+        self.tracker.observe(arrays, upright.shape[2], upright.shape[1])
+        arrays[rec.ROTATION] = np.full(len(frames), rotation, dtype=np.int16)
+        return upright, arrays
+
+    @staticmethod
+    def _stream_step(stream: VideoStream, pose: Future, stamps: np.ndarray) -> Arrays:
+        return stream.process(pose.result()[0], stamps)
+
+    def _stcnn_step(self, encoder: SnippetEncoder, pose: Future) -> np.ndarray:
+        upright = pose.result()[0]
+        snippet = self._config.snippet_frames
+        whole = (len(upright) // snippet) * snippet
+        if whole == 0:
+            return np.zeros((0, encoder.feature_dim), dtype=np.float32)
+        return encoder.encode(upright[:whole].reshape(whole // snippet, snippet, *upright.shape[1:]))
 
     def close(self) -> None:
-        """Stop the stage threads."""
-        for executor in self._executors.values():
-            executor.shutdown(wait=True)
+        """Release every landmarker."""
+        for stream in self._streams.values():
+            stream.close()
+        if self.tracker.probe is not None:
+            self.tracker.probe.close()
 
-    def __enter__(self) -> "Deidentifier":
+    def __enter__(self) -> VideoPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _windows(self, video: Path, roi: tuple[float, float, float, float] | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        size = self.config.window_frames
-        times: list[float] = []
-        frames: list[np.ndarray] = []
-        for t, frame in iter_frames(video, fps=self.config.fps, max_side=self.config.max_side):
-            times.append(t)
-            frames.append(frame)
-            if len(frames) == size:
-                yield self._crop(np.stack(frames), roi), np.asarray(times, dtype=np.float64)
-                times, frames = [], []
-        if frames:
-            yield self._crop(np.stack(frames), roi), np.asarray(times, dtype=np.float64)
 
-    @staticmethod
-    def _crop(frames: np.ndarray, roi: tuple[float, float, float, float] | None) -> np.ndarray:
-        return kp.crop_roi(frames, roi) if roi is not None else frames
+def _batches(frames: Iterable[tuple[float, np.ndarray]], size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Group (time_s, frame) pairs into windows (frames [n, H, W, 3], times [n]) of `size`, the last one shorter."""
+    times: list[float] = []
+    batch: list[np.ndarray] = []
+    for t, frame in frames:
+        times.append(t)
+        batch.append(frame)
+        if len(batch) == size:
+            yield np.stack(batch), np.asarray(times, dtype=np.float64)
+            times, batch = [], []
+    if batch:
+        yield np.stack(batch), np.asarray(times, dtype=np.float64)
 
-    def run(self, video: Path, *, roi: tuple[float, float, float, float] | None = None,
-            progress: ProgressFn | None = None) -> DeidentifiedVideo:
+
+class Deidentifier:
+    """Holds the loaded STCNN and the stage threads; makes fresh landmarkers per video (no state across videos)."""
+
+    def __init__(self, config: DeidentifyConfig | None = None, model_dir: Path | str | None = None) -> None:
+        self.config = config or DeidentifyConfig()
+        self.model_dir = model_dir
+        self.encoder: SnippetEncoder | None = None
+        if STREAM_STCNN in self.config.streams:
+            self.encoder = load_stcnn(
+                self.config.stcnn, model_dir, allow_random_weights=self.config.allow_random_weights
+            )
+        keys = [STREAM_CLASSES[s].model_key for s in self.config.landmark_streams]
+        keys += list(self.encoder.model_keys) if self.encoder else []
+        self.models = {key: file_sha256(key, model_dir) for key in keys}
+        stages = self.config.landmark_streams + ((STREAM_STCNN,) if self.encoder else ())
+        self.executors = {name: ThreadPoolExecutor(1, thread_name_prefix=f"semiofed-{name}") for name in stages}
+
+    def close(self) -> None:
+        """Stop the stage threads."""
+        for executor in self.executors.values():
+            executor.shutdown(wait=True)
+
+    def __enter__(self) -> Deidentifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open_video(self, *, roi: Sequence[float] | None = None, rotation: int = 0) -> VideoPipeline:
+        """Start one video's landmarkers: crop to roi, start searching rotations from `rotation` (degrees clockwise)."""
+        return VideoPipeline(self, roi=roi, rotation=rotation)
+
+    def run(self, video: Path, *, roi: ROI | None = None, progress: ProgressFn | None = None) -> DeidentifiedVideo:
         """De-identify one video into schema arrays (see common/records/schema.py)."""
         video = Path(video)
         duration = probe(video).duration_s
-        snippet = self.config.snippet_frames
-        pose, hands, face = kp.PoseStream(self.model_dir), kp.HandStream(self.model_dir), kp.FaceStream(self.model_dir)
-        probe_landmarker = kp.PoseProbe(self.model_dir)
-        tracker = kp.RotationTracker(probe_landmarker)
-        ex = self._executors
+        frames = iter_frames(video, fps=self.config.fps, max_side=self.config.max_side)
+        return self.run_frames(frames, roi=roi, progress=progress, duration_s=duration, source=f"video {video}")
 
-        def pose_step(frames: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            rotation = tracker.choose(frames)
-            upright = kp.rotate(frames, rotation)
-            arrays = pose.process(upright, stamps)
-            tracker.observe(arrays, upright.shape[2], upright.shape[1])
-            arrays[rec.ROTATION] = np.full(len(frames), rotation, dtype=np.int16)
-            return upright, arrays
-
-        def stcnn_step(upright_future: Future) -> np.ndarray:
-            upright = upright_future.result()[0]
-            whole = (len(upright) // snippet) * snippet
-            if whole == 0:
-                return np.zeros((0, self.encoder.feature_dim), dtype=np.float32)
-            clips = upright[:whole].reshape(whole // snippet, snippet, *upright.shape[1:])
-            return self.encoder.encode(clips)
-
-        pending: deque[tuple[np.ndarray, Future, Future, Future, Future]] = deque()
-        parts: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
-        frame_size = (0, 0)
+    def run_frames(
+        self,
+        frames: Iterable[tuple[float, np.ndarray]],
+        *,
+        roi: Sequence[float] | None = None,
+        rotation: int = 0,
+        progress: ProgressFn | None = None,
+        duration_s: float = 0.0,
+        source: str = "the frames",
+    ) -> DeidentifiedVideo:
+        """De-identify decoded (time_s, RGB uint8 [H, W, 3]) frames at the config's fps, window by window."""
+        windows: list[Window] = []
+        pending: deque[_PendingWindow] = deque()
 
         def collect_oldest() -> None:
-            times, pose_f, hands_f, face_f, stcnn_f = pending.popleft()
-            upright, arrays = pose_f.result()
-            arrays.update(hands_f.result())
-            arrays.update(face_f.result())
-            parts.append((times, arrays, stcnn_f.result()))
+            windows.append(pending.popleft().result())
             if progress:
-                progress(float(times[-1]))
+                progress(float(windows[-1].times[-1]))
 
-        try:
-            for frames, times in self._windows(video, roi):
-                frame_size = (int(frames.shape[2]), int(frames.shape[1]))
-                stamps = np.round(times * 1000.0).astype(np.int64)
-                pose_f = ex["pose"].submit(pose_step, frames, stamps)
-                hands_f = ex["hands"].submit(lambda f=pose_f, s=stamps: hands.process(f.result()[0], s))
-                face_f = ex["face"].submit(lambda f=pose_f, s=stamps: face.process(f.result()[0], s))
-                stcnn_f = ex["stcnn"].submit(stcnn_step, pose_f)
-                pending.append((times, pose_f, hands_f, face_f, stcnn_f))
-                while len(pending) > self.config.max_inflight:
+        with self.open_video(roi=roi, rotation=rotation) as video:
+            try:
+                for batch, times in _batches(frames, self.config.window_frames):
+                    pending.append(video.submit(batch, times))
+                    while len(pending) > self.config.max_inflight:
+                        collect_oldest()
+                while pending:
                     collect_oldest()
-            while pending:
-                collect_oldest()
-        finally:
-            for future_set in pending:
-                for future in future_set[1:]:
-                    future.cancel()
-            for stream in (pose, hands, face, probe_landmarker):
-                stream.close()
-        if not parts:
-            raise VideoError(f"video {video} has no frames", "re-export the video")
-        if sum(len(p[0]) for p in parts) < snippet:
+            finally:
+                # the landmarkers close on leaving: no stage may still be using them
+                wait([future for window in pending for future in window.cancel()])
+            frame_size = video.frame_size
+        return self._assemble(windows, duration_s, frame_size, source)
+
+    def _assemble(self, windows: list[Window], duration_s: float, frame_size: tuple[int, int],
+                  source: str) -> DeidentifiedVideo:
+        snippet, fps = self.config.snippet_frames, self.config.fps
+        if not windows:
+            raise VideoError(f"{source} has no frames", "re-export the video")
+        if sum(len(w.times) for w in windows) < snippet:
             raise VideoError(
-                f"video {video} is shorter than one {snippet}-frame snippet at {self.config.fps:g} fps",
+                f"{source} is shorter than one {snippet}-frame snippet at {fps:g} fps",
                 "use a recording of at least one second",
             )
-        arrays = {key: np.concatenate([p[1][key] for p in parts]) for key in parts[0][1]}
-        arrays[rec.FRAME_TIMES] = np.concatenate([p[0] for p in parts]).astype(np.float32)
-        features = np.concatenate([p[2] for p in parts]).astype(np.float32)
-        starts = np.arange(len(features), dtype=np.float32) * snippet / self.config.fps
+        arrays = {key: np.concatenate([w.arrays[key] for w in windows]) for key in windows[0].arrays}
+        arrays[rec.FRAME_TIMES] = np.concatenate([w.times for w in windows]).astype(np.float32)
+        features = np.concatenate([w.features for w in windows]).astype(np.float32)
+        starts = np.arange(len(features), dtype=np.float32) * snippet / fps
         arrays[rec.SNIPPET_FEATURES] = features
-        arrays[rec.SNIPPET_TIMES] = np.stack([starts, starts + snippet / self.config.fps], axis=1).astype(np.float32)
+        arrays[rec.SNIPPET_TIMES] = np.stack([starts, starts + snippet / fps], axis=1).astype(np.float32)
         rec.validate_arrays(arrays)
         return DeidentifiedVideo(
             arrays=arrays,
-            fps=self.config.fps,
-            duration_s=float(max(duration, arrays[rec.FRAME_TIMES][-1] + 1.0 / self.config.fps)),
+            fps=fps,
+            duration_s=float(max(duration_s, arrays[rec.FRAME_TIMES][-1] + 1.0 / fps)),
             frame_size=frame_size,
-            detection_rate=kp.detection_rate(arrays),
+            detection_rate=detection_rate(arrays),
             models=dict(self.models),
+            stcnn=self.encoder.name if self.encoder else "",
         )

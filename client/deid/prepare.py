@@ -92,7 +92,7 @@ def make_record(deidentifier: Deidentifier, row: ManifestRow, secret: bytes) -> 
         offset_s=row.offset_s,
         generalization_s=row.generalization_s,
         view=row.view,
-        stcnn=deidentifier.encoder.name,
+        stcnn=result.stcnn,
         snippet_frames=deidentifier.config.snippet_frames,
         models=result.models,
         detection_rate=result.detection_rate,
@@ -110,10 +110,9 @@ def deidentify_video(
     """De-identify one video in memory (as `site prepare` does, nothing written): for `predict`."""
     with Deidentifier(DeidentifyConfig(stcnn=stcnn), model_dir) as deidentifier:
         result = deidentifier.run(Path(video), roi=roi)
-        name = deidentifier.encoder.name
     return SeizureRecord(
         record_id="r-prediction", patient_pseudonym="p-prediction", label="", fps=result.fps,
-        duration_s=result.duration_s, arrays=result.arrays, stcnn=name,
+        duration_s=result.duration_s, arrays=result.arrays, stcnn=result.stcnn,
         snippet_frames=deidentifier.config.snippet_frames, models=result.models,
         detection_rate=result.detection_rate, frame_size=result.frame_size,
     )
