@@ -10,20 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.common.errors import SemiofedError
 
 app = typer.Typer(
     help="Privacy audit: check sites' signed ledgers (hash chain, signatures, epsilon recomputed independently).",
     no_args_is_help=True,
 )
-
-FORMATS = ("table", "json")
-
-
-def _check_format(output_format: str) -> None:
-    if output_format not in FORMATS:
-        raise SemiofedError(f"--format '{output_format}' is not known", f"use one of {', '.join(FORMATS)}")
-
 
 def _eps(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
@@ -77,20 +70,16 @@ def verify(
     site_key: Path = typer.Option(..., "--site-key", help="The site's public key (keys/site_key.pub, OpenSSH format)."),
     head: Optional[Path] = typer.Option(None, "--head", help="A signed ledger head (JSON) the site sent earlier: "
                                                              "also detects entries cut off the end."),
-    output_format: str = typer.Option("table", "--format", help="table, or json on stdout (the table then goes to stderr)."),
+    output_format: OutputFormat = format_option("table, or json on stdout (the table then goes to stderr)."),
 ) -> None:
     """Verify a site's privacy ledger: hash chain, every signature, every epsilon recomputed; exit 1 unless all verify."""
     from semiofed.common.privacy.keys import load_public_key
     from semiofed.common.audit.verify import verify_ledger
 
-    _check_format(output_format)
     public_key = load_public_key(site_key)
     verification = verify_ledger(ledger, public_key, head=_read_head(head) if head else None)
-    if output_format == "json":
-        _print_verification(Console(stderr=True), verification)
-        print(json.dumps(verification.to_dict(), indent=2))
-    else:
-        _print_verification(Console(), verification)
+    _print_verification(Console(stderr=output_format is OutputFormat.json), verification)
+    emit(output_format, verification.to_dict(), lambda: None)
     if not verification.ok:
         raise typer.Exit(1)
 
@@ -100,12 +89,14 @@ def report(
     ledgers: Path = typer.Option(..., "--ledgers", help="Folder with one sub-folder per site holding ledger.jsonl and "
                                                         "site_key.pub (or SITE.jsonl with SITE.pub)."),
     out: Path = typer.Option(Path("privacy-audit.html"), "--out", help="The HTML report to write (self-contained)."),
+    output_format: OutputFormat = format_option("table, or json (one object on stdout: the report path and each site's "
+                                                "verification; the per-site lines then go to stderr)."),
 ) -> None:
     """Write one HTML page: each site's epsilon over time against its budget, runs, verification; exit 1 unless all verify."""
     from semiofed.common.audit.report import audit_site, build_report, find_site_ledgers
     from semiofed.common.reporting.html import write_html
 
-    console = Console()
+    console = Console(stderr=output_format is OutputFormat.json)
     sites = find_site_ledgers(ledgers)
     results = []
     for site in sites:
@@ -114,6 +105,9 @@ def report(
         state = "[green]verified[/]" if verification.ok else f"[red]NOT VERIFIED ({len(verification.problems)} problems)[/]"
         console.print(f"{site.name}: {len(verification.entries)} entries, {state}", highlight=False)
     write_html(out, build_report(results))
-    console.print(f"report: {out}")
+    summary = {"report": str(out), "verified": all(v.ok for _, v in results),
+               "sites": [{"site": site.name, "entries": len(v.entries), "verified": v.ok,
+                          "problems": [str(p) for p in v.problems]} for site, v in results]}
+    emit(output_format, summary, lambda: console.print(f"report: {out}"))
     if not all(v.ok for _, v in results):
         raise typer.Exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM
 from semiofed.common.federation.run_config import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
 
@@ -30,12 +30,15 @@ def init(
     san: List[str] = typer.Option([], "--san", help="Host name or IP the sites use to reach the SuperLink (repeat); localhost is always included."),
     port: int = typer.Option(9092, "--port", help="HTTPS port of the SuperLink (sites and `flwr`)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the SuperLink listens on (0.0.0.0 for every interface)."),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Create a coordinator directory: a private CA and the SuperLink's TLS certificate."""
     coordinator = _coordinator(directory)
     state = coordinator.init(sans=san, host=host, port=port)
-    Console().print(f"coordinator directory {coordinator.root}: CA {coordinator.tls.ca_certificate} (give it to the sites), "
-                    f"certificate for {', '.join(state.sans)}")
+    emit(output_format, {"dir": str(coordinator.root), "ca_certificate": str(coordinator.tls.ca_certificate),
+                         "sans": list(state.sans)},
+         lambda: Console().print(f"coordinator directory {coordinator.root}: CA {coordinator.tls.ca_certificate} "
+                                 f"(give it to the sites), certificate for {', '.join(state.sans)}"))
 
 
 @app.command()
@@ -43,13 +46,15 @@ def enroll(
     site_public_key: Path = typer.Argument(..., help="The site's site_key.pub (ECDSA P-384, OpenSSH)."),
     directory: Path = DirOption,
     name: Optional[str] = typer.Option(None, "--name", help="Site name (default: the key's comment, else the file name)."),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Enroll a site's public key: only enrolled sites may join (registered with the SuperLink now or at start)."""
     coordinator = _coordinator(directory)
     site = coordinator.enroll(site_public_key, name)
     registered = coordinator.state().registered.get(site)
-    Console().print(f"enrolled site {site}" + (f" (registered as node {registered})" if registered else
-                                                 " (registered when the SuperLink starts)"))
+    emit(output_format, {"site": site, "node_id": registered},
+         lambda: Console().print(f"enrolled site {site}" + (f" (registered as node {registered})" if registered else
+                                                              " (registered when the SuperLink starts)")))
 
 
 @app.command()
@@ -58,6 +63,7 @@ def start(
     port: Optional[int] = typer.Option(None, "--port", help="HTTPS port (default: the one given at init)."),
     host: Optional[str] = typer.Option(None, "--host", help="Listen address (default: the one given at init)."),
     foreground: bool = typer.Option(False, "--foreground", help="Stay attached until interrupted (for services and containers)."),
+    output_format: OutputFormat = format_option("table, or json (one object on stdout as soon as the SuperLink runs)."),
 ) -> None:
     """Start the SuperLink: TLS, site authentication, persistent database, no run-time package installs."""
     import time
@@ -65,8 +71,10 @@ def start(
     coordinator = _coordinator(directory)
     pid = coordinator.start(port=port, host=host)
     state = coordinator.state()
-    Console().print(f"SuperLink running (pid {pid}) on {state.host}:{state.port}; {len(state.registered)} site(s) registered; "
-                    f"log {coordinator.log_file}")
+    emit(output_format, {"pid": pid, "host": state.host, "port": state.port, "registered_sites": len(state.registered),
+                         "log": str(coordinator.log_file)},
+         lambda: Console().print(f"SuperLink running (pid {pid}) on {state.host}:{state.port}; "
+                                 f"{len(state.registered)} site(s) registered; log {coordinator.log_file}"))
     if foreground:
         import signal
 
@@ -82,10 +90,11 @@ def start(
 
 
 @app.command()
-def stop(directory: Path = DirOption) -> None:
+def stop(directory: Path = DirOption, output_format: OutputFormat = format_option()) -> None:
     """Stop the SuperLink and its ServerApp processes."""
     stopped = _coordinator(directory).stop()
-    Console().print("SuperLink stopped" if stopped else "the SuperLink was not running")
+    emit(output_format, {"stopped": stopped},
+         lambda: Console().print("SuperLink stopped" if stopped else "the SuperLink was not running"))
 
 
 @app.command()
@@ -108,7 +117,7 @@ def run(
     segments: int = typer.Option(16, "--segments", help="Segments per seizure."),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
-    output_format: str = typer.Option("text", "--format", help="text or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Launch a federated run on the running SuperLink and stream its progress."""
     coordinator = _coordinator(directory)
@@ -127,10 +136,7 @@ def run(
                               temporal=temporal, hidden=hidden, n_segments=segments, folds=folds, resume_from=resume_from)
     err = Console(stderr=True)
     result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)
-    if output_format == "json":
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        Console().print(_run_table(result))
+    emit(output_format, result, lambda: Console().print(_run_table(result)), sort_keys=True)
     if result.get("status") != "finished":
         raise typer.Exit(1)
 
@@ -148,32 +154,34 @@ def _run_table(run: dict[str, Any]) -> Table:
 
 
 @app.command()
-def status(directory: Path = DirOption, output_format: str = typer.Option("text", "--format", help="text or json")) -> None:
+def status(directory: Path = DirOption, output_format: OutputFormat = format_option()) -> None:
     """The SuperLink's state, enrolled sites (online or not) and the progress of every run."""
     coordinator = _coordinator(directory)
     info, runs = coordinator.info(), coordinator.runs()
     sites = coordinator.site_status() if info["running"] else {}
-    if output_format == "json":
-        print(json.dumps({"superlink": info, "sites": sites, "runs": runs}, indent=2, sort_keys=True))
-        return
-    console = Console()
-    console.print(f"SuperLink: {'running (pid %s)' % info['pid'] if info['running'] else 'stopped'} at {info['superlink']}; "
-                  f"sites enrolled: {', '.join(info['enrolled_sites']) or 'none'}")
-    if sites:
-        console.print("sites on the SuperLink: " + ", ".join(f"{name} {state}" for name, state in sites.items()))
-    for r in runs:
-        console.print(_run_table(r))
+
+    def print_table() -> None:
+        console = Console()
+        console.print(f"SuperLink: {'running (pid %s)' % info['pid'] if info['running'] else 'stopped'} at "
+                      f"{info['superlink']}; sites enrolled: {', '.join(info['enrolled_sites']) or 'none'}")
+        if sites:
+            console.print("sites on the SuperLink: " + ", ".join(f"{name} {state}" for name, state in sites.items()))
+        for r in runs:
+            console.print(_run_table(r))
+
+    emit(output_format, {"superlink": info, "sites": sites, "runs": runs}, print_table, sort_keys=True)
 
 
 @app.command()
-def info(directory: Path = DirOption, output_format: str = typer.Option("text", "--format", help="text or json")) -> None:
+def info(directory: Path = DirOption, output_format: OutputFormat = format_option()) -> None:
     """Paths and addresses: the CA certificate sites need, the database, the checkpoints directory."""
     data = _coordinator(directory).info()
-    if output_format == "json":
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
+
+    def print_table() -> None:
         for key, value in data.items():
             Console().print(f"{key}: {value}", highlight=False)
+
+    emit(output_format, data, print_table, sort_keys=True)
 
 
 @app.command()
@@ -190,7 +198,7 @@ def simulate(
     segments: int = typer.Option(16, "--segments", help="Segments per seizure."),
     batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per DP step at each site."),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site (>= 3)."),
-    output_format: str = typer.Option("text", "--format", help="text or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Run the same federation in Flower's simulation engine, one virtual SuperNode per site store."""
     from semiofed.common.version import semiofed_version
@@ -203,8 +211,9 @@ def simulate(
                               semiofed_version=semiofed_version())
     final = run_simulation(sites_dir, config)
     result = read_run(final.parent)
-    if output_format == "json":
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
+
+    def print_table() -> None:
         Console().print(_run_table(result))
         Console().print(f"final model: {final}")
+
+    emit(output_format, result, print_table, sort_keys=True)

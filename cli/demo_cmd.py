@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
 
 
@@ -63,7 +63,7 @@ def demo(
         None, "--simulation/--deployment",
         help="Flower's simulation engine, or a real local deployment (SuperLink and one SuperNode process per site). "
              "Default: a deployment; the simulation with --quick."),
-    output_format: str = typer.Option("table", "--format", help="table or json (summary on stdout)."),
+    output_format: OutputFormat = format_option("table, or json (one summary object on stdout)."),
 ) -> None:
     """The whole system on phantom seizure videos: de-identify at each hospital, federate with DP and SecAgg+, audit, report.
 
@@ -90,9 +90,11 @@ def demo(
     summary = {"out": str(config.out), "seconds": report["seconds"], "report_html": str(config.out / REPORT_HTML),
                "report_json": str(config.out / REPORT_JSON), "final_checkpoint": report["final_checkpoint"],
                "audit_verified": all(a["verified"] for a in report["audit"].values())}
-    if output_format == "json":
-        print(json.dumps(summary, indent=2))
-        return
+    emit(output_format, summary, lambda: _show_comparison(report, summary, sites))
+
+
+def _show_comparison(report: dict, summary: dict, sites: int) -> None:
+    """The table for people: every model on the same held-out patients, privacy spent, where the report is."""
     from semiofed.server.report import SMALL_TEST_SET, comparison_rows, small_test_set_note
 
     held_out = len(report["federated"]["y"])

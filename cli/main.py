@@ -1,14 +1,12 @@
-"""The root `semiofed` command: wires the command groups and translates errors."""
+"""The root `semiofed` command: wires the command groups; cli/output.py turns their failures into exit codes."""
 
 from __future__ import annotations
 
 import logging
-import sys
 
 import typer
-from rich.console import Console
 
-from semiofed.common.errors import SemiofedError
+from semiofed.cli.output import EXIT_CODES_HELP, GuardedGroup
 
 app = typer.Typer(
     name="semiofed",
@@ -17,8 +15,9 @@ app = typer.Typer(
         "Hospital sites turn videos into de-identified records and train locally "
         "with differential privacy (`site`), join a federation run by a `coordinator`; `predict` classifies one video; "
         "the model files are fetched and checked with `models`; `audit` checks sites' "
-        "signed privacy ledgers."
+        "signed privacy ledgers.\n\n" + EXIT_CODES_HELP
     ),
+    cls=GuardedGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -49,7 +48,7 @@ def _register() -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library details to stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library details to stderr; on an error, also print its traceback."),
 ) -> None:
     """Privacy-preserving federated learning for epileptic-seizure video."""
     logging.basicConfig(
@@ -60,13 +59,9 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: run the CLI; a domain error becomes one line and exit status 2."""
+    """Entry point: run the CLI (errors become one line and the exit status listed in the help)."""
     _register()
-    try:
-        app()
-    except SemiofedError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

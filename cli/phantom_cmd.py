@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
 from semiofed.phantom.dataset import (
     GenerateConfig,
@@ -62,7 +63,7 @@ def generate(
     size: str = typer.Option("320x240", "--size", help="Frame size WIDTHxHEIGHT."),
     workers: int = typer.Option(1, "--workers", help="Parallel render processes (the output does not depend on it)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a phantom dataset already in --out."),
-    output_format: str = typer.Option("table", "--format", help="table or json (summary on stdout)."),
+    output_format: OutputFormat = format_option("table, or json (one summary object on stdout)."),
 ) -> None:
     """Write phantom seizure videos (mp4), ground truth (json+npz) and one manifest per site."""
     config = GenerateConfig(
@@ -78,12 +79,14 @@ def generate(
     manifests = write_manifests(out, videos)
     summary_path = write_dataset_summary(out, config, profiles, videos)
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if output_format == "json":
-        print(json.dumps({"out": str(out), "manifests": [str(p) for p in manifests], "sites": summary["sites"]}, indent=1))
-        return
-    console = Console()
-    for site in summary["sites"]:
-        views = ", ".join(f"{k} {n}" for k, n in site["views"].items() if n)
-        console.print(f"{site['site']} ({site['profile']['name']}): {len(site['patients'])} patients, {site['videos']} videos, "
-                      f"FOS {site['labels']['FOS']} / TCS {site['labels']['TCS']}; {views}", highlight=False)
-    console.print(f"manifests: {', '.join(str(p) for p in manifests)}", highlight=False)
+
+    def print_table() -> None:
+        console = Console()
+        for site in summary["sites"]:
+            views = ", ".join(f"{k} {n}" for k, n in site["views"].items() if n)
+            console.print(f"{site['site']} ({site['profile']['name']}): {len(site['patients'])} patients, "
+                          f"{site['videos']} videos, FOS {site['labels']['FOS']} / TCS {site['labels']['TCS']}; {views}",
+                          highlight=False)
+        console.print(f"manifests: {', '.join(str(p) for p in manifests)}", highlight=False)
+
+    emit(output_format, {"out": str(out), "manifests": [str(p) for p in manifests], "sites": summary["sites"]}, print_table)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.common.errors import SemiofedError
 
 
@@ -17,7 +17,7 @@ def predict(
     model: Path = typer.Option(..., "--model", help="Checkpoint directory written by `semiofed site train`."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the timeline PNG (default: the current directory)."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model files directory (MediaPipe, STCNN)."),
-    output_format: str = typer.Option("text", "--format", help="text or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Classify a seizure video: calibrated class probabilities and a timeline plot with generalisation time."""
     from semiofed.client.training.predict import predict_record, write_timeline_png
@@ -35,14 +35,15 @@ def predict(
     report = {"video": str(video), "predicted": prediction.predicted, "confidence": prediction.confidence,
               "probabilities": prediction.probabilities, "temperature": prediction.temperature,
               "generalisation_s": prediction.generalisation_s, "timeline_png": str(png)}
-    if output_format == "json":
-        print(json.dumps(report, indent=2))
-        return
-    console = Console()
-    console.print(f"{video.name}: [bold]{prediction.predicted}[/] (calibrated confidence {prediction.confidence:.1%}, "
-                  f"temperature {prediction.temperature:.2f})")
-    for label, p in prediction.probabilities.items():
-        console.print(f"  P({label}) = {p:.3f}")
-    if prediction.generalisation_s is not None:
-        console.print(f"  estimated generalisation at {prediction.generalisation_s:.1f} s")
-    console.print(f"timeline: {png}")
+
+    def print_table() -> None:
+        console = Console()
+        console.print(f"{video.name}: [bold]{prediction.predicted}[/] (calibrated confidence {prediction.confidence:.1%}, "
+                      f"temperature {prediction.temperature:.2f})")
+        for label, p in prediction.probabilities.items():
+            console.print(f"  P({label}) = {p:.3f}")
+        if prediction.generalisation_s is not None:
+            console.print(f"  estimated generalisation at {prediction.generalisation_s:.1f} s")
+        console.print(f"timeline: {png}")
+
+    emit(output_format, report, print_table)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
 from semiofed.client.site import init_site, open_site, tighten_policy
 from semiofed.client.store import list_records
@@ -34,15 +35,21 @@ def init(
                                     help="The least DP-SGD noise this site accepts."),
     clipping_norm: float = typer.Option(PrivacyPolicy.clipping_norm, "--clipping-norm",
                                         help="Per-patient gradient clipping norm."),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Create a site: signing key pair, pseudonymisation secret, privacy policy, empty store."""
     policy = PrivacyPolicy(target_delta=delta, max_epsilon=max_epsilon,
                            min_noise_multiplier=min_noise, clipping_norm=clipping_norm)
     site = init_site(site_dir, site_id, policy)
-    console = Console()
-    console.print(f"site [bold]{site.site_id}[/] created in {site.layout.root}")
-    console.print(f"public key (give it to the coordinator and the auditor): {site.layout.public_key}")
-    console.print(f"privacy budget: epsilon {policy.max_epsilon:g}, delta {policy.target_delta:g}")
+
+    def print_table() -> None:
+        console = Console()
+        console.print(f"site [bold]{site.site_id}[/] created in {site.layout.root}")
+        console.print(f"public key (give it to the coordinator and the auditor): {site.layout.public_key}")
+        console.print(f"privacy budget: epsilon {policy.max_epsilon:g}, delta {policy.target_delta:g}")
+
+    emit(output_format, {"site_id": site.site_id, "site_dir": str(site.layout.root.resolve()),
+                         "public_key": str(site.layout.public_key.resolve()), "privacy_policy": site.policy.to_dict()}, print_table)
 
 
 def _summary(outcomes: list) -> Table:
@@ -71,7 +78,7 @@ def prepare(
     fps: float = typer.Option(15.0, "--fps", help="Frame rate the videos are resampled to."),
     snippet_frames: int = typer.Option(8, "--snippet-frames", help="Frames per STCNN snippet (8 at 15 fps is ~0.5 s)."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model directory (default: $SEMIOFED_MODEL_DIR or the user cache)."),
-    output_format: str = typer.Option("table", "--format", help="table or json (one object per manifest row)."),
+    output_format: OutputFormat = format_option("table, or json (a list with one object per manifest row)."),
 ) -> None:
     """De-identify every video of the manifest into records in the site store (re-runs skip finished ones)."""
     # imported here: MediaPipe and torch load in seconds, other commands need neither
@@ -95,14 +102,15 @@ def prepare(
             on_outcome=lambda o: progress.update(task, advance=1) if started else None,
         )
     failed = [o for o in outcomes if o.status == "failed"]
-    if output_format == "json":
-        print(json.dumps([o.__dict__ for o in outcomes], indent=2))
-    else:
+
+    def print_table() -> None:
         console = Console()
         console.print(_summary(outcomes))
         done = sum(o.status == "done" for o in outcomes)
         skipped = sum(o.status == "skipped" for o in outcomes)
         console.print(f"{done} made, {skipped} already there, {len(failed)} failed")
+
+    emit(output_format, [o.__dict__ for o in outcomes], print_table)
     if failed:
         raise typer.Exit(1)
 
@@ -110,29 +118,30 @@ def prepare(
 @app.command("show")
 def show(
     site_dir: Path = SiteDir,
-    output_format: str = typer.Option("table", "--format", help="table or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """List the site's records: status, frames, detection rate per stream, snippets."""
     rows = list_records(open_site(site_dir).layout)
-    if output_format == "json":
-        print(json.dumps(rows, indent=2))
-        return
-    table = Table(title="records")
-    for column in ("record_id", "status", "label", "duration_s", "pose", "hands", "face", "n_snippets", "error"):
-        table.add_column(column)
-    for r in rows:
-        rate = r.get("detection_rate") or {}
-        table.add_row(r["record_id"], r["status"], r.get("label") or "",
-                      "" if r.get("duration_s") is None else f"{r['duration_s']:.1f}",
-                      *(f"{rate[s]:.0%}" if s in rate else "" for s in ("pose", "hands", "face")),
-                      "" if r.get("n_snippets") is None else str(r["n_snippets"]), r.get("error") or "")
-    Console().print(table)
+
+    def print_table() -> None:
+        table = Table(title="records")
+        for column in ("record_id", "status", "label", "duration_s", "pose", "hands", "face", "n_snippets", "error"):
+            table.add_column(column)
+        for r in rows:
+            rate = r.get("detection_rate") or {}
+            table.add_row(r["record_id"], r["status"], r.get("label") or "",
+                          "" if r.get("duration_s") is None else f"{r['duration_s']:.1f}",
+                          *(f"{rate[s]:.0%}" if s in rate else "" for s in ("pose", "hands", "face")),
+                          "" if r.get("n_snippets") is None else str(r["n_snippets"]), r.get("error") or "")
+        Console().print(table)
+
+    emit(output_format, rows, print_table)
 
 
 @app.command("info")
 def info(
     site_dir: Path = SiteDir,
-    output_format: str = typer.Option("table", "--format", help="table or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Print the site id and the paths of its public key, store, policy and privacy ledger."""
     site = open_site(site_dir)
@@ -147,13 +156,14 @@ def info(
         "linkage": str(layout.linkage_file.resolve()),
         "privacy_policy": site.policy.to_dict(),
     }
-    if output_format == "json":
-        print(json.dumps(data, indent=2))
-        return
-    table = Table(title=f"site {site.site_id}", show_header=False)
-    for key, value in data.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
-    Console().print(table)
+
+    def print_table() -> None:
+        table = Table(title=f"site {site.site_id}", show_header=False)
+        for key, value in data.items():
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+        Console().print(table)
+
+    emit(output_format, data, print_table)
 
 
 @app.command("policy")
@@ -162,7 +172,7 @@ def policy(
     max_epsilon: Optional[float] = typer.Option(None, "--max-epsilon", help="New, lower total epsilon."),
     delta: Optional[float] = typer.Option(None, "--delta", help="New, lower target delta."),
     min_noise: Optional[float] = typer.Option(None, "--min-noise-multiplier", help="New, higher minimum noise."),
-    output_format: str = typer.Option("table", "--format", help="table or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Show the privacy policy, or tighten it (a budget can only be lowered, never raised)."""
     site = open_site(site_dir)
@@ -175,13 +185,14 @@ def policy(
             clipping_norm=current.clipping_norm,
         ))
     data = site.policy.to_dict()
-    if output_format == "json":
-        print(json.dumps(data, indent=2))
-        return
-    table = Table(title=f"privacy policy of {site.site_id}", show_header=False)
-    for key, value in data.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+
+    def print_table() -> None:
+        table = Table(title=f"privacy policy of {site.site_id}", show_header=False)
+        for key, value in data.items():
+            table.add_row(key, str(value))
+        Console().print(table)
+
+    emit(output_format, data, print_table)
 
 
 @app.command()
@@ -192,21 +203,33 @@ def join(
     clientapp_port: int = typer.Option(9094, "--clientapp-port", help="Local port between the SuperNode and its ClientApp processes."),
     run_epsilon: float = typer.Option(0.0, "--run-epsilon", help="Most epsilon this site spends in one federated run (0: what its policy has left)."),
     background: bool = typer.Option(False, "--background", help="Detach and write supernode.pid (stop with `site leave`)."),
+    output_format: OutputFormat = format_option(
+        "table, or json (one object on stdout: the pid with --background, else the SuperNode's exit status when it ends)."),
 ) -> None:
     """Join the federation: a SuperNode authenticated by the site key, trusting only the coordinator's CA."""
     from semiofed.client.federation.supernode import join as join_federation
 
     code = join_federation(site_dir, superlink=superlink, ca=ca, clientapp_port=clientapp_port, run_epsilon=run_epsilon,
                            background=background)
+    log = site_dir / "logs" / "supernode.log"
     if background:
-        Console().print(f"SuperNode started (pid {code}); log {site_dir / 'logs' / 'supernode.log'}")
-    elif code:
+        emit(output_format, {"superlink": superlink, "background": True, "pid": code, "log": str(log)},
+             lambda: Console().print(f"SuperNode started (pid {code}); log {log}"))
+        return
+    # in the foreground the SuperNode has ended by now; its exit status is ours
+    emit(output_format, {"superlink": superlink, "background": False, "supernode_exit_code": code}, lambda: None)
+    if code:
         raise typer.Exit(code)
 
 
 @app.command()
-def leave(site_dir: Path = typer.Option(..., "--site-dir", help="The site directory.")) -> None:
+def leave(
+    site_dir: Path = typer.Option(..., "--site-dir", help="The site directory."),
+    output_format: OutputFormat = format_option(),
+) -> None:
     """Stop the site's background SuperNode."""
     from semiofed.client.federation.supernode import leave as leave_federation
 
-    Console().print("SuperNode stopped" if leave_federation(site_dir) else "no SuperNode was running for this site")
+    stopped = leave_federation(site_dir)
+    emit(output_format, {"stopped": stopped},
+         lambda: Console().print("SuperNode stopped" if stopped else "no SuperNode was running for this site"))

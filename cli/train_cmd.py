@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
 from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
@@ -47,7 +47,7 @@ def train(
     test_fold: int = typer.Option(0, "--test-fold", help="Which fold is held out as the test set."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling (not of the DP noise)."),
     name: Optional[str] = typer.Option(None, "--name", help="Checkpoint directory name under the site's checkpoints/."),
-    output_format: str = typer.Option("text", "--format", help="text or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Train the seizure classifier on this site's records only, with patient-level DP by default."""
     from semiofed.client.training.local import LocalTrainingOptions, train_site
@@ -71,38 +71,36 @@ def train(
         "sample_rate": result.sample_rate, "steps": result.steps, "temperature": result.temperature,
         "n_patients": result.n_patients, "test": result.test_metrics, "seconds": round(result.seconds, 1),
     }
-    if output_format == "json":
-        print(json.dumps(report, indent=2))
-        return
-    out = Console()
-    out.print(f"checkpoint: {result.checkpoint}")
-    if result.dp:
-        out.print(f"privacy: epsilon spent {result.epsilon_spent:.3f} of {result.epsilon_max:g} (delta {result.delta:g}, "
-                  f"per patient), sigma {result.noise_multiplier:.3f}, q {result.sample_rate:.3f}, {result.steps} steps")
-    else:
-        out.print("[bold red]privacy: none (--no-dp)[/]")
-    m = result.test_metrics
-    out.print(f"test ({result.n_patients['test']} patients, {m['n_seizures']} seizures): accuracy {m['accuracy']:.3f}, "
-              f"balanced {m['balanced_accuracy']:.3f}, F1 {m['f1_macro']:.3f}, AUROC {m['auroc']:.3f}, ECE {m['ece']:.3f}")
-    out.print(f"confusion matrix (rows true {', '.join(options.labels)}): {m['confusion_matrix']}")
+
+    def print_table() -> None:
+        out = Console()
+        out.print(f"checkpoint: {result.checkpoint}")
+        if result.dp:
+            out.print(f"privacy: epsilon spent {result.epsilon_spent:.3f} of {result.epsilon_max:g} (delta {result.delta:g}, "
+                      f"per patient), sigma {result.noise_multiplier:.3f}, q {result.sample_rate:.3f}, {result.steps} steps")
+        else:
+            out.print("[bold red]privacy: none (--no-dp)[/]")
+        m = result.test_metrics
+        out.print(f"test ({result.n_patients['test']} patients, {m['n_seizures']} seizures): accuracy {m['accuracy']:.3f}, "
+                  f"balanced {m['balanced_accuracy']:.3f}, F1 {m['f1_macro']:.3f}, AUROC {m['auroc']:.3f}, ECE {m['ece']:.3f}")
+        out.print(f"confusion matrix (rows true {', '.join(options.labels)}): {m['confusion_matrix']}")
+
+    emit(output_format, report, print_table)
 
 
 def budget(
     site_dir: Path = SiteDirOption,
-    output_format: str = typer.Option("text", "--format", help="text or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Show the privacy budget of this site: epsilon spent, maximum and remaining."""
     from semiofed.client.training.local import site_budget
 
     summary = site_budget(site_dir)
-    if output_format == "json":
-        print(json.dumps(summary, indent=2))
-        return
-    Console().print(
+    emit(output_format, summary, lambda: Console().print(
         f"epsilon spent {summary['epsilon_spent']:.3f} of {summary['epsilon_max']:g}, remaining "
         f"{summary['epsilon_remaining']:.3f} (delta {summary['delta']:g}, {summary['accountant']} accountant, "
         f"unit: {summary['privacy_unit']}; {summary['steps']} steps in {summary['runs']} runs)"
-    )
+    ))
 
 
 def _json_safe(value: object) -> object:
@@ -132,7 +130,7 @@ def cv(
     segments: int = typer.Option(16, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds, initialisation and sampling (not of the DP noise)."),
-    output_format: str = typer.Option("table", "--format", help="table or json"),
+    output_format: OutputFormat = format_option(),
 ) -> None:
     """Cross-validate over patient folds (every patient tested once); under DP every fold is charged to the budget."""
     from rich.table import Table
@@ -160,26 +158,27 @@ def cv(
                       "steps": f.steps, "temperature": f.temperature, "test": f.test_metrics} for f in result.folds],
         "pooled": result.pooled_metrics, "seconds": round(result.seconds, 1),
     }
-    if output_format == "json":
-        print(json.dumps(_json_safe(report), indent=2))
-        return
-    out = Console()
-    if result.dp:
-        out.print(f"privacy: {options.folds} folds took epsilon from {result.epsilon_before:.3f} to "
-                  f"{result.epsilon_spent:.3f} of {result.epsilon_max:g} (delta {result.delta:g}, per patient), "
-                  f"sigma {result.noise_multiplier:.3f}")
-    else:
-        out.print("[bold red]privacy: none (--no-dp)[/]")
-    table = Table(title=f"patient-grouped {options.folds}-fold cross-validation (test metrics after temperature scaling)")
-    for column in ("fold", "patients train/val/test", "test seizures", "accuracy", "balanced acc.", "F1", "AUROC", "ECE", "T"):
-        table.add_column(column, justify="right")
-    fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731 - v != v: NaN (one class in the fold)
-    for f in result.folds:
-        m, n = f.test_metrics, f.n_patients
-        table.add_row(str(f.fold), f"{n['train']}/{n['validation']}/{n['test']}", str(m["n_seizures"]), fmt(m["accuracy"]),
-                      fmt(m["balanced_accuracy"]), fmt(m["f1_macro"]), fmt(m["auroc"]), fmt(m["ece"]), f"{f.temperature:.2f}")
-    m = result.pooled_metrics
-    table.add_row("pooled", "", str(m["n_seizures"]), fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["f1_macro"]),
-                  fmt(m["auroc"]), fmt(m["ece"]), "", style="bold")
-    out.print(table)
-    out.print(f"pooled confusion matrix (rows true {', '.join(options.labels)}): {m['confusion_matrix']}")
+
+    def print_table() -> None:
+        out = Console()
+        if result.dp:
+            out.print(f"privacy: {options.folds} folds took epsilon from {result.epsilon_before:.3f} to "
+                      f"{result.epsilon_spent:.3f} of {result.epsilon_max:g} (delta {result.delta:g}, per patient), "
+                      f"sigma {result.noise_multiplier:.3f}")
+        else:
+            out.print("[bold red]privacy: none (--no-dp)[/]")
+        table = Table(title=f"patient-grouped {options.folds}-fold cross-validation (test metrics after temperature scaling)")
+        for column in ("fold", "patients train/val/test", "test seizures", "accuracy", "balanced acc.", "F1", "AUROC", "ECE", "T"):
+            table.add_column(column, justify="right")
+        fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731 - v != v: NaN (one class in the fold)
+        for f in result.folds:
+            m, n = f.test_metrics, f.n_patients
+            table.add_row(str(f.fold), f"{n['train']}/{n['validation']}/{n['test']}", str(m["n_seizures"]), fmt(m["accuracy"]),
+                          fmt(m["balanced_accuracy"]), fmt(m["f1_macro"]), fmt(m["auroc"]), fmt(m["ece"]), f"{f.temperature:.2f}")
+        m = result.pooled_metrics
+        table.add_row("pooled", "", str(m["n_seizures"]), fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["f1_macro"]),
+                      fmt(m["auroc"]), fmt(m["ece"]), "", style="bold")
+        out.print(table)
+        out.print(f"pooled confusion matrix (rows true {', '.join(options.labels)}): {m['confusion_matrix']}")
+
+    emit(output_format, _json_safe(report), print_table)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from semiofed.common.errors import SiteError
 from semiofed.common.files import make_private_dir, write_bytes_atomic, write_json_atomic
+from semiofed.common.privacy.budgeted_run import SitePrivacy
 from semiofed.common.privacy.policy import PrivacyPolicy, load_policy, save_policy
 
 SITE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -91,6 +92,12 @@ class Site:
     site_id: str
     layout: SiteLayout
     policy: PrivacyPolicy
+
+    @property
+    def privacy(self) -> SitePrivacy:
+        """The site's privacy state (policy, accountant, ledger, signing key) for budgeted DP runs."""
+        return SitePrivacy(site_id=self.site_id, policy=self.policy, privacy_dir=self.layout.privacy_dir,
+                           ledger_file=self.layout.ledger_file, private_key=self.layout.private_key)
 
     def pseudonym_secret(self) -> bytes:
         """The site's HMAC secret."""

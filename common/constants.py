@@ -3,7 +3,9 @@
 TEMPORAL_BLSTM = "blstm"  # the GESTURES baseline
 TEMPORAL_TCONV = "tconv"  # two dilated temporal convolutions, mean pooling
 TEMPORAL_ATTN = "attn"  # per-snippet MLP with attention pooling
-TEMPORAL_MODELS = (TEMPORAL_BLSTM, TEMPORAL_TCONV, TEMPORAL_ATTN)
+TEMPORAL_GRU = "gru"  # a small unidirectional GRU: the recurrent model sized for patient-level DP
+TEMPORAL_LINEAR = "linear"  # no temporal model: a linear head on the mean-pooled window features (baseline)
+TEMPORAL_MODELS = (TEMPORAL_BLSTM, TEMPORAL_TCONV, TEMPORAL_ATTN, TEMPORAL_GRU, TEMPORAL_LINEAR)
 
 DEFAULT_LABELS = ("FOS", "TCS")  # focal onset vs focal to bilateral tonic-clonic
 

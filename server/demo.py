@@ -150,7 +150,7 @@ def evaluate_everywhere(model: Any, temperature: float, tasks: list[Any], n_segm
 
 def centralised_baseline(tasks: list[Any], fed: FederationConfig, progress: Progress) -> tuple[dict[str, Any], Any]:
     """All sites' training patients pooled in one place, no DP: the non-private upper reference (never done in practice)."""
-    from semiofed.client.training.federated_round import classifier_config
+    from semiofed.common.learning.classifier import classifier_config
     from semiofed.common.learning.calibration import fit_temperature
     from semiofed.common.learning.classifier import build_classifier
     from semiofed.common.learning.trainer import TrainConfig, Trainer, predict_logits

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from dp_synthetic import populate
 from semiofed.cli import audit_cmd
 from semiofed.cli.train_cmd import budget, train
-from semiofed.common.privacy.release import record_release
+from semiofed.common.privacy.budgeted_run import record_release
 from semiofed.client.site import init_site
 from semiofed.common.errors import SemiofedError
 from semiofed.common.privacy.ledger import KIND_FEDERATED, read_entries
@@ -30,7 +30,7 @@ def make_site(root: Path, site_id: str, rounds: int):
     """An initialised site whose ledger holds `rounds` federated releases, recorded as the client records them."""
     site = init_site(root, site_id, PrivacyPolicy(max_epsilon=8.0))
     for r in range(1, rounds + 1):
-        record_release(site, kind=KIND_FEDERATED, run_id="fed-1", round=r, update_sha256=f"{r:064x}",
+        record_release(site.privacy, kind=KIND_FEDERATED, run_id="fed-1", round=r, update_sha256=f"{r:064x}",
                        noise_multiplier=SIGMA, sample_rate=Q, steps=STEPS, clipping_norm=1.0,
                        epsilon_cumulative=_epsilon_of([(SIGMA, Q, STEPS * r)], site.policy.target_delta))
     return site
@@ -79,7 +79,7 @@ def test_bad_input_is_one_line_and_exit_2(sites, tmp_path):
     cmd = [sys.executable, "-m", "semiofed.cli", "audit", "verify", "--ledger", str(tmp_path / "missing.jsonl"),
            "--site-key", str(sites[0].layout.public_key)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"COLUMNS": "300"})
-    assert out.returncode == 2, out.stderr
+    assert out.returncode == 1, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "missing.jsonl is missing. Fix:" in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -133,7 +133,7 @@ def test_site_train_leaves_a_ledger_that_audit_verify_accepts(tmp_path):
     (entry,) = read_entries(site.layout.ledger_file)
     meta = json.loads((Path(report["checkpoint"]) / "model.json").read_text())
     assert entry["kind"] == "local" and entry["round"] == 0 and entry["run_id"] == "first" and entry["site_id"] == "s1"
-    assert entry["update_sha256"] == meta["weights_sha256"]
+    assert entry["update_sha256"] == meta["update_sha256"]
     assert entry["epsilon_cumulative"] == report["epsilon_spent"] and entry["steps"] == report["steps"]
     assert entry["noise_multiplier"] == 2.0 and entry["sample_rate"] == report["sample_rate"]
 

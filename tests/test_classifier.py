@@ -33,7 +33,7 @@ def test_every_stream_and_temporal_choice_gives_seizure_and_snippet_logits(tempo
 
 def test_unknown_choices_are_refused_with_the_valid_ones():
     with pytest.raises(SemiofedError, match="blstm"):
-        ClassifierConfig(temporal="gru")
+        ClassifierConfig(temporal="lstm3")
     with pytest.raises(SemiofedError, match="keypoints"):
         ClassifierConfig(streams=("audio",))
 

@@ -97,3 +97,26 @@ def test_balanced_weights_from_private_counts_are_refused_under_dp():
     with pytest.raises(SemiofedError, match="DP-SGD does not cover"):
         LocalTrainingOptions(class_weights="balanced")
     LocalTrainingOptions(class_weights="balanced", dp=False)
+
+
+def _sampled_batches(seed: int) -> list[tuple[str, ...]]:
+    config = ClassifierConfig(temporal="linear", **SMALL)
+    rng = np.random.default_rng(0)
+    patients = [Patient(f"p{i}", (Seizure(rng.normal(size=(8, config.input_dim)).astype(np.float32), i % 2),))
+                for i in range(40)]
+    trainer = Trainer(build_classifier(config, seed=0), TrainConfig(epochs=1, batch_patients=8, noise_multiplier=1.0,
+                                                                    seed=seed), n_segments=4)
+    drawn: list[tuple[str, ...]] = []
+    real_step = trainer.dp_step
+    trainer.dp_step = lambda batch, **kw: (drawn.append(tuple(p.pseudonym for p in batch)), real_step(batch, **kw))[1]
+    trainer.fit(patients)
+    trainer.close()
+    return drawn
+
+
+def test_who_is_sampled_cannot_be_recomputed_from_the_run_config():
+    # The accountant credits Poisson subsampling: it holds only while the sampled batches are secret. Two runs
+    # with the very same config (seed included) must draw different patients.
+    first, second = _sampled_batches(seed=7), _sampled_batches(seed=7)
+    assert len(first) == len(second) == 5
+    assert first != second

@@ -39,8 +39,10 @@ from flwr.compat.common.recorddict_compat import (
 
 from semiofed.client.federation.client_app import egress_spec
 from semiofed.client.federation.egress import EGRESS_LOG, EgressBlocked, EgressSpec, check_reply, make_egress_mod
-from semiofed.client.training.federated_round import SiteSettings, classifier_config, get_weights
-from semiofed.common.privacy.release import record_release
+from semiofed.client.training.federated_round import SiteSettings
+from semiofed.common.learning.classifier import classifier_config
+from semiofed.common.learning.weights import get_weights
+from semiofed.common.privacy.budgeted_run import record_release
 from semiofed.client.site import init_site
 from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.federation.run_config import (
@@ -58,7 +60,8 @@ from semiofed.common.federation.run_config import (
     FederationConfig,
 )
 from semiofed.common.privacy.keys import load_site_private_key
-from semiofed.common.privacy.ledger import KIND_FEDERATED, ledger_head
+from semiofed.common.privacy.ledger import KIND_FEDERATED
+from semiofed.common.privacy.ledger_writer import ledger_head
 from semiofed.common.privacy.policy import PrivacyPolicy
 from semiofed.common.privacy.accountant import _epsilon_of
 from semiofed.common.version import semiofed_version
@@ -81,7 +84,7 @@ def _head(ledger: Path, key: Any, site_id: str) -> str:
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("egress") / SITE
     site = init_site(root, SITE, PrivacyPolicy(max_epsilon=8.0))
-    record_release(site, kind=KIND_FEDERATED, run_id="4241", round=1, update_sha256="ab" * 32, noise_multiplier=1.1,
+    record_release(site.privacy, kind=KIND_FEDERATED, run_id="4241", round=1, update_sha256="ab" * 32, noise_multiplier=1.1,
                    sample_rate=0.5, steps=2, clipping_norm=1.0,
                    epsilon_cumulative=_epsilon_of([(1.1, 0.5, 2)], site.policy.target_delta))
     return site

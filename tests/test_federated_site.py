@@ -29,10 +29,10 @@ from semiofed.client.training.federated_round import (
     RoundDeclined,
     SiteSettings,
     SiteTask,
-    classifier_config,
-    get_weights,
-    weights_sha256,
 )
+from semiofed.common.learning.classifier import classifier_config
+from semiofed.common.learning.weights import get_weights
+from semiofed.common.learning.weights import update_sha256 as weights_sha256
 from semiofed.client.site import init_site, tighten_policy
 from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.learning.trainer import Trainer, TrainConfig

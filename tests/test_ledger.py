@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from semiofed.common.privacy import ledger as L
+from semiofed.common.privacy import ledger_writer as W
 from semiofed.common.privacy.keys import KeyFileError, load_public_key, load_site_private_key, public_key_fingerprint
 from semiofed.common.audit.verify import verify_ledger
 from semiofed.common.privacy.policy import PrivacyPolicy
@@ -58,7 +59,7 @@ def honest(keys, tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("honest") / "ledger.jsonl"
     delta = POLICY.target_delta
     for run in range(N_ENTRIES):
-        L.append_entry(path, fields(run, epsilon=_epsilon_of([(SIGMA, Q, STEPS)], delta),
+        W.append_entry(path, fields(run, epsilon=_epsilon_of([(SIGMA, Q, STEPS)], delta),
                                     cumulative=_epsilon_of([(SIGMA, Q, STEPS * (run + 1))], delta)), private)
     return path.read_bytes()
 
@@ -156,8 +157,8 @@ def test_an_entry_signed_by_another_key_is_named(ledger, keys):
     _, public, foreign = keys
     lines = lines_of(ledger)
     forged = json.loads(lines[2]) | {"update_sha256": "f" * 64}
-    lines[2] = L.canonical_bytes(L.seal(forged, foreign)) + b"\n"
-    lines[3] = L.canonical_bytes(L.seal(json.loads(lines[3]) | {"prev_hash": L.entry_hash(forged)}, foreign)) + b"\n"
+    lines[2] = L.canonical_bytes(W.seal(forged, foreign)) + b"\n"
+    lines[3] = L.canonical_bytes(W.seal(json.loads(lines[3]) | {"prev_hash": L.entry_hash(forged)}, foreign)) + b"\n"
     ledger.write_bytes(b"".join(lines))
     result = verify_ledger(ledger, public)
     assert kinds(result) == {(2, L.BAD_SIGNATURE), (3, L.BAD_SIGNATURE)}
@@ -168,7 +169,7 @@ def test_an_entry_signed_by_another_key_is_named(ledger, keys):
 def test_a_torn_last_line_is_reported_and_the_entries_before_it_verify(ledger, keys):
     """What a crash during append leaves: part of a line, no newline."""
     private, public, _ = keys
-    whole = L.canonical_bytes(L.seal(json.loads(lines_of(ledger)[-1]) | {"seq": N_ENTRIES}, private))
+    whole = L.canonical_bytes(W.seal(json.loads(lines_of(ledger)[-1]) | {"seq": N_ENTRIES}, private))
     ledger.write_bytes(ledger.read_bytes() + whole[: len(whole) // 2])
     result = verify_ledger(ledger, public)
     assert [(p.line, p.kind) for p in result.problems] == [(N_ENTRIES + 1, L.TORN)]
@@ -179,7 +180,7 @@ def test_a_torn_last_line_is_reported_and_the_entries_before_it_verify(ledger, k
 
 def test_entries_cut_off_the_end_are_caught_with_a_signed_head(ledger, keys):
     private, public, _ = keys
-    head = L.ledger_head(ledger, private, "site-a")
+    head = W.ledger_head(ledger, private, "site-a")
     ledger.write_bytes(b"".join(lines_of(ledger)[:-1]))
     assert verify_ledger(ledger, public).ok  # a clean cut at a line end cannot be seen from the ledger alone
     result = verify_ledger(ledger, public, head=head)
@@ -191,7 +192,7 @@ def test_under_reported_epsilon_is_flagged_against_the_independent_accountant(le
     private, public, _ = keys
     honest = _epsilon_of([(SIGMA, Q, STEPS)], POLICY.target_delta)
     cumulative = _epsilon_of([(SIGMA, Q, STEPS * (N_ENTRIES + 1))], POLICY.target_delta)
-    L.append_entry(ledger, fields(9, epsilon=honest * 0.9, cumulative=cumulative), private)  # properly signed, but low
+    W.append_entry(ledger, fields(9, epsilon=honest * 0.9, cumulative=cumulative), private)  # properly signed, but low
     result = verify_ledger(ledger, public)
     assert kinds(result) == {(N_ENTRIES, L.EPSILON_UNDER_REPORTED)}
     assert result.problems[0].detail.startswith("epsilon ") and "dp-accounting PLD" in result.problems[0].detail
@@ -202,7 +203,7 @@ def test_cumulative_epsilon_above_the_budget_is_flagged(tmp_path, keys):
     path = tmp_path / "ledger.jsonl"
     tight = PrivacyPolicy(max_epsilon=3.0)
     epsilon = _epsilon_of([(SIGMA, Q, STEPS)], tight.target_delta)
-    L.append_entry(path, fields(0, epsilon=epsilon, cumulative=epsilon, policy=tight), private)
+    W.append_entry(path, fields(0, epsilon=epsilon, cumulative=epsilon, policy=tight), private)
     assert kinds(verify_ledger(path, public)) == {(0, L.OVER_BUDGET)}
 
 
@@ -214,7 +215,7 @@ def test_append_refuses_a_broken_chain_and_leaves_the_file_alone(ledger, keys):
     ledger.write_bytes(b"".join(lines))
     before = ledger.read_bytes()
     with pytest.raises(L.LedgerError, match=r"does not verify with this site's key: line 2 seq 1: tampered") as info:
-        L.append_entry(ledger, fields(8, epsilon=4.0, cumulative=40.0), private)
+        W.append_entry(ledger, fields(8, epsilon=4.0, cumulative=40.0), private)
     assert "restore the ledger from backup" in str(info.value)
     assert ledger.read_bytes() == before
 
@@ -223,23 +224,23 @@ def test_append_refuses_a_torn_ledger(ledger, keys):
     ledger.write_bytes(ledger.read_bytes() + b'{"seq":4,"site')
     before = ledger.read_bytes()
     with pytest.raises(L.LedgerError, match="torn") as info:
-        L.append_entry(ledger, fields(8, epsilon=4.0, cumulative=40.0), keys[0])
+        W.append_entry(ledger, fields(8, epsilon=4.0, cumulative=40.0), keys[0])
     assert "remove the bytes after its last newline" in str(info.value)
     assert ledger.read_bytes() == before
 
 
 def test_append_refuses_another_sites_ledger_and_invalid_fields(ledger, keys):
     with pytest.raises(L.LedgerError, match="belongs to site 'site-a'"):
-        L.append_entry(ledger, fields(8, epsilon=4.0, cumulative=40.0, site_id="site-b"), keys[0])
+        W.append_entry(ledger, fields(8, epsilon=4.0, cumulative=40.0, site_id="site-b"), keys[0])
     bad = fields(8, epsilon=4.0, cumulative=40.0) | {"kind": "central"}
     del bad["steps"]
     with pytest.raises(L.LedgerError, match=r"'steps' is missing; 'kind' must be one of local, federated"):
-        L.append_entry(ledger, bad, keys[0])
+        W.append_entry(ledger, bad, keys[0])
 
 
 def test_a_new_ledger_starts_at_genesis(tmp_path, keys):
     path = tmp_path / "new.jsonl"
-    entry = L.append_entry(path, fields(0, epsilon=4.0, cumulative=4.0), keys[0])
+    entry = W.append_entry(path, fields(0, epsilon=4.0, cumulative=4.0), keys[0])
     assert entry["seq"] == 0 and entry["prev_hash"] == L.GENESIS_HASH and path.read_bytes().count(b"\n") == 1
     assert os.stat(path).st_mode & 0o777 == 0o600
 
@@ -247,7 +248,7 @@ def test_a_new_ledger_starts_at_genesis(tmp_path, keys):
 # --- the signed head ----------------------------------------------------------
 def test_the_head_is_small_signed_and_checked(ledger, tmp_path, keys):
     private, public, foreign = keys
-    head = L.ledger_head(ledger, private, "site-a", policy=POLICY)
+    head = W.ledger_head(ledger, private, "site-a", policy=POLICY)
     assert len(json.dumps(head).encode()) <= 1024
     assert head["seq"] == N_ENTRIES - 1 and head["entry_hash"] == L.read_entries(ledger)[-1]["entry_hash"]
     assert head["epsilon_max"] == 50.0 and head["delta"] == 1e-5
@@ -257,7 +258,7 @@ def test_the_head_is_small_signed_and_checked(ledger, tmp_path, keys):
     assert not L.verify_head({"seq": 1}, public)
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    head = L.ledger_head(empty, private, "site-a", policy=POLICY)
+    head = W.ledger_head(empty, private, "site-a", policy=POLICY)
     assert head["seq"] == -1 and head["epsilon_cumulative"] == 0.0 and L.verify_head(head, public)
 
 
@@ -286,7 +287,7 @@ def test_site_epsilon_matches_the_independent_accountant_on_20_random_parameter_
         for run in range(2):
             sigma, q = round(float(rng.uniform(0.8, 2.5)), 3), round(float(rng.uniform(0.02, 0.25)), 3)
             history.append((sigma, q, int(rng.integers(5, 60))))
-            L.append_entry(path, fields(run, sigma=sigma, q=q, steps=history[-1][2], epsilon=_epsilon_of(history[-1:], delta),
+            W.append_entry(path, fields(run, sigma=sigma, q=q, steps=history[-1][2], epsilon=_epsilon_of(history[-1:], delta),
                                         cumulative=_epsilon_of(history, delta)), private)
         result = verify_ledger(path, public)
         assert result.ok, [str(p) for p in result.problems]

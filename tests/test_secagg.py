@@ -18,7 +18,8 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow
 from flwr.simulation import run_simulation
 
-from semiofed.client.training.federated_round import classifier_config, get_weights
+from semiofed.common.learning.classifier import classifier_config
+from semiofed.common.learning.weights import get_weights
 from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.federation.run_config import FederationConfig
 from semiofed.server.federation.server_app import secure_fit_workflow

@@ -80,7 +80,7 @@ def test_cli_init_and_info_json(tmp_path: Path) -> None:
     assert info["privacy_policy"]["max_epsilon"] == 4.0
     again = subprocess.run([*CLI, "site", "init", "--site-dir", str(site_dir), "--site-id", "hosp-b"],
                            capture_output=True, text=True)
-    assert again.returncode == 2
+    assert again.returncode == 1
     assert again.stderr.count("\n") == 1 and "already an initialised site" in again.stderr
     assert "Traceback" not in again.stderr
 
@@ -95,5 +95,5 @@ def test_budget_can_only_be_lowered(tmp_path: Path) -> None:
     for flag, value in (("--max-epsilon", "5"), ("--delta", "1e-3"), ("--min-noise-multiplier", "0.1")):
         raised = subprocess.run([*CLI, "site", "policy", "--site-dir", str(site_dir), flag, value],
                                 capture_output=True, text=True)
-        assert raised.returncode == 2 and "can only be lowered" in raised.stderr, flag
+        assert raised.returncode == 1 and "can only be lowered" in raised.stderr, flag
     assert open_site(site_dir).policy.max_epsilon == 3.0

@@ -125,7 +125,7 @@ class SiteClient(Client):
 
 @lru_cache(maxsize=4)
 def _egress_spec(site_dir: str, run_config_json: str) -> EgressSpec:
-    from semiofed.client.training.federated_round import classifier_config
+    from semiofed.common.learning.classifier import classifier_config
     from semiofed.client.site import open_site
     from semiofed.common.learning.classifier import build_classifier
     from semiofed.common.privacy.keys import load_public_key

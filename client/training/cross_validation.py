@@ -12,8 +12,6 @@ named by the sha256 of its weights), so the auditor sees every spend.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -21,26 +19,24 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-from safetensors.torch import save as safetensors_bytes
 
+from semiofed.client.site import open_site
 from semiofed.client.training.local import (
-    CLASS_WEIGHTS_BALANCED,
     LocalTrainingOptions,
-    common_extractor,
     calibrated_test_predictions,
+    common_extractor,
     group_patients,
     load_site_records,
     split_patients,
 )
-from semiofed.common.privacy.release import check_ledger_appendable, record_release
-from semiofed.client.site import open_site
-from semiofed.common.learning.classifier import ClassifierConfig, build_classifier
-from semiofed.common.learning.trainer import Patient, TrainConfig, Trainer, balanced_class_weights
 from semiofed.common.errors import SemiofedError
-from semiofed.common.privacy.ledger import KIND_LOCAL
+from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.learning.metrics import classification_report
+from semiofed.common.learning.trainer import Patient, TrainConfig, Trainer
+from semiofed.common.learning.weights import get_weights
 from semiofed.common.privacy.accountant import PlannedRun, PrivacyBudgetError, SiteAccountant
+from semiofed.common.privacy.budgeted_run import budgeted_run
+from semiofed.common.privacy.ledger import KIND_LOCAL
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +83,7 @@ def fold_splits(patients: Sequence[Patient], folds: int, seed: int) -> list[Spli
 
 def projected_epsilon(accountant: SiteAccountant, runs: Sequence[PlannedRun]) -> float:
     """Site epsilon after the accountant's history plus all `runs` (nothing is recorded)."""
-    if not runs:
-        return accountant.epsilon_spent()
-    probe = copy.copy(accountant)  # a throwaway view: the real history list is not touched or saved
-    probe.history = list(accountant.history) + [(r.noise_multiplier, r.sample_rate, r.steps) for r in runs[:-1]]
-    return probe.projected_epsilon(runs[-1])
+    return accountant.projected_epsilon_of(runs)
 
 
 def noise_for_folds(accountant: SiteAccountant, *, target_epsilon: float, runs: Sequence[tuple[float, int]],
@@ -122,21 +114,6 @@ def noise_for_folds(accountant: SiteAccountant, *, target_epsilon: float, runs: 
         else:
             low = mid
     return high
-
-
-def _class_weights(options: LocalTrainingOptions, train: Sequence[Patient]) -> tuple[float, ...] | None:
-    if options.class_weights == CLASS_WEIGHTS_BALANCED:
-        return balanced_class_weights([s.label for p in train for s in p.seizures], len(options.labels))
-    weights = options.class_weights
-    if weights is not None and len(weights) != len(options.labels):
-        raise SemiofedError(f"{len(weights)} class weights for {len(options.labels)} labels", "give one weight per label")
-    return weights  # type: ignore[return-value]
-
-
-def _weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 of the weights as safetensors bytes (the fold's model is not saved; the ledger names it by hash)."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
 
 
 def _span(values: Sequence[float], spec: str) -> str:
@@ -194,7 +171,7 @@ def cross_validate(
     base = TrainConfig(epochs=options.epochs, batch_patients=options.batch_patients, lr=options.lr, dp=options.dp,
                        clipping_norm=policy.clipping_norm, seed=options.seed)
     plan = [(base.sample_rate(len(train)), base.steps(len(train))) for train, _, _ in splits]
-    _class_weights(options, splits[0][0])  # a wrong number of weights is refused before the budget is touched
+    options.class_weights_for(splits[0][0])  # a wrong number of weights is refused before the budget is touched
 
     accountant = SiteAccountant(site.layout.privacy_dir, policy) if options.dp else None
     sigma: float | None = None
@@ -206,33 +183,28 @@ def cross_validate(
             sigma = options.noise_multiplier if options.noise_multiplier is not None else policy.min_noise_multiplier
         before = accountant.epsilon_spent()
         planned = _refuse(accountant, sigma, [PlannedRun(sigma, q, steps) for q, steps in plan])
-        check_ledger_appendable(site)  # each fold is signed into the ledger: refuse now if it cannot take entries
+        site.privacy.check_appendable()  # each fold is signed into the ledger: refuse now if it cannot take entries
         log.info("cross-validation: %d folds at sigma %.3f will bring epsilon from %.3f to %.3f", options.folds,
                  sigma, before, planned)
     run_id = time.strftime("cv-%Y%m%dT%H%M%SZ", time.gmtime())
 
-    model_config = ClassifierConfig(labels=options.labels, streams=options.streams, temporal=options.temporal,
-                                    stcnn_dim=int(extractor["dim"]), embed_dim=options.embed_dim,
-                                    hidden=options.hidden, n_segments=options.n_segments)
+    model_config = options.classifier_config(extractor)
     results: list[FoldResult] = []
     pooled_labels: list[int] = []
     pooled_probs: list[np.ndarray] = []
     for k, ((train, val, test), (q, steps)) in enumerate(zip(splits, plan)):
-        config = replace(base, class_weights=_class_weights(options, train),
+        config = replace(base, class_weights=options.class_weights_for(train),
                          noise_multiplier=sigma if sigma is not None else base.noise_multiplier)
         model = build_classifier(model_config, seed=options.seed)
         trainer = Trainer(model, config, n_segments=options.n_segments)
         epoch_hook = (lambda epoch, stats, k=k: on_epoch(k, epoch, stats)) if on_epoch is not None else None
         try:
             if accountant is not None:
-                note = f"cross-validation fold {k + 1}/{options.folds}"
-                with accountant.run(PlannedRun(config.noise_multiplier, q, steps), note=note):
-                    taken = trainer.fit(train, on_step=accountant.step, on_epoch=epoch_hook, steps=steps)
                 # the fold's model is discarded, but its steps were spent: the ledger shows every spend to the auditor
-                record_release(site, kind=KIND_LOCAL, run_id=f"{run_id}-fold{k + 1}", round=0,
-                               update_sha256=_weights_sha256(model), noise_multiplier=config.noise_multiplier,
-                               sample_rate=q, steps=taken, clipping_norm=config.clipping_norm,
-                               epsilon_cumulative=accountant.epsilon_spent())
+                with budgeted_run(site.privacy, PlannedRun(config.noise_multiplier, q, steps), kind=KIND_LOCAL,
+                                  run_id=f"{run_id}-fold{k + 1}", note=f"cross-validation fold {k + 1}/{options.folds}") as run:
+                    taken = trainer.fit(train, on_step=run.step, on_epoch=epoch_hook, steps=steps)
+                    run.release(get_weights(model))
             else:
                 taken = trainer.fit(train, on_epoch=epoch_hook, steps=steps)
         finally:
@@ -258,7 +230,7 @@ def cross_validate(
     return CrossValidationResult(
         folds=results, pooled_metrics=classification_report(pooled_labels, probs_all), dp=options.dp,
         noise_multiplier=sigma, delta=policy.target_delta if options.dp else None, epsilon_before=before,
-        epsilon_planned=planned, epsilon_spent=accountant.epsilon_spent() if accountant is not None else None,
+        epsilon_planned=planned, epsilon_spent=site.privacy.accountant().epsilon_spent() if accountant is not None else None,
         epsilon_max=policy.max_epsilon if options.dp else None, seconds=time.monotonic() - started,
         pooled_labels=pooled_labels, pooled_probs=probs_all,
     )

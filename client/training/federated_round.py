@@ -20,22 +20,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from semiofed.client.training.local import group_patients, load_site_records, split_patients
-from semiofed.common.privacy.release import check_ledger_appendable, record_release
 from semiofed.client.site import Site, open_site
-from semiofed.common.learning.calibration import fit_temperature
-from semiofed.common.learning.classifier import ClassifierConfig, SeizureClassifier, build_classifier
-from semiofed.common.learning.trainer import TrainConfig, Trainer, predict_logits
+from semiofed.client.training.local import group_patients, load_site_records, split_patients
 from semiofed.common.errors import SemiofedError
 from semiofed.common.federation.run_config import FederationConfig
-from semiofed.common.records.features import STREAM_STCNN, feature_extractor_of
 from semiofed.common.files import make_private_dir, write_json_atomic
-from semiofed.common.privacy.keys import load_site_private_key
-from semiofed.common.privacy.ledger import KIND_FEDERATED, ledger_head
+from semiofed.common.learning.calibration import fit_temperature
+from semiofed.common.learning.classifier import SeizureClassifier, build_classifier, classifier_config
 from semiofed.common.learning.metrics import classification_report, softmax
+from semiofed.common.learning.trainer import TrainConfig, Trainer, predict_logits
+from semiofed.common.learning.weights import get_weights, set_weights
 from semiofed.common.privacy.accountant import PlannedRun, PrivacyBudgetError, SiteAccountant
+from semiofed.common.privacy.budgeted_run import budgeted_run
+from semiofed.common.privacy.keys import load_site_private_key
+from semiofed.common.privacy.ledger import KIND_FEDERATED
+from semiofed.common.privacy.ledger_writer import ledger_head
+from semiofed.common.records.features import STREAM_STCNN, feature_extractor_of
 
 log = logging.getLogger(__name__)
 
@@ -54,42 +55,6 @@ class SiteSettings:
     site_dir: Path
     # the most this site spends in one federated run; 0: whatever its policy has left
     run_epsilon: float = 0.0
-
-
-def classifier_config(config: FederationConfig) -> ClassifierConfig:
-    """The model every site trains in this run."""
-    return ClassifierConfig(labels=config.labels, streams=config.streams, temporal=config.temporal,
-                            stcnn_dim=config.stcnn_dim, embed_dim=config.embed_dim, hidden=config.hidden,
-                            n_segments=config.n_segments)
-
-
-def get_weights(model: torch.nn.Module) -> list[np.ndarray]:
-    """The model's state as float32 arrays, in state_dict order."""
-    return [v.detach().cpu().numpy().astype(np.float32, copy=True) for v in model.state_dict().values()]
-
-
-def set_weights(model: torch.nn.Module, weights: Sequence[np.ndarray]) -> None:
-    """Load arrays in state_dict order, checking count and shapes."""
-    keys = list(model.state_dict())
-    if len(weights) != len(keys):
-        raise SemiofedError(f"received {len(weights)} weight arrays, the model has {len(keys)}",
-                            "the coordinator and this site run different model shapes: check the run config")
-    state = {}
-    for key, array, current in zip(keys, weights, model.state_dict().values()):
-        if tuple(array.shape) != tuple(current.shape):
-            raise SemiofedError(f"weight {key} has shape {tuple(array.shape)}, expected {tuple(current.shape)}",
-                                "the coordinator and this site run different model shapes: check the run config")
-        state[key] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    model.load_state_dict(state, strict=True)
-
-
-def weights_sha256(weights: Sequence[np.ndarray]) -> str:
-    """Hash of the released update (shapes and float32 bytes, in order)."""
-    h = hashlib.sha256()
-    for w in weights:
-        h.update(str(tuple(w.shape)).encode())
-        h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
-    return h.hexdigest()
 
 
 class SiteTask:
@@ -121,7 +86,7 @@ class SiteTask:
     # --- privacy ----------------------------------------------------------
     def accountant(self) -> SiteAccountant:
         """The site's lifetime accountant, read from disk each time (another process may have stepped it)."""
-        return SiteAccountant(self.site.layout.privacy_dir, self.site.policy)
+        return self.site.privacy.accountant()
 
     def _run_file(self, run_id: str) -> Path:
         return make_private_dir(self.site.layout.privacy_dir / RUNS_DIR) / f"{run_id}.json"
@@ -209,13 +174,16 @@ class SiteTask:
         started = time.monotonic()
         sigma = self.noise_for_run(run_id)
         planned = PlannedRun(sigma, self.sample_rate, self.steps_per_round)
-        accountant = self.accountant()
-        try:
-            self.check_round(accountant, planned, run_id)
-        except PrivacyBudgetError as exc:
-            raise RoundDeclined(f"site {self.site.site_id} declines round {round}: {exc.what}",
-                                "the run goes on with the other sites; this site's budget is unchanged") from None
-        check_ledger_appendable(self.site)
+
+        def check(accountant: SiteAccountant) -> None:  # under the budget lock, on the state as re-read
+            try:
+                self.check_round(accountant, planned, run_id)
+            except PrivacyBudgetError as exc:
+                raise RoundDeclined(f"site {self.site.site_id} declines round {round}: {exc.what}",
+                                    "the run goes on with the other sites; this site's budget is unchanged") from None
+
+        check(self.accountant())  # refuse before building or training anything (checked again under the lock)
+        self.site.privacy.check_appendable()
         model = self.build_model(weights)
         global_params = [p.detach().clone() for p in model.parameters()]
         seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}/{run_id}/{round}".encode()).digest()[:4], "little")
@@ -224,16 +192,16 @@ class SiteTask:
         trainer = Trainer(model, config, n_segments=self.config.n_segments, proximal=(global_params, mu) if mu > 0 else None)
         last: dict[str, float] = {}
         try:
-            with accountant.run(planned, note=f"federated {run_id} round {round}"):
-                trainer.fit(self.train, on_step=accountant.step, steps=self.steps_per_round,
+            with budgeted_run(self.site.privacy, planned, kind=KIND_FEDERATED, run_id=run_id, round=round,
+                              note=f"federated {run_id} round {round}", check=check) as run:
+                trainer.fit(self.train, on_step=run.step, steps=self.steps_per_round,
                             on_epoch=lambda _e, stats: last.update(stats))
+                new_weights = get_weights(model)
+                run.release(new_weights)
         finally:
             trainer.close()
-        new_weights = get_weights(model)
-        spent = accountant.epsilon_spent()
-        entry = record_release(self.site, kind=KIND_FEDERATED, run_id=run_id, round=round, update_sha256=weights_sha256(new_weights),
-                       noise_multiplier=sigma, sample_rate=self.sample_rate, steps=self.steps_per_round,
-                       clipping_norm=config.clipping_norm, epsilon_cumulative=spent)
+        entry = run.entry or {}
+        spent = float(entry["epsilon_cumulative"])
         metrics = {
             "epsilon_round": float(entry["epsilon"]),
             "epsilon_spent": spent, "epsilon_max": self.site.policy.max_epsilon, "delta": self.site.policy.target_delta,
@@ -268,4 +236,4 @@ def _reason(exc: SemiofedError) -> str:
     return str(exc)[:900]
 
 
-__all__ = ["SiteTask", "SiteSettings", "RoundDeclined", "classifier_config", "get_weights", "set_weights", "weights_sha256"]
+__all__ = ["SiteTask", "SiteSettings", "RoundDeclined"]

@@ -11,17 +11,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from semiofed.common.privacy.release import check_ledger_appendable, record_local_run
 from semiofed.client.site import Site, open_site
+from semiofed.common.errors import SemiofedError
 from semiofed.common.learning.calibration import fit_temperature
 from semiofed.common.learning.checkpoint import save_checkpoint
-from semiofed.common.learning.classifier import DEFAULT_LABELS, TEMPORAL_BLSTM, ClassifierConfig, build_classifier, parameter_count
-from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, balanced_class_weights, predict_logits
-from semiofed.common.errors import SemiofedError
-from semiofed.common.records.features import STREAMS, feature_extractor_of, record_inputs
+from semiofed.common.learning.classifier import ClassifierConfig, build_classifier, parameter_count
 from semiofed.common.learning.metrics import classification_report, patient_group_kfold, softmax
-from semiofed.common.privacy.policy import NEIGHBOURING_RELATION, PRIVACY_UNIT
+from semiofed.common.learning.spec import DEFAULT_MODEL, ModelSpec
+from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, balanced_class_weights, predict_logits
+from semiofed.common.learning.weights import get_weights
 from semiofed.common.privacy.accountant import PlannedRun, SiteAccountant
+from semiofed.common.privacy.budgeted_run import budgeted_run
+from semiofed.common.privacy.ledger import KIND_LOCAL
+from semiofed.common.privacy.policy import NEIGHBOURING_RELATION, PRIVACY_UNIT
+from semiofed.common.records.features import feature_extractor_of, record_inputs
 from semiofed.common.records.schema import META_FILE, STATUS_OK, SeizureRecord, read_meta, read_record
 
 log = logging.getLogger(__name__)
@@ -41,12 +44,12 @@ class LocalTrainingOptions:
     noise_multiplier: float | None = None
     # total epsilon this site may have spent after this run; sigma is chosen to reach it
     epsilon: float | None = None
-    labels: tuple[str, ...] = DEFAULT_LABELS
-    streams: tuple[str, ...] = STREAMS
-    temporal: str = TEMPORAL_BLSTM
-    hidden: int = 64
-    embed_dim: int = 64
-    n_segments: int = 16
+    labels: tuple[str, ...] = DEFAULT_MODEL.labels
+    streams: tuple[str, ...] = DEFAULT_MODEL.streams
+    temporal: str = DEFAULT_MODEL.temporal
+    hidden: int = DEFAULT_MODEL.hidden
+    embed_dim: int = DEFAULT_MODEL.embed_dim
+    n_segments: int = DEFAULT_MODEL.n_segments
     # "balanced" (non-private, refused under DP), explicit public weights, or None
     class_weights: str | tuple[float, ...] | None = None
     folds: int = 5
@@ -66,6 +69,25 @@ class LocalTrainingOptions:
             )
         if self.folds < 3 or not (0 <= self.test_fold < self.folds):
             raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}", "use folds >= 3 (test, validation, training) and 0 <= test_fold < folds")
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model this run trains."""
+        return ModelSpec(labels=self.labels, streams=self.streams, temporal=self.temporal, hidden=self.hidden,
+                         embed_dim=self.embed_dim, n_segments=self.n_segments)
+
+    def classifier_config(self, extractor: dict[str, Any]) -> ClassifierConfig:
+        """The classifier for records made with `extractor` (see `common_extractor`)."""
+        return ClassifierConfig.from_spec(self.model_spec, stcnn_dim=int(extractor["dim"]))
+
+    def class_weights_for(self, train: Sequence[Patient]) -> tuple[float, ...] | None:
+        """The loss's class weights: public ones as given, or balanced from `train`'s labels (non-DP only)."""
+        if self.class_weights == CLASS_WEIGHTS_BALANCED:
+            return balanced_class_weights([s.label for p in train for s in p.seizures], len(self.labels))
+        weights = self.class_weights
+        if weights is not None and len(weights) != len(self.labels):
+            raise SemiofedError(f"{len(weights)} class weights for {len(self.labels)} labels", "give one weight per label")
+        return weights  # type: ignore[return-value]
 
 
 @dataclass
@@ -165,39 +187,34 @@ def train_site(
         raise SemiofedError(f"{len(patients)} patients cannot fill {options.folds} patient folds",
                             f"use --folds {len(patients)} or fewer, or add patients")
     train, val, test = split_patients(patients, options.folds, options.test_fold, options.seed)
-
-    weights: tuple[float, ...] | None
-    if options.class_weights == CLASS_WEIGHTS_BALANCED:
-        weights = balanced_class_weights([s.label for p in train for s in p.seizures], len(options.labels))
-    else:
-        weights = options.class_weights  # type: ignore[assignment]
-    if weights is not None and len(weights) != len(options.labels):
-        raise SemiofedError(f"{len(weights)} class weights for {len(options.labels)} labels", "give one weight per label")
+    weights = options.class_weights_for(train)
 
     config = TrainConfig(epochs=options.epochs, batch_patients=options.batch_patients, lr=options.lr, dp=options.dp,
                          clipping_norm=policy.clipping_norm, class_weights=weights, seed=options.seed)
     q, steps = config.sample_rate(len(train)), config.steps(len(train))
-    accountant = SiteAccountant(site.layout.privacy_dir, policy) if options.dp else None
-    if accountant is not None:
+    planned: PlannedRun | None = None
+    if options.dp:
+        accountant = SiteAccountant(site.layout.privacy_dir, policy)
         if options.epsilon is not None:
             sigma = accountant.noise_for(target_epsilon=options.epsilon, sample_rate=q, steps=steps)
         else:
             sigma = options.noise_multiplier if options.noise_multiplier is not None else policy.min_noise_multiplier
         config = replace(config, noise_multiplier=sigma)
-        accountant.check(PlannedRun(sigma, q, steps))  # refuse before building or training anything
-        check_ledger_appendable(site)  # a release that cannot be recorded is refused too
+        planned = PlannedRun(sigma, q, steps)
+        accountant.check(planned)  # refuse before building or training anything
+        site.privacy.check_appendable()  # a release that cannot be recorded is refused too
 
-    model_config = ClassifierConfig(labels=options.labels, streams=options.streams, temporal=options.temporal,
-                                    stcnn_dim=int(extractor["dim"]), embed_dim=options.embed_dim,
-                                    hidden=options.hidden, n_segments=options.n_segments)
+    model_config = options.classifier_config(extractor)
     model = build_classifier(model_config, seed=options.seed)
     log.info("training %s (%d parameters) on %d patients (%d seizures); validation %d, test %d patients",
              options.temporal, parameter_count(model), len(train), sum(len(p.seizures) for p in train), len(val), len(test))
+    name = options.run_name or time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
     trainer = Trainer(model, config, n_segments=options.n_segments)
     try:
-        if accountant is not None:
-            with accountant.run(PlannedRun(config.noise_multiplier, q, steps), note=options.run_name or ""):
-                taken = trainer.fit(train, on_step=accountant.step, on_epoch=on_epoch, steps=steps)
+        if planned is not None:  # the model is a DP release: signed into the site's ledger under its name
+            with budgeted_run(site.privacy, planned, kind=KIND_LOCAL, run_id=name, note=options.run_name or "") as run:
+                taken = trainer.fit(train, on_step=run.step, on_epoch=on_epoch, steps=steps)
+                run.release(get_weights(model))
         else:
             taken = trainer.fit(train, on_epoch=on_epoch, steps=steps)
     finally:
@@ -206,7 +223,7 @@ def train_site(
     temperature, test_labels, test_probs = calibrated_test_predictions(model, val, test, n_segments=options.n_segments)
     metrics = classification_report(test_labels, test_probs)
 
-    summary = accountant.summary() if accountant is not None else None
+    summary = site.privacy.accountant().summary() if options.dp else None
     privacy = {
         "dp": options.dp,
         "privacy_unit": PRIVACY_UNIT,
@@ -219,7 +236,6 @@ def train_site(
         "delta": policy.target_delta if options.dp else None,
         "accountant": summary["accountant"] if summary else None,
     }
-    name = options.run_name or time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
     path = save_checkpoint(site.layout.checkpoints_dir / name, model, {
         "labels": list(options.labels),
         "streams": list(model_config.streams),
@@ -230,9 +246,6 @@ def train_site(
         "metrics": {"test": metrics},
         "n_patients": {"train": len(train), "validation": len(val), "test": len(test)},
     })
-    if accountant is not None:  # the checkpoint is a DP release: sign it into the site's ledger
-        record_local_run(site, path, noise_multiplier=config.noise_multiplier, sample_rate=q, steps=taken,
-                         clipping_norm=config.clipping_norm, epsilon_cumulative=privacy["site_epsilon_spent"])
     return TrainResult(checkpoint=path, dp=options.dp, epsilon_spent=privacy["site_epsilon_spent"],
                        epsilon_max=policy.max_epsilon if options.dp else None, delta=privacy["delta"],
                        noise_multiplier=privacy["noise_multiplier"], sample_rate=q, steps=taken, temperature=temperature,

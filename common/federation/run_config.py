@@ -14,8 +14,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM, TEMPORAL_MODELS
+from semiofed.common.constants import TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
+from semiofed.common.learning.spec import DEFAULT_MODEL, ModelSpec
 
 STRATEGY_FEDAVG = "fedavg"
 STRATEGY_FEDPROX = "fedprox"
@@ -55,12 +56,13 @@ class FederationConfig:
     local_epochs: int = 2
     batch_patients: int = 8
     lr: float = 1e-3
-    labels: tuple[str, ...] = DEFAULT_LABELS
-    streams: tuple[str, ...] = STREAMS
-    temporal: str = TEMPORAL_BLSTM
-    hidden: int = 64
-    embed_dim: int = 64
-    n_segments: int = 16
+    # the model spec, flat so that each is one Flower run-config key
+    labels: tuple[str, ...] = DEFAULT_MODEL.labels
+    streams: tuple[str, ...] = DEFAULT_MODEL.streams
+    temporal: str = DEFAULT_MODEL.temporal
+    hidden: int = DEFAULT_MODEL.hidden
+    embed_dim: int = DEFAULT_MODEL.embed_dim
+    n_segments: int = DEFAULT_MODEL.n_segments
     stcnn: str = "i3d"
     stcnn_dim: int = 1024
     folds: int = 5  # sites hold out fold `test_fold` (test) and the next (validation) of their own patients
@@ -95,6 +97,12 @@ class FederationConfig:
                 raise SemiofedError(f"run config {name}={getattr(self, name)} must not be negative")
         if self.folds < 3 or not (0 <= self.test_fold < self.folds):
             raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}", "use folds >= 3 and 0 <= test_fold < folds")
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model every site trains in this run."""
+        return ModelSpec(labels=self.labels, streams=self.streams, temporal=self.temporal, hidden=self.hidden,
+                         embed_dim=self.embed_dim, n_segments=self.n_segments)
 
     def to_run_config(self) -> dict[str, Any]:
         """Flower run config (str, int, float, bool values; lists comma-joined)."""

@@ -20,7 +20,7 @@ from semiofed.common.learning.classifier import ClassifierConfig, SeizureClassif
 from semiofed.common.errors import SemiofedError
 from semiofed.common.files import make_private_dir, sha256_of, write_bytes_atomic, write_json_atomic
 from semiofed.common.records.schema import SeizureRecord
-from semiofed.common.records.features import KEYPOINT_FEATURES_VERSION, STREAM_STCNN, feature_extractor_of
+from semiofed.common.records.features import KEYPOINT_FEATURES_VERSION, STREAM_KEYPOINTS, STREAM_STCNN, feature_extractor_of
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ def save_checkpoint(directory: Path, model: SeizureClassifier, meta: dict[str, A
     """Write weights and metadata into `directory` (atomically, file by file; weights first)."""
     from safetensors.torch import save
 
+    from semiofed.common.learning.weights import model_update_sha256
+
     directory = make_private_dir(Path(directory))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     write_bytes_atomic(directory / WEIGHTS_FILE, save(state, metadata={"format": "semiofed-classifier"}))
@@ -84,6 +86,8 @@ def save_checkpoint(directory: Path, model: SeizureClassifier, meta: dict[str, A
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "weights_sha256": sha256_of(directory / WEIGHTS_FILE),
+        # what a ledger entry names this model by (docs/privacy.md)
+        "update_sha256": model_update_sha256(model),
         "classifier": model.config.to_dict(),
         "keypoint_features_version": KEYPOINT_FEATURES_VERSION,
         **meta,
@@ -128,6 +132,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
             "restore the checkpoint from its source or retrain",
         )
     config = ClassifierConfig.from_dict(meta.get("classifier", {}))
+    if STREAM_KEYPOINTS in config.streams and meta.get("keypoint_features_version") != KEYPOINT_FEATURES_VERSION:
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on keypoint features version {meta.get('keypoint_features_version')}, "
+            f"this semiofed computes version {KEYPOINT_FEATURES_VERSION}",
+            "retrain the model with this semiofed (the records need no new `site prepare`)",
+        )
     model = build_classifier(config)
     try:
         state = load(weights_path.read_bytes())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,15 @@ from semiofed.common.constants import (  # noqa: F401 - re-exported for callers 
     DEFAULT_LABELS,
     TEMPORAL_ATTN,
     TEMPORAL_BLSTM,
+    TEMPORAL_GRU,
+    TEMPORAL_LINEAR,
     TEMPORAL_MODELS,
     TEMPORAL_TCONV,
 )
 from semiofed.common.errors import SemiofedError
+from semiofed.common.learning.spec import DEFAULT_MODEL, ModelSpec
+if TYPE_CHECKING:
+    from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.records.features import KEYPOINT_DIM, STREAM_KEYPOINTS, STREAM_STCNN, check_streams
 
 
@@ -34,15 +39,15 @@ from semiofed.common.records.features import KEYPOINT_DIM, STREAM_KEYPOINTS, STR
 class ClassifierConfig:
     """The shape of a classifier; stored in every checkpoint."""
 
-    labels: tuple[str, ...] = DEFAULT_LABELS
-    streams: tuple[str, ...] = (STREAM_STCNN, STREAM_KEYPOINTS)
-    temporal: str = TEMPORAL_BLSTM
+    labels: tuple[str, ...] = DEFAULT_MODEL.labels
+    streams: tuple[str, ...] = DEFAULT_MODEL.streams
+    temporal: str = DEFAULT_MODEL.temporal
     stcnn_dim: int = 1024  # I3D Mixed_5c average-pooled
     keypoint_dim: int = KEYPOINT_DIM
     # per-stream linear embedding before fusion; 0 feeds the raw features (GESTURES)
-    embed_dim: int = 64
-    hidden: int = 64  # GESTURES: BLSTM with 64 hidden units
-    n_segments: int = 16  # GESTURES: 16 segments
+    embed_dim: int = DEFAULT_MODEL.embed_dim
+    hidden: int = DEFAULT_MODEL.hidden
+    n_segments: int = DEFAULT_MODEL.n_segments
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -57,6 +62,18 @@ class ClassifierConfig:
                 raise SemiofedError(f"classifier {name}={getattr(self, name)} must be positive")
         if self.embed_dim < 0 or not (0.0 <= self.dropout < 1.0):
             raise SemiofedError("classifier embed_dim must be >= 0 and dropout in [0, 1)")
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, *, stcnn_dim: int) -> "ClassifierConfig":
+        """The classifier of a model spec, for records whose STCNN features are `stcnn_dim` wide."""
+        return cls(labels=spec.labels, streams=spec.streams, temporal=spec.temporal, stcnn_dim=int(stcnn_dim),
+                   embed_dim=spec.embed_dim, hidden=spec.hidden, n_segments=spec.n_segments)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model spec this classifier was built from."""
+        return ModelSpec(labels=self.labels, streams=self.streams, temporal=self.temporal, hidden=self.hidden,
+                         embed_dim=self.embed_dim, n_segments=self.n_segments)
 
     @property
     def input_dim(self) -> int:
@@ -118,6 +135,48 @@ class BLSTM(nn.Module):
         return torch.cat([self.fwd(x), self.bwd(x, reverse=True)], dim=-1)
 
 
+class GRU(nn.Module):
+    """Unidirectional single-layer GRU from two Linears (input and recurrent), batch first.
+
+    Causal: the state at a snippet sees only the seizure so far, so the per-snippet
+    timeline reads as the seizure unfolds.
+    """
+
+    def __init__(self, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.ih = nn.Linear(input_size, 3 * hidden)
+        self.hh = nn.Linear(hidden, 3 * hidden)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, in] -> [B, T, hidden]."""
+        b, t, _ = x.shape
+        gates_in = self.ih(x)  # all time steps in one matmul
+        h = x.new_zeros(b, self.hidden)
+        outs: list[torch.Tensor] = []
+        k = self.hidden
+        for step in range(t):
+            gi, gh = gates_in[:, step], self.hh(h)
+            r = torch.sigmoid(gi[:, :k] + gh[:, :k])
+            z = torch.sigmoid(gi[:, k : 2 * k] + gh[:, k : 2 * k])
+            n = torch.tanh(gi[:, 2 * k :] + r * gh[:, 2 * k :])
+            h = (1 - z) * n + z * h
+            outs.append(h)
+        return torch.stack(outs, dim=1)
+
+
+class Identity(nn.Module):
+    """No temporal model: the head reads each window's features (the linear baseline)."""
+
+    def __init__(self, input_size: int, hidden: int) -> None:
+        super().__init__()
+        self.out_dim = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class TemporalConv(nn.Module):
     """Two 'same'-padded temporal convolutions (kernel 3, dilation 1 then 2) as Linears over windows."""
 
@@ -171,6 +230,10 @@ class SeizureClassifier(nn.Module):
             self.temporal = BLSTM(fused, config.hidden)
         elif config.temporal == TEMPORAL_TCONV:
             self.temporal = TemporalConv(fused, config.hidden)
+        elif config.temporal == TEMPORAL_GRU:
+            self.temporal = GRU(fused, config.hidden)
+        elif config.temporal == TEMPORAL_LINEAR:
+            self.temporal = Identity(fused, config.hidden)
         else:
             self.temporal = AttentionMLP(fused, config.hidden)
         self.head = nn.Linear(self.temporal.out_dim, len(config.labels))
@@ -182,8 +245,11 @@ class SeizureClassifier(nn.Module):
         parts, start = [], 0
         for stream in self.config.streams:
             width = self.config.stcnn_dim if stream == STREAM_STCNN else self.config.keypoint_dim
-            # Parameter-free per-snippet normalisation: no statistic shared across patients.
-            z = F.layer_norm(x[..., start : start + width], (width,))
+            z = x[..., start : start + width]
+            if stream == STREAM_STCNN:  # parameter-free per-snippet normalisation: no statistic shared across patients
+                z = F.layer_norm(z, (width,))
+            # the keypoint stream is already on a fixed public scale (common/records/motion.py): its levels carry the
+            # seizure (how hard, how rhythmic), which a per-snippet normalisation would erase
             start += width
             parts.append(F.relu(self.embed[stream](z)) if self.config.embed_dim else z)
         h = torch.cat(parts, dim=-1)
@@ -209,6 +275,11 @@ def build_classifier(config: ClassifierConfig, *, seed: int | None = None) -> Se
     return SeizureClassifier(config)
 
 
+def classifier_config(run: "FederationConfig") -> ClassifierConfig:
+    """The classifier every site trains in a federated run."""
+    return ClassifierConfig.from_spec(run.model_spec, stcnn_dim=run.stcnn_dim)
+
+
 def parameter_count(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -216,6 +287,7 @@ def parameter_count(model: nn.Module) -> int:
 
 __all__ = [
     "ClassifierConfig",
+    "classifier_config",
     "SeizureClassifier",
     "build_classifier",
     "parameter_count",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -137,8 +138,10 @@ class Trainer:
         self.config = config
         self.n_segments = n_segments
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.rng = np.random.default_rng(config.seed)
-        self.noise = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % (2**63)))
+        # Under DP the patient sampling and the noise come from OS entropy, never from the config's seed: the
+        # accountant credits subsampling amplification, which holds only while nobody can recompute who was sampled.
+        self.rng = np.random.default_rng(secrets.randbits(128) if config.dp else config.seed)
+        self.noise = torch.Generator().manual_seed(secrets.randbits(63))
         self.weights = torch.tensor(config.class_weights, dtype=torch.float32) if config.class_weights else None
         self._grads = PerPatientGradients(model) if config.dp else None
 

@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -82,6 +82,11 @@ def _epsilon_of_merged(history: tuple[tuple[float, float, int], ...], delta: flo
     # at q = 1 Opacus's PRV code takes log(0) on a branch np.where discards
     with np.errstate(divide="ignore"):
         return float(accountant.get_epsilon(delta=delta, eps_error=EPS_ERROR))
+
+
+def release_epsilon(run: "PlannedRun", delta: float) -> float:
+    """Epsilon of one run on its own (a ledger entry's `epsilon`)."""
+    return _epsilon_of([(run.noise_multiplier, run.sample_rate, run.steps)], delta)
 
 
 def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -210,7 +215,11 @@ class SiteAccountant:
 
     def projected_epsilon(self, run: PlannedRun) -> float:
         """Epsilon after the history plus `run`."""
-        return _epsilon_of(self.history + [(run.noise_multiplier, run.sample_rate, run.steps)], self.delta)
+        return self.projected_epsilon_of([run])
+
+    def projected_epsilon_of(self, runs: Sequence[PlannedRun]) -> float:
+        """Epsilon after the history plus all `runs` (nothing is recorded)."""
+        return _epsilon_of(self.history + [(r.noise_multiplier, r.sample_rate, r.steps) for r in runs], self.delta)
 
     def summary(self) -> dict[str, Any]:
         """Spent and remaining budget, JSON-ready."""

@@ -1,4 +1,4 @@
-"""The site's privacy ledger: one signed, hash-chained JSON line per DP release; append, read, sign a head, check the chain.
+"""The site's privacy ledger: one signed, hash-chained JSON line per DP release; its format, reading, checking the chain and a head.
 
 Format (JSON Lines, UTF-8, one entry a line, each line the entry's canonical
 JSON: sorted keys, no spaces):
@@ -12,19 +12,19 @@ JSON: sorted keys, no spaces):
   (all but `entry_hash` and `signature`), and `signature` = base64 DER
   ECDSA P-384/SHA-384 by the site key over `ENTRY_CONTEXT || entry_hash bytes`.
 
-Appends are serialised with an exclusive lock, fsync'd, and refused when the
-existing ledger does not verify against the signing key's own public key.
-The auditor's full check (epsilon recomputed independently) is
+Everything here needs only the site's public key. Writing (seal, append,
+sign a head: the site's private key) is `ledger_writer.py`: appends are
+serialised with an exclusive lock, fsync'd, and refused when the existing
+ledger does not verify against the signing key's own public key. The
+auditor's full check (epsilon recomputed independently) is
 `common/audit/verify.py`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from collections import Counter
@@ -33,16 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from semiofed.common.errors import SemiofedError
-from semiofed.common.files import fsync_dir
-from semiofed.common.privacy.keys import (
-    PrivateKey,
-    PublicKey,
-    load_public_key,
-    load_site_private_key,
-    public_key_fingerprint,
-    sign_digest,
-    verify_digest,
-)
+from semiofed.common.privacy.keys import PublicKey, public_key_fingerprint, verify_digest
 from semiofed.common.privacy.policy import NEIGHBOURING_RELATION, PRIVACY_UNIT, PrivacyPolicy
 
 LEDGER_VERSION = 1
@@ -53,7 +44,6 @@ ACCOUNTANT_PRV = "opacus-prv"
 KIND_LOCAL = "local"
 KIND_FEDERATED = "federated"
 KINDS = (KIND_LOCAL, KIND_FEDERATED)
-HEAD_MAX_BYTES = 1024  # a head travels with every round's metrics
 
 POLICY_FIELDS = ("max_epsilon", "target_delta", "min_noise_multiplier", "clipping_norm")
 RELEASE_FIELDS = (
@@ -87,7 +77,7 @@ class LedgerError(SemiofedError):
     """The privacy ledger is missing, unreadable, or does not verify, or an entry is invalid."""
 
 
-# --- canonical form, hashing, sealing -------------------------------------
+# --- canonical form, hashing ------------------------------------------------
 def canonical_bytes(obj: Any) -> bytes:
     """Canonical JSON: sorted keys, no spaces, UTF-8, no NaN/Infinity."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -96,13 +86,6 @@ def canonical_bytes(obj: Any) -> bytes:
 def entry_hash(entry: dict[str, Any]) -> str:
     """Hex sha256 of an entry's canonical JSON without `entry_hash` and `signature`."""
     return hashlib.sha256(canonical_bytes({k: v for k, v in entry.items() if k not in SEAL_FIELDS})).hexdigest()
-
-
-def seal(entry: dict[str, Any], private_key: PrivateKey) -> dict[str, Any]:
-    """Return `entry` with its `entry_hash` and the key's `signature` over it."""
-    body = {k: v for k, v in entry.items() if k not in SEAL_FIELDS}
-    digest = entry_hash(body)
-    return body | {"entry_hash": digest, "signature": sign_digest(private_key, ENTRY_CONTEXT, digest)}
 
 
 def utc_now() -> str:
@@ -205,7 +188,8 @@ class LedgerScan:
         return [line for line in self.lines if line.entry is not None]
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_ledger_bytes(path: Path) -> bytes:
+    """The ledger file's bytes; LedgerError when it is missing or unreadable."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -215,7 +199,8 @@ def _read_bytes(path: Path) -> bytes:
         raise LedgerError(f"ledger {path} is unreadable ({exc})", "check the path and permissions") from exc
 
 
-def _scan(data: bytes) -> LedgerScan:
+def scan_bytes(data: bytes) -> LedgerScan:
+    """Split a ledger's bytes into lines and parse each, without judging them."""
     pieces = data.split(b"\n")
     tail = pieces.pop()  # b"" when the file ends with a newline
     lines = []
@@ -238,7 +223,7 @@ def _scan(data: bytes) -> LedgerScan:
 
 def scan_ledger(path: Path) -> LedgerScan:
     """Read and split a ledger file without judging it (LedgerError only if it cannot be read)."""
-    return _scan(_read_bytes(path))
+    return scan_bytes(read_ledger_bytes(path))
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:
@@ -357,93 +342,7 @@ def _form_errors(entry: dict[str, Any]) -> list[str]:
     return errors
 
 
-def _check_appendable(path: Path, data: bytes, public_key: PublicKey) -> list[dict[str, Any]]:
-    scan = _scan(data)
-    problems = chain_problems(scan, public_key)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        fix = (f"see every problem with `semiofed audit verify --ledger {path} --site-key SITE_KEY.pub`; "
-               + ("an interrupted append left a torn last line: keep a copy of the ledger for the auditor, then remove "
-                  "the bytes after its last newline" if problems[0].kind == TORN and len(problems) == 1
-                  else "restore the ledger from backup; never edit entries by hand"))
-        raise LedgerError(f"ledger {path} does not verify with this site's key: {problems[0]}{more}", fix)
-    return [line.entry for line in scan.parsed]  # type: ignore[misc]
-
-
-def check_appendable(path: Path, public_key: PublicKey) -> list[dict[str, Any]]:
-    """The ledger's entries when the next append would be accepted; else LedgerError naming the first problem.
-
-    A missing file is an empty ledger. Run it before a release is computed, so
-    that a broken ledger stops the work before it starts, not after.
-    """
-    path = Path(path)
-    return _check_appendable(path, _read_bytes(path) if path.exists() else b"", public_key)
-
-
-def append_entry(path: Path, fields: dict[str, Any], private_key: PrivateKey) -> dict[str, Any]:
-    """Seal `fields` as the ledger's next entry and append it durably; return the entry written.
-
-    Refused (LedgerError) when the fields are invalid, when the existing
-    ledger does not verify against the key's own public key (including a torn
-    last line), or when it belongs to another site.
-    """
-    path = Path(path)
-    errors = release_field_errors(fields)
-    unknown = sorted(set(fields) - set(RELEASE_FIELDS))
-    errors += [f"unknown fields {unknown}"] if unknown else []
-    if errors:
-        raise LedgerError(f"ledger entry for {path} is invalid: {'; '.join(errors)}",
-                          f"give exactly the fields {', '.join(RELEASE_FIELDS)} (see `release_fields`)")
-    created = not path.exists()
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise LedgerError(f"ledger {path} cannot be opened for appending ({exc})",
-                          "check that the site directory exists and is writable") from exc
-    with os.fdopen(fd, "r+b") as stream:
-        fcntl.flock(stream.fileno(), fcntl.LOCK_EX)  # one writer at a time; released on close
-        entries = _check_appendable(path, stream.read(), private_key.public_key())
-        last = entries[-1] if entries else None
-        if last is not None and last["site_id"] != fields["site_id"]:
-            raise LedgerError(f"ledger {path} belongs to site {last['site_id']!r}, not {fields['site_id']!r}",
-                              "append to the ledger of the site that made the release")
-        entry = seal({**fields, "ledger_version": LEDGER_VERSION, "seq": last["seq"] + 1 if last else 0,
-                      "prev_hash": last["entry_hash"] if last else GENESIS_HASH}, private_key)
-        stream.write(canonical_bytes(entry) + b"\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    if created:
-        fsync_dir(path.parent)
-    return entry
-
-
-# --- the signed head ---------------------------------------------------------
-def ledger_head(path: Path, private_key: PrivateKey, site_id: str, *, policy: PrivacyPolicy | None = None) -> dict[str, Any]:
-    """A compact signed summary of the ledger's last entry, to send with round metrics (<= 1024 bytes of JSON).
-
-    `epsilon_max` and `delta` come from `policy` when given (the policy in
-    force now), else from the last entry; an empty ledger has seq -1.
-    """
-    entries = _check_appendable(Path(path), _read_bytes(path), private_key.public_key())
-    last = entries[-1] if entries else None
-    if last is not None and last["site_id"] != site_id:
-        raise LedgerError(f"ledger {path} belongs to site {last['site_id']!r}, not {site_id!r}", "give this site's own ledger")
-    head = {
-        "ledger_version": LEDGER_VERSION,
-        "site_id": site_id,
-        "seq": last["seq"] if last else -1,
-        "entry_hash": last["entry_hash"] if last else GENESIS_HASH,
-        "epsilon_cumulative": last["epsilon_cumulative"] if last else 0.0,
-        "epsilon_max": policy.max_epsilon if policy else (last["policy"]["max_epsilon"] if last else None),
-        "delta": policy.target_delta if policy else (last["delta"] if last else None),
-        "time": utc_now(),
-    }
-    head["signature"] = sign_digest(private_key, HEAD_CONTEXT, hashlib.sha256(canonical_bytes(head)).hexdigest())
-    if len(canonical_bytes(head)) > HEAD_MAX_BYTES:
-        raise LedgerError(f"ledger head of {path} is longer than {HEAD_MAX_BYTES} bytes", "use a shorter site id")
-    return head
-
-
+# --- the signed head (signed in ledger_writer.py) ------------------------------
 def verify_head(head: Any, public_key: PublicKey) -> bool:
     """True when `head` is well formed and signed by `public_key`; False for anything else."""
     if not isinstance(head, dict) or set(head) != set(HEAD_FIELDS + ("signature",)):
@@ -458,8 +357,7 @@ def verify_head(head: Any, public_key: PublicKey) -> bool:
 
 
 __all__ = [
-    "LedgerError", "LedgerProblem", "LedgerScan", "LedgerLine", "append_entry", "check_appendable", "read_entries",
-    "scan_ledger", "ledger_head", "verify_head", "chain_problems", "release_fields", "release_field_errors", "seal",
-    "entry_hash", "canonical_bytes", "load_site_private_key", "load_public_key", "GENESIS_HASH", "KIND_LOCAL",
-    "KIND_FEDERATED", "ACCOUNTANT_PRV",
+    "LedgerError", "LedgerProblem", "LedgerScan", "LedgerLine", "read_entries", "scan_ledger", "scan_bytes",
+    "read_ledger_bytes", "verify_head", "chain_problems", "release_fields", "release_field_errors", "entry_hash",
+    "canonical_bytes", "GENESIS_HASH", "KIND_LOCAL", "KIND_FEDERATED", "ACCOUNTANT_PRV",
 ]

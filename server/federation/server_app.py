@@ -17,7 +17,8 @@ from flwr.common import Context, ndarrays_to_parameters
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from semiofed.client.training.federated_round import classifier_config, get_weights, set_weights
+from semiofed.common.learning.classifier import classifier_config
+from semiofed.common.learning.weights import get_weights, set_weights
 from semiofed.common.learning.checkpoint import load_checkpoint, save_checkpoint
 from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.errors import SemiofedError

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from semiofed.common.errors import SemiofedError
 from semiofed.common.federation.run_config import FederationConfig
@@ -72,10 +72,11 @@ def flower_log(on_line: Callable[[str], None] | None) -> Iterator[None]:
 
 
 def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2,
-             on_line: Callable[[str], None] | None = None) -> Path:
+             on_line: Callable[[str], None] | None = None, mods: Sequence[Callable[..., Any]] = ()) -> Path:
     """Run the federation in Flower's simulation engine; returns the final global checkpoint.
 
-    on_line receives Flower's log lines instead of the console.
+    on_line receives Flower's log lines instead of the console. `mods` wrap the
+    ClientApp outside its own (bench/federation_sim.py measures messages so).
     """
     from flwr.client import ClientApp
     from flwr.simulation import run_simulation
@@ -89,7 +90,7 @@ def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2,
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     sites = find_sites(sites_dir)
     virtual = VirtualSite(sites, config)
-    client_app = ClientApp(client_fn=virtual.client_fn, mods=[secure_aggregation_mod, make_egress_mod(virtual.egress_spec)])
+    client_app = ClientApp(client_fn=virtual.client_fn, mods=[*mods, secure_aggregation_mod, make_egress_mod(virtual.egress_spec)])
     checkpoints = Path(config.checkpoints_dir)
     before = set(checkpoints.glob("run-*")) if checkpoints.is_dir() else set()
     with flower_log(on_line):
