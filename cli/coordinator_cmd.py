@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semiofed.cli.output import OutputFormat, emit, format_option
-from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM
+from semiofed.common.learning.spec import DEFAULT_MODEL
 from semiofed.common.federation.run_config import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
 
 app = typer.Typer(help="Run the federation: certificates, site enrolment, the Flower SuperLink and federated runs.",
@@ -110,11 +110,11 @@ def run(
     round_timeout: float = typer.Option(900.0, "--round-timeout", help="Seconds a round waits for sites."),
     site_epsilon: float = typer.Option(0.0, "--site-epsilon", help="Ask each site to spend at most this epsilon in this run (sites may spend less)."),
     noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Ask every site for this DP noise (0: each site chooses; a site refuses less than its minimum)."),
-    labels: str = typer.Option(",".join(DEFAULT_LABELS), "--labels", help="Label set, in output order."),
-    streams: str = typer.Option(",".join(STREAMS), "--streams", help="Input streams."),
-    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help="Temporal model."),
-    hidden: int = typer.Option(64, "--hidden", help="Hidden units."),
-    segments: int = typer.Option(16, "--segments", help="Segments per seizure."),
+    labels: str = typer.Option(",".join(DEFAULT_MODEL.labels), "--labels", help="Label set, in output order."),
+    streams: str = typer.Option(",".join(DEFAULT_MODEL.streams), "--streams", help="Input streams."),
+    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model."),
+    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
+    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
     output_format: OutputFormat = format_option(),
@@ -193,9 +193,9 @@ def simulate(
     strategy: str = typer.Option(STRATEGY_FEDAVG, "--strategy", help=f"Aggregation: {', '.join(STRATEGIES)}."),
     local_epochs: int = typer.Option(2, "--local-epochs", help="Local epochs per round."),
     secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+ (on by default)."),
-    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help="Temporal model."),
-    hidden: int = typer.Option(64, "--hidden", help="Hidden units."),
-    segments: int = typer.Option(16, "--segments", help="Segments per seizure."),
+    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model."),
+    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
+    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
     batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per DP step at each site."),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site (>= 3)."),
     output_format: OutputFormat = format_option(),

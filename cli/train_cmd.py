@@ -10,7 +10,8 @@ from rich.console import Console
 
 from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
-from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM, TEMPORAL_MODELS
+from semiofed.common.constants import STREAMS, TEMPORAL_MODELS
+from semiofed.common.learning.spec import DEFAULT_MODEL
 from semiofed.common.errors import SemiofedError
 
 SiteDirOption = typer.Option(..., "--site-dir", help="The site directory made by `semiofed site init`.")
@@ -37,11 +38,11 @@ def train(
     dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma (default: the site policy's minimum)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after this run; semiofed picks the noise."),
-    labels: str = typer.Option(",".join(DEFAULT_LABELS), "--labels", help="Comma-separated label set, in output order."),
-    streams: str = typer.Option(",".join(STREAMS), "--streams", help=f"Comma-separated input streams: {', '.join(STREAMS)}."),
-    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
-    hidden: int = typer.Option(64, "--hidden", help="Hidden units of the temporal model."),
-    segments: int = typer.Option(16, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
+    labels: str = typer.Option(",".join(DEFAULT_MODEL.labels), "--labels", help="Comma-separated label set, in output order."),
+    streams: str = typer.Option(",".join(DEFAULT_MODEL.streams), "--streams", help=f"Comma-separated input streams: {', '.join(STREAMS)}."),
+    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
+    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units of the temporal model."),
+    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds: one test, one validation, the rest training."),
     test_fold: int = typer.Option(0, "--test-fold", help="Which fold is held out as the test set."),
@@ -123,11 +124,11 @@ def cv(
     dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma of every fold (default: the site policy's minimum)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after ALL folds; semiofed picks one noise for all of them."),
-    labels: str = typer.Option(",".join(DEFAULT_LABELS), "--labels", help="Comma-separated label set, in output order."),
-    streams: str = typer.Option(",".join(STREAMS), "--streams", help=f"Comma-separated input streams: {', '.join(STREAMS)}."),
-    temporal: str = typer.Option(TEMPORAL_BLSTM, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
-    hidden: int = typer.Option(64, "--hidden", help="Hidden units of the temporal model."),
-    segments: int = typer.Option(16, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
+    labels: str = typer.Option(",".join(DEFAULT_MODEL.labels), "--labels", help="Comma-separated label set, in output order."),
+    streams: str = typer.Option(",".join(DEFAULT_MODEL.streams), "--streams", help=f"Comma-separated input streams: {', '.join(STREAMS)}."),
+    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
+    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units of the temporal model."),
+    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds, initialisation and sampling (not of the DP noise)."),
     output_format: OutputFormat = format_option(),
