@@ -13,6 +13,8 @@ from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.common.learning.spec import DEFAULT_MODEL
 from semiofed.common.federation.run_config import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
 
+_RUN = FederationConfig()  # the run config's defaults (model shape from DEFAULT_MODEL)
+
 app = typer.Typer(help="Run the federation: certificates, site enrolment, the Flower SuperLink and federated runs.",
                   no_args_is_help=True)
 DirOption = typer.Option(..., "--dir", help="The coordinator directory made by `semiofed coordinator init`.")
@@ -100,12 +102,12 @@ def stop(directory: Path = DirOption, output_format: OutputFormat = format_optio
 @app.command()
 def run(
     directory: Path = DirOption,
-    rounds: int = typer.Option(3, "--rounds", help="Federated rounds."),
+    rounds: int = typer.Option(_RUN.rounds, "--rounds", help="Federated rounds."),
     min_sites: int = typer.Option(2, "--min-sites", help="A round runs only if at least this many sites can afford it."),
     strategy: str = typer.Option(STRATEGY_FEDAVG, "--strategy", help=f"Aggregation: {', '.join(STRATEGIES)}."),
-    local_epochs: int = typer.Option(2, "--local-epochs", help="Local epochs per round at each site."),
-    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per DP step at each site."),
-    lr: float = typer.Option(1e-3, "--lr", help="Local Adam learning rate."),
+    local_epochs: int = typer.Option(_RUN.local_epochs, "--local-epochs", help="Local epochs per round at each site."),
+    batch_patients: int = typer.Option(_RUN.batch_patients, "--batch-patients", help="Expected patients per DP step at each site."),
+    lr: float = typer.Option(_RUN.lr, "--lr", help="Local Adam learning rate."),
     secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+: the coordinator sees only the sum of updates."),
     round_timeout: float = typer.Option(900.0, "--round-timeout", help="Seconds a round waits for sites."),
     site_epsilon: float = typer.Option(0.0, "--site-epsilon", help="Ask each site to spend at most this epsilon in this run (sites may spend less)."),
@@ -187,16 +189,16 @@ def info(directory: Path = DirOption, output_format: OutputFormat = format_optio
 @app.command()
 def simulate(
     sites_dir: Path = typer.Option(..., "--sites-dir", help="A folder of site directories (one virtual SuperNode each)."),
-    rounds: int = typer.Option(3, "--rounds", help="Federated rounds."),
+    rounds: int = typer.Option(_RUN.rounds, "--rounds", help="Federated rounds."),
     out: Path = typer.Option(Path("federation"), "--out", help="Where run.json and the checkpoints go."),
     min_sites: int = typer.Option(2, "--min-sites", help="A round runs only if at least this many sites can afford it."),
     strategy: str = typer.Option(STRATEGY_FEDAVG, "--strategy", help=f"Aggregation: {', '.join(STRATEGIES)}."),
-    local_epochs: int = typer.Option(2, "--local-epochs", help="Local epochs per round."),
+    local_epochs: int = typer.Option(_RUN.local_epochs, "--local-epochs", help="Local epochs per round."),
     secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+ (on by default)."),
     temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model."),
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
-    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per DP step at each site."),
+    batch_patients: int = typer.Option(_RUN.batch_patients, "--batch-patients", help="Expected patients per DP step at each site."),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site (>= 3)."),
     output_format: OutputFormat = format_option(),
 ) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
 from semiofed.common.constants import STREAMS, TEMPORAL_MODELS
-from semiofed.common.learning.spec import DEFAULT_MODEL
+from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE
 from semiofed.common.errors import SemiofedError
 
 SiteDirOption = typer.Option(..., "--site-dir", help="The site directory made by `semiofed site init`.")
@@ -32,9 +32,9 @@ def _class_weights(text: Optional[str]) -> str | tuple[float, ...] | None:
 
 def train(
     site_dir: Path = SiteDirOption,
-    epochs: int = typer.Option(30, "--epochs", help="Passes over the training patients (an epoch is 1/q steps)."),
-    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    epochs: int = typer.Option(DEFAULT_SCHEDULE.epochs, "--epochs", help="Passes over the training patients (an epoch is 1/q steps)."),
+    batch_patients: int = typer.Option(DEFAULT_SCHEDULE.batch_patients, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
+    lr: float = typer.Option(DEFAULT_SCHEDULE.lr, "--lr", help="Adam learning rate."),
     dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma (default: the site policy's minimum)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after this run; semiofed picks the noise."),
@@ -46,7 +46,7 @@ def train(
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds: one test, one validation, the rest training."),
     test_fold: int = typer.Option(0, "--test-fold", help="Which fold is held out as the test set."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation and sampling (not of the DP noise)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and initialisation (under DP, patient sampling and noise come from OS entropy)."),
     name: Optional[str] = typer.Option(None, "--name", help="Checkpoint directory name under the site's checkpoints/."),
     output_format: OutputFormat = format_option(),
 ) -> None:
@@ -118,9 +118,9 @@ def _json_safe(value: object) -> object:
 def cv(
     site_dir: Path = SiteDirOption,
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds: each is the test set once, the next one validates."),
-    epochs: int = typer.Option(30, "--epochs", help="Passes over each fold's training patients (an epoch is 1/q steps)."),
-    batch_patients: int = typer.Option(8, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    epochs: int = typer.Option(DEFAULT_SCHEDULE.epochs, "--epochs", help="Passes over each fold's training patients (an epoch is 1/q steps)."),
+    batch_patients: int = typer.Option(DEFAULT_SCHEDULE.batch_patients, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
+    lr: float = typer.Option(DEFAULT_SCHEDULE.lr, "--lr", help="Adam learning rate."),
     dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma of every fold (default: the site policy's minimum)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after ALL folds; semiofed picks one noise for all of them."),
@@ -130,7 +130,7 @@ def cv(
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units of the temporal model."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the folds, initialisation and sampling (not of the DP noise)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds and initialisation (under DP, patient sampling and noise come from OS entropy)."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Cross-validate over patient folds (every patient tested once); under DP every fold is charged to the budget."""

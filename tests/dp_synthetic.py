@@ -32,6 +32,11 @@ def make_record(
     pose[:, :, 3] = 1.0
     amp = (0.04 if tcs else 0.01) * signal * np.linspace(0.2, 1, n_frames)[:, None]
     pose[:, :, 0] += amp * np.sin(2 * np.pi * 3 * times)[:, None] + rng.normal(0, 0.003, (n_frames, 33))
+    # Limbs jerk at 3 Hz relative to the torso: both sides in phase for TCS, one side for FOS (as the motion
+    # descriptors see a seizure; the whole-body sway above is camera-like and drops out of them).
+    jerk = (0.15 if tcs else 0.05) * signal * np.linspace(0.2, 1, n_frames) * np.sin(2 * np.pi * 3 * times)
+    for joint in ((13, 15, 25, 27, 14, 16, 26, 28) if tcs else (13, 15, 25, 27)):
+        pose[:, joint, 1] += jerk
     hands = np.tile(pose[:, None, :21, :3], (1, 2, 1, 1))
     arrays = {
         R.FRAME_TIMES: times,

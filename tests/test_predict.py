@@ -39,7 +39,8 @@ def test_generalisation_is_the_first_sustained_crossing():
 def _real_i3d_ckpt(tmp_path, model_dir, sha=None):
     from semiofed.common.models.registry import file_sha256
 
-    model = build_classifier(ClassifierConfig(stcnn_dim=1024, embed_dim=8, hidden=6, temporal="blstm"), seed=0)
+    model = build_classifier(ClassifierConfig(streams=("stcnn", "keypoints"), stcnn_dim=1024, embed_dim=8, hidden=6,
+                                              temporal="blstm"), seed=0)
     extractor = {"name": "i3d", "sha256": sha or file_sha256("i3d_kinetics400_rgb", model_dir), "dim": 1024}
     return save_checkpoint(tmp_path / "ckpt", model, {"feature_extractor": extractor, "temperature": 1.5})
 

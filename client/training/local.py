@@ -17,7 +17,7 @@ from semiofed.common.learning.calibration import fit_temperature
 from semiofed.common.learning.checkpoint import save_checkpoint
 from semiofed.common.learning.classifier import ClassifierConfig, build_classifier, parameter_count
 from semiofed.common.learning.metrics import classification_report, patient_group_kfold, softmax
-from semiofed.common.learning.spec import DEFAULT_MODEL, ModelSpec
+from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec
 from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, balanced_class_weights, predict_logits
 from semiofed.common.learning.weights import get_weights
 from semiofed.common.privacy.accountant import PlannedRun, SiteAccountant
@@ -36,9 +36,9 @@ CLASS_WEIGHTS_BALANCED = "balanced"
 class LocalTrainingOptions:
     """What `semiofed site train` asks for; validated once."""
 
-    epochs: int = 30
-    batch_patients: int = 8
-    lr: float = 1e-3
+    epochs: int = DEFAULT_SCHEDULE.epochs
+    batch_patients: int = DEFAULT_SCHEDULE.batch_patients
+    lr: float = DEFAULT_SCHEDULE.lr
     dp: bool = True
     # None: the site policy's minimum noise, unless `epsilon` asks semiofed to choose it
     noise_multiplier: float | None = None

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from semiofed.common.constants import TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
-from semiofed.common.learning.spec import DEFAULT_MODEL, ModelSpec
+from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec
 
 STRATEGY_FEDAVG = "fedavg"
 STRATEGY_FEDPROX = "fedprox"
@@ -53,9 +53,9 @@ class FederationConfig:
     strategy: str = STRATEGY_FEDAVG
     proximal_mu: float = 0.01  # FedProx
     server_lr: float = 0.05  # FedAdam's eta
-    local_epochs: int = 2
-    batch_patients: int = 8
-    lr: float = 1e-3
+    local_epochs: int = 5
+    batch_patients: int = DEFAULT_SCHEDULE.batch_patients
+    lr: float = DEFAULT_SCHEDULE.lr
     # the model spec, flat so that each is one Flower run-config key
     labels: tuple[str, ...] = DEFAULT_MODEL.labels
     streams: tuple[str, ...] = DEFAULT_MODEL.streams

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from semiofed.common.constants import DEFAULT_LABELS, STREAMS, TEMPORAL_BLSTM, TEMPORAL_MODELS
+from semiofed.common.constants import DEFAULT_LABELS, STREAM_KEYPOINTS, TEMPORAL_GRU, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
 
 
@@ -19,10 +19,14 @@ class ModelSpec:
     """Labels, input streams and temporal model of the seizure classifier, with its sizes."""
 
     labels: tuple[str, ...] = DEFAULT_LABELS
-    streams: tuple[str, ...] = STREAMS
-    temporal: str = TEMPORAL_BLSTM
-    hidden: int = 64  # GESTURES: BLSTM with 64 hidden units
-    embed_dim: int = 64  # per-stream linear embedding before fusion; 0 feeds the raw features
+    # The motion descriptors only: 1024-d STCNN features would make the model ~20x larger than patient-level DP
+    # affords at a hospital's cohort size, and they encode the scene more than the movement (docs/privacy.md).
+    streams: tuple[str, ...] = (STREAM_KEYPOINTS,)
+    # A small GRU over the window descriptors (~500 parameters): the noise on the mean gradient grows with
+    # sqrt(parameters) (GESTURES' BLSTM with 64 units, ~200k parameters, stays at chance under DP).
+    temporal: str = TEMPORAL_GRU
+    hidden: int = 4
+    embed_dim: int = 0  # per-stream linear embedding before fusion; 0 feeds the descriptors themselves
     n_segments: int = 16  # GESTURES: 16 segments per seizure
 
     def __post_init__(self) -> None:
@@ -43,7 +47,19 @@ class ModelSpec:
         return d
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how hard a site trains: docs/privacy.md's rule ("Training defaults")."""
+
+    # every patient in every step up to this many (q = 1 at most hospitals: no sampling to keep secret,
+    # and the least noise per unit of epsilon at these cohort sizes); larger sites sample Poisson batches of it
+    batch_patients: int = 32
+    epochs: int = 20  # at q = 1, 20 noisy steps: enough for a ~500-parameter model, few enough to keep sigma low
+    lr: float = 0.05  # Adam; the descriptors are on a fixed [-3, 3] scale
+
+
 # The defaults every entry point starts from (CLI options, run config, local training, classifier).
 DEFAULT_MODEL = ModelSpec()
+DEFAULT_SCHEDULE = Schedule()
 
-__all__ = ["ModelSpec", "DEFAULT_MODEL"]
+__all__ = ["ModelSpec", "Schedule", "DEFAULT_MODEL", "DEFAULT_SCHEDULE"]

@@ -1,8 +1,8 @@
 """Model inputs from a de-identified record: per-snippet streams and segment sampling.
 
-Two streams per STCNN snippet: the STCNN feature itself and a keypoint-motion
-summary (body-normalised pose and hand positions and velocities, pooled over
-the frames of the snippet). Everything here depends on one record only, so no
+Two streams per STCNN snippet: the STCNN feature itself and the keypoint
+stream, the torso-normalised motion descriptors (common/records/motion.py) of
+the 3 s window around the snippet. Everything here depends on one record only, so no
 statistic of other patients leaks into a patient's inputs.
 """
 
@@ -15,34 +15,21 @@ import numpy as np
 
 from semiofed.common.errors import SemiofedError
 from semiofed.common.models.registry import I3D_KINETICS400, R2PLUS1D_18_KINETICS400
-from semiofed.common.records.schema import (
-    FRAME_TIMES,
-    HANDS,
-    HANDS_MASK,
-    POSE,
-    POSE_MASK,
-    SNIPPET_FEATURES,
-    SNIPPET_TIMES,
-    SeizureRecord,
-)
+from semiofed.common.records.motion import MOTION_DIM, window_features
+from semiofed.common.records.schema import FRAME_TIMES, SNIPPET_FEATURES, SNIPPET_TIMES, SeizureRecord
 
 log = logging.getLogger(__name__)
 
 from semiofed.common.constants import STREAM_KEYPOINTS, STREAM_STCNN, STREAMS  # noqa: F401
 
-KEYPOINT_FEATURES_VERSION = 1
-# 33 pose + 2x21 hand joints, x and y each.
-_N_COORDS = (33 + 2 * 21) * 2
-# mean position, std of position, mean speed per coordinate; 3 detection rates.
-KEYPOINT_DIM = 3 * _N_COORDS + 3
+# 2: the keypoint stream is the window motion descriptors of common/records/motion.py (version 1 was per-snippet
+# coordinate means, spreads and speeds, which hid the seizure under position and missing hands).
+KEYPOINT_FEATURES_VERSION = 2
+# The motion descriptors of the window around each snippet, and whether that window was valid.
+KEYPOINT_DIM = MOTION_DIM + 1
 
 # Registry key of the weights behind each STCNN name written by `site prepare`.
 STCNN_WEIGHT_KEYS = {"i3d": I3D_KINETICS400.key, "r2plus1d": R2PLUS1D_18_KINETICS400.key}
-
-# MediaPipe pose indices used to normalise the body.
-_L_SHOULDER, _R_SHOULDER, _L_HIP, _R_HIP = 11, 12, 23, 24
-# Velocities beyond this many torso lengths per second are tracking glitches.
-_MAX_SPEED = 20.0
 
 
 def check_streams(streams: Sequence[str]) -> tuple[str, ...]:
@@ -60,62 +47,18 @@ def feature_extractor_of(record: SeizureRecord) -> dict[str, object]:
     return {"name": record.stcnn, "sha256": record.models.get(key, ""), "dim": record.feature_dim}
 
 
-def _body_frame(pose: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre (hip midpoint, else shoulder midpoint) and scale (torso length), robust over the record."""
-    if not valid.any():
-        return np.array([0.5, 0.5], dtype=np.float32), 1.0
-    p = pose[valid, :, :2]
-    shoulders = p[:, [_L_SHOULDER, _R_SHOULDER]].mean(axis=1)
-    hips = p[:, [_L_HIP, _R_HIP]].mean(axis=1)
-    centre = np.median(hips, axis=0)
-    torso = float(np.median(np.linalg.norm(shoulders - hips, axis=1)))
-    return centre.astype(np.float32), max(torso, 1e-3)
-
-
 def keypoint_snippet_features(record: SeizureRecord) -> np.ndarray:
-    """Per-snippet keypoint-motion features [S, KEYPOINT_DIM] (float32)."""
-    a = record.arrays
-    times = a[FRAME_TIMES].astype(np.float64)
-    pose = np.nan_to_num(a[POSE].astype(np.float32))
-    hands = np.nan_to_num(a[HANDS].astype(np.float32))
-    pose_ok = a[POSE_MASK].astype(bool)
-    hands_ok = a[HANDS_MASK].astype(bool)
-    centre, scale = _body_frame(pose, pose_ok)
-    n_frames = times.shape[0]
-    pose_xy = (pose[:, :, :2] - centre) / scale * pose_ok[:, None, None]
-    hands_xy = (hands[:, :, :, :2] - centre) / scale * hands_ok[:, :, None, None]
-    coords = np.concatenate([pose_xy.reshape(n_frames, -1), hands_xy.reshape(n_frames, -1)], axis=1)
-    coord_ok = np.concatenate(
-        [np.repeat(pose_ok[:, None], 66, axis=1), np.repeat(hands_ok, 42, axis=1)], axis=1
-    ).astype(np.float32)
-    fps = record.fps if record.fps > 0 else 15.0
-    speed = np.zeros_like(coords)
-    if n_frames > 1:
-        both = coord_ok[1:] * coord_ok[:-1]
-        speed[1:] = np.abs(np.diff(coords, axis=0)) * fps * both
-        speed = np.minimum(speed, _MAX_SPEED)
-    speed_ok = np.zeros_like(coord_ok)
-    speed_ok[1:] = coord_ok[1:] * coord_ok[:-1]
-    snip = a[SNIPPET_TIMES].astype(np.float64)
-    starts = np.searchsorted(times, snip[:, 0], side="left")
-    ends = np.maximum(np.searchsorted(times, snip[:, 1], side="right"), starts + 1).clip(max=n_frames)
-    out = np.zeros((snip.shape[0], KEYPOINT_DIM), dtype=np.float32)
-    if n_frames == 0:
+    """Per-snippet keypoint stream [S, KEYPOINT_DIM] (float32): the motion descriptors of the window centred nearest
+    each snippet's centre, then the window's validity (1 or 0). Fixed public scaling: see common/records/motion.py."""
+    snippets = record.arrays[SNIPPET_TIMES].astype(np.float64)
+    out = np.zeros((snippets.shape[0], KEYPOINT_DIM), dtype=np.float32)
+    if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
         return out
-    # Cumulative sums make pooling over any window O(1).
-    def csum(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.zeros((1, x.shape[1]), np.float64), np.cumsum(x, axis=0, dtype=np.float64)])
-
-    c_n, c_x, c_xx = csum(coord_ok), csum(coords), csum(coords**2)
-    s_n, s_v = csum(speed_ok), csum(speed)
-    det = csum(np.stack([pose_ok, hands_ok[:, 0], hands_ok[:, 1]], axis=1).astype(np.float32))
-    starts = starts.clip(max=n_frames - 1)
-    n = np.maximum(c_n[ends] - c_n[starts], 1.0)
-    mean = (c_x[ends] - c_x[starts]) / n
-    var = np.maximum((c_xx[ends] - c_xx[starts]) / n - mean**2, 0.0)
-    spd = (s_v[ends] - s_v[starts]) / np.maximum(s_n[ends] - s_n[starts], 1.0)
-    rate = (det[ends] - det[starts]) / (ends - starts)[:, None]
-    out[:] = np.concatenate([mean, np.sqrt(var), spd, rate], axis=1)
+    feats, bounds, valid = window_features(record.arrays, frame_size=record.frame_size)
+    centres = bounds.astype(np.float64).mean(axis=1)
+    nearest = np.abs(snippets.mean(axis=1)[:, None] - centres[None, :]).argmin(axis=1)
+    out[:, :MOTION_DIM] = feats[nearest]
+    out[:, MOTION_DIM] = valid[nearest]
     return out
 
 
