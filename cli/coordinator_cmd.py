@@ -107,7 +107,8 @@ def run(
     strategy: str = typer.Option(STRATEGY_FEDAVG, "--strategy", help=f"Aggregation: {', '.join(STRATEGIES)}."),
     local_epochs: int = typer.Option(_RUN.local_epochs, "--local-epochs", help="Local epochs per round at each site."),
     batch_patients: int = typer.Option(_RUN.batch_patients, "--batch-patients", help="Expected patients per DP step at each site."),
-    lr: float = typer.Option(_RUN.lr, "--lr", help="Local Adam learning rate."),
+    lr: float = typer.Option(_RUN.lr, "--lr", help="Local learning rate of the optimiser (--optimizer)."),
+    optimizer: str = typer.Option(_RUN.optimizer, "--optimizer", help="adam, or sgd (momentum 0.9)."),
     secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+: the coordinator sees only the sum of updates."),
     round_timeout: float = typer.Option(900.0, "--round-timeout", help="Seconds a round waits for sites."),
     site_epsilon: float = typer.Option(0.0, "--site-epsilon", help="Ask each site to spend at most this epsilon in this run (sites may spend less)."),
@@ -132,7 +133,7 @@ def run(
             raise SemiofedError("--resume: this coordinator has no global checkpoint yet", "run once without --resume")
         resume_from = str(latest)
     config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
-                              batch_patients=batch_patients, lr=lr, secure_aggregation=secure_aggregation,
+                              batch_patients=batch_patients, lr=lr, optimizer=optimizer, secure_aggregation=secure_aggregation,
                               round_timeout=round_timeout, site_epsilon=site_epsilon, noise_multiplier=noise_multiplier,
                               labels=labels, streams=streams,
                               temporal=temporal, hidden=hidden, n_segments=segments, folds=folds, resume_from=resume_from)

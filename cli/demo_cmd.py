@@ -68,13 +68,15 @@ def demo(
     """The whole system on phantom seizure videos: de-identify at each hospital, federate with DP and SecAgg+, audit, report.
 
     Each hospital gets synthetic seizure videos (its own camera set-up and
-    case mix) and runs `site init` and `site prepare` (real MediaPipe and
-    I3D). The sites then train one classifier over a real local Flower
+    case mix) and runs `site init` and `site prepare` (real MediaPipe pose,
+    the landmarks the default model reads). The sites then train one
+    classifier (a small GRU over motion descriptors) over a real local Flower
     deployment (TLS, site keys, SecAgg+; --quick uses the simulation engine
     unless --deployment), each under its own DP budget, and are compared with
     local-only DP training and a centralised non-private model on the same
-    held-out patients. Every site's ledger is audited; report.html and
-    report.json are written to --out.
+    held-out patients (half of every site's patients), with 95% intervals.
+    Every site's ledger is audited; report.html and report.json are written
+    to --out.
     """
     from semiofed.server.demo import MODE_DEPLOY, MODE_SIMULATION, DemoConfig, run_demo
     from semiofed.server.report import REPORT_HTML, REPORT_JSON
@@ -99,9 +101,14 @@ def _show_comparison(report: dict, summary: dict, sites: int) -> None:
 
     held_out = len(report["federated"]["y"])
     table = Table(title=f"semiofed demo ({report['seconds']:.0f} s): {held_out} held-out seizures at {sites} hospitals")
-    for column in ("model", "privacy", "accuracy", "balanced acc.", "AUROC", "ECE"):
+    for column in ("model", "privacy", "accuracy", "balanced acc.", "AUROC", "ECE", "bal. acc. 95% CI", "AUROC 95% CI"):
         table.add_column(column)
-    fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731 - v != v: NaN (one class only)
+
+    def fmt(v: object) -> str:
+        if isinstance(v, str):
+            return v
+        return "-" if v is None or v != v else f"{v:.2f}"  # v != v: NaN (one class only)
+
     for row in comparison_rows(report):
         table.add_row(row[0], row[1], *[fmt(v) for v in row[2:]])
     Console().print(table)

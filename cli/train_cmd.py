@@ -34,7 +34,8 @@ def train(
     site_dir: Path = SiteDirOption,
     epochs: int = typer.Option(DEFAULT_SCHEDULE.epochs, "--epochs", help="Passes over the training patients (an epoch is 1/q steps)."),
     batch_patients: int = typer.Option(DEFAULT_SCHEDULE.batch_patients, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
-    lr: float = typer.Option(DEFAULT_SCHEDULE.lr, "--lr", help="Adam learning rate."),
+    lr: float = typer.Option(DEFAULT_SCHEDULE.lr, "--lr", help="Learning rate of the optimiser (--optimizer)."),
+    optimizer: str = typer.Option(DEFAULT_SCHEDULE.optimizer, "--optimizer", help="adam, or sgd (momentum 0.9)."),
     dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma (default: the site policy's minimum)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after this run; semiofed picks the noise."),
@@ -58,7 +59,7 @@ def train(
         err.print("[bold red]WARNING: --no-dp: this training is NOT differentially private. "
                   "The model may reveal individual patients; do not share it outside the site.[/]")
     options = LocalTrainingOptions(
-        epochs=epochs, batch_patients=batch_patients, lr=lr, dp=dp, noise_multiplier=noise_multiplier,
+        epochs=epochs, batch_patients=batch_patients, lr=lr, optimizer=optimizer, dp=dp, noise_multiplier=noise_multiplier,
         epsilon=epsilon, labels=_split(labels), streams=_split(streams), temporal=temporal, hidden=hidden,
         n_segments=segments, class_weights=_class_weights(class_weights), folds=folds, test_fold=test_fold,
         seed=seed, run_name=name,
@@ -120,7 +121,8 @@ def cv(
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds: each is the test set once, the next one validates."),
     epochs: int = typer.Option(DEFAULT_SCHEDULE.epochs, "--epochs", help="Passes over each fold's training patients (an epoch is 1/q steps)."),
     batch_patients: int = typer.Option(DEFAULT_SCHEDULE.batch_patients, "--batch-patients", help="Expected patients per step (Poisson rate q = this / patients)."),
-    lr: float = typer.Option(DEFAULT_SCHEDULE.lr, "--lr", help="Adam learning rate."),
+    lr: float = typer.Option(DEFAULT_SCHEDULE.lr, "--lr", help="Learning rate of the optimiser (--optimizer)."),
+    optimizer: str = typer.Option(DEFAULT_SCHEDULE.optimizer, "--optimizer", help="adam, or sgd (momentum 0.9)."),
     dp: bool = typer.Option(True, "--dp/--no-dp", help="Differential privacy per patient (default on). --no-dp is NOT private."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Gaussian noise sigma of every fold (default: the site policy's minimum)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Site epsilon to reach after ALL folds; semiofed picks one noise for all of them."),
@@ -144,7 +146,7 @@ def cv(
         err.print("[bold red]WARNING: --no-dp: this training is NOT differentially private. "
                   "The models may reveal individual patients; do not share them outside the site.[/]")
     options = LocalTrainingOptions(
-        epochs=epochs, batch_patients=batch_patients, lr=lr, dp=dp, noise_multiplier=noise_multiplier,
+        epochs=epochs, batch_patients=batch_patients, lr=lr, optimizer=optimizer, dp=dp, noise_multiplier=noise_multiplier,
         epsilon=epsilon, labels=_split(labels), streams=_split(streams), temporal=temporal, hidden=hidden,
         n_segments=segments, class_weights=_class_weights(class_weights), folds=folds, seed=seed,
     )

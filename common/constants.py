@@ -7,6 +7,9 @@ TEMPORAL_GRU = "gru"  # a small unidirectional GRU: the recurrent model sized fo
 TEMPORAL_LINEAR = "linear"  # no temporal model: a linear head on the mean-pooled window features (baseline)
 TEMPORAL_MODELS = (TEMPORAL_BLSTM, TEMPORAL_TCONV, TEMPORAL_ATTN, TEMPORAL_GRU, TEMPORAL_LINEAR)
 
+OPTIMIZER_ADAM, OPTIMIZER_SGD = "adam", "sgd"  # SGD with momentum 0.9
+OPTIMIZERS = (OPTIMIZER_ADAM, OPTIMIZER_SGD)
+
 DEFAULT_LABELS = ("FOS", "TCS")  # focal onset vs focal to bilateral tonic-clonic
 
 # Model input streams: what a classifier reads from each snippet of a record.

@@ -138,15 +138,22 @@ def small_test_set_note(n: int) -> str:
             "--quick, or see docs/benchmarks.md for cross-validated figures.")
 
 
+def _interval(metrics: dict[str, Any], key: str) -> str:
+    low, high = (metrics.get("ci95") or {}).get(key, (math.nan, math.nan))
+    return f"{low:.2f}-{high:.2f}" if math.isfinite(low) and math.isfinite(high) else "-"
+
+
 def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
-    """Local-only vs federated vs centralised, on the same held-out patients."""
+    """Local-only vs federated vs centralised, on the same held-out patients, with 95% bootstrap intervals."""
+    local = report.get("local_only_pooled", {}).get("pooled") or _pooled_local(report["local_only"])
     rows = []
     for name, privacy, metrics in (
-        ("local-only (each site alone)", "DP per site", _pooled_local(report["local_only"])),
+        ("local-only (each site alone)", "DP per site", local),
         ("federated (SecAgg+)", "DP per site", report["federated"]["pooled"]),
         ("centralised (pooled data)", "NOT private", report["centralised"]["pooled"]),
     ):
-        rows.append([name, privacy, *[metrics.get(key, math.nan) for key, _ in METRICS]])
+        rows.append([name, privacy, *[metrics.get(key, math.nan) for key, _ in METRICS],
+                     _interval(metrics, "balanced_accuracy"), _interval(metrics, "auroc")])
     return rows
 
 
@@ -169,8 +176,12 @@ def build_html(report: dict[str, Any]) -> str:
         H.section("Summary", H.paragraph(
             f"{len(report['sites'])} hospitals, {sum(s['records'] for s in report['sites'])} de-identified seizure records, "
             f"{len(run['rounds'])} federated rounds ({report['federation_mode']}). Audit: "
-            + ("every site's ledger verifies." if all_ok else "SOME LEDGERS FAIL VERIFICATION.")),
-            H.table(["model", "privacy", *[title for _, title in METRICS]], comparison_rows(report),
+            + ("every site's ledger verifies." if all_ok else "SOME LEDGERS FAIL VERIFICATION.")
+            + (f" Every model's decision threshold and scale were set on {report['reference']['seizures']} public "
+               "reference seizures (phantom patients of another seed, run through site prepare): post-processing "
+               "of the released models, no privacy cost." if report.get("reference") else "")),
+            H.table(["model", "privacy", *[title for _, title in METRICS], "bal. acc. 95% CI", "AUROC 95% CI"],
+                    comparison_rows(report),
                     caption=f"pooled over every site's held-out test patients ({len(fed['y'])} seizures, the same for all three)"),
             *([H.paragraph(small_test_set_note(len(fed["y"])))] if len(fed["y"]) < SMALL_TEST_SET else [])),
         H.section("Sites", sites, per_site),

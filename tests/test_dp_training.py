@@ -120,3 +120,12 @@ def test_who_is_sampled_cannot_be_recomputed_from_the_run_config():
     first, second = _sampled_batches(seed=7), _sampled_batches(seed=7)
     assert len(first) == len(second) == 5
     assert first != second
+
+
+def test_the_optimiser_is_a_choice_and_an_unknown_one_is_refused_with_the_valid_ones():
+    with pytest.raises(SemiofedError, match="adam, sgd"):
+        TrainConfig(optimizer="rmsprop")
+    config = ClassifierConfig(temporal="gru", **SMALL)
+    trainer = Trainer(build_classifier(config, seed=0), TrainConfig(optimizer="sgd", noise_multiplier=1.0), n_segments=4)
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and trainer.optimizer.defaults["momentum"] == 0.9
+    trainer.close()

@@ -25,6 +25,7 @@ from semiofed.client.training.local import (
     LocalTrainingOptions,
     calibrated_test_predictions,
     common_extractor,
+    fit_model,
     group_patients,
     load_site_records,
     split_patients,
@@ -32,11 +33,8 @@ from semiofed.client.training.local import (
 from semiofed.common.errors import SemiofedError
 from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.learning.metrics import classification_report
-from semiofed.common.learning.trainer import Patient, TrainConfig, Trainer
-from semiofed.common.learning.weights import get_weights
+from semiofed.common.learning.trainer import Patient, TrainConfig
 from semiofed.common.privacy.accountant import PlannedRun, PrivacyBudgetError, SiteAccountant
-from semiofed.common.privacy.budgeted_run import budgeted_run
-from semiofed.common.privacy.ledger import KIND_LOCAL
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +74,9 @@ class CrossValidationResult:
     pooled_probs: np.ndarray | None = field(default=None, repr=False)
 
 
-def fold_splits(patients: Sequence[Patient], folds: int, seed: int) -> list[Split]:
-    """(train, validation, test) for each fold k: test = fold k, validation = fold k+1, training = the rest."""
-    return [split_patients(patients, folds, k, seed) for k in range(folds)]
+def fold_splits(patients: Sequence[Patient], folds: int, seed: int, *, validation: bool = True) -> list[Split]:
+    """(train, validation, test) for each fold k: test = fold k, validation = fold k+1 (or none), training = the rest."""
+    return [split_patients(patients, folds, k, seed, validation=validation) for k in range(folds)]
 
 
 def projected_epsilon(accountant: SiteAccountant, runs: Sequence[PlannedRun]) -> float:
@@ -167,8 +165,9 @@ def cross_validate(
     if len(patients) < options.folds:
         raise SemiofedError(f"{len(patients)} patients cannot fill {options.folds} patient folds",
                             f"use --folds {max(len(patients), 3)} or fewer (at least 3), or add patients")
-    splits = fold_splits(patients, options.folds, options.seed)
-    base = TrainConfig(epochs=options.epochs, batch_patients=options.batch_patients, lr=options.lr, dp=options.dp,
+    splits = fold_splits(patients, options.folds, options.seed, validation=options.validation)
+    base = TrainConfig(epochs=options.epochs, batch_patients=options.batch_patients, lr=options.lr,
+                       optimizer=options.optimizer, dp=options.dp,
                        clipping_norm=policy.clipping_norm, seed=options.seed)
     plan = [(base.sample_rate(len(train)), base.steps(len(train))) for train, _, _ in splits]
     options.class_weights_for(splits[0][0])  # a wrong number of weights is refused before the budget is touched
@@ -196,19 +195,12 @@ def cross_validate(
         config = replace(base, class_weights=options.class_weights_for(train),
                          noise_multiplier=sigma if sigma is not None else base.noise_multiplier)
         model = build_classifier(model_config, seed=options.seed)
-        trainer = Trainer(model, config, n_segments=options.n_segments)
         epoch_hook = (lambda epoch, stats, k=k: on_epoch(k, epoch, stats)) if on_epoch is not None else None
-        try:
-            if accountant is not None:
-                # the fold's model is discarded, but its steps were spent: the ledger shows every spend to the auditor
-                with budgeted_run(site.privacy, PlannedRun(config.noise_multiplier, q, steps), kind=KIND_LOCAL,
-                                  run_id=f"{run_id}-fold{k + 1}", note=f"cross-validation fold {k + 1}/{options.folds}") as run:
-                    taken = trainer.fit(train, on_step=run.step, on_epoch=epoch_hook, steps=steps)
-                    run.release(get_weights(model))
-            else:
-                taken = trainer.fit(train, on_epoch=epoch_hook, steps=steps)
-        finally:
-            trainer.close()
+        # the fold's model is discarded, but its steps were spent: the ledger shows every spend to the auditor
+        taken = fit_model(site, model, config, train,
+                          planned=PlannedRun(config.noise_multiplier, q, steps) if accountant is not None else None,
+                          run_id=f"{run_id}-fold{k + 1}", note=f"cross-validation fold {k + 1}/{options.folds}",
+                          n_segments=options.n_segments, steps=steps, on_epoch=epoch_hook)
 
         temperature, labels, probs = calibrated_test_predictions(model, val, test, n_segments=options.n_segments)
         pooled_labels += labels

@@ -77,8 +77,10 @@ class SiteTask:
         if len(patients) < config.folds:
             raise RoundDeclined(f"site {self.site.site_id} has {len(patients)} patients, fewer than the run's {config.folds} folds",
                                 "prepare more records, or run with fewer --folds")
-        self.train, self.validation, self.test = split_patients(patients, config.folds, config.test_fold, config.seed)
+        self.train, self.validation, self.test = split_patients(patients, config.folds, config.test_fold, config.seed,
+                                                                validation=config.validation)
         self.train_config = TrainConfig(epochs=config.local_epochs, batch_patients=config.batch_patients, lr=config.lr,
+                                        optimizer=config.optimizer,
                                         dp=True, clipping_norm=self.site.policy.clipping_norm, seed=config.seed)
         self.sample_rate = self.train_config.sample_rate(len(self.train))
         self.steps_per_round = self.train_config.steps(len(self.train))

@@ -39,6 +39,7 @@ class LocalTrainingOptions:
     epochs: int = DEFAULT_SCHEDULE.epochs
     batch_patients: int = DEFAULT_SCHEDULE.batch_patients
     lr: float = DEFAULT_SCHEDULE.lr
+    optimizer: str = DEFAULT_SCHEDULE.optimizer
     dp: bool = True
     # None: the site policy's minimum noise, unless `epsilon` asks semiofed to choose it
     noise_multiplier: float | None = None
@@ -54,6 +55,9 @@ class LocalTrainingOptions:
     class_weights: str | tuple[float, ...] | None = None
     folds: int = 5
     test_fold: int = 0
+    # a validation fold for temperature scaling (calibration only: it never moves the decision); without it
+    # every patient outside the test fold trains
+    validation: bool = True
     seed: int = 0
     run_name: str | None = None
 
@@ -67,8 +71,11 @@ class LocalTrainingOptions:
                 "balanced class weights are computed from the private label counts, which DP-SGD does not cover",
                 "give public weights (e.g. --class-weights 1,2 from the literature's FOS:TCS ratio) or use --no-dp",
             )
-        if self.folds < 3 or not (0 <= self.test_fold < self.folds):
-            raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}", "use folds >= 3 (test, validation, training) and 0 <= test_fold < folds")
+        least = 3 if self.validation else 2
+        if self.folds < least or not (0 <= self.test_fold < self.folds):
+            raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}",
+                                f"use folds >= {least} (test, {'validation, ' if self.validation else ''}training) "
+                                "and 0 <= test_fold < folds")
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -146,12 +153,14 @@ def group_patients(records: Sequence[SeizureRecord], labels: Sequence[str], stre
     return [Patient(p, tuple(s)) for p, s in sorted(by_patient.items())]
 
 
-def split_patients(patients: Sequence[Patient], folds: int, test_fold: int, seed: int) -> tuple[list[Patient], list[Patient], list[Patient]]:
-    """(train, validation, test) by patient: fold `test_fold` is the test set, the next one validation."""
+def split_patients(patients: Sequence[Patient], folds: int, test_fold: int, seed: int, *,
+                   validation: bool = True) -> tuple[list[Patient], list[Patient], list[Patient]]:
+    """(train, validation, test) by patient: fold `test_fold` is the test set, the next one validation (or none)."""
     names = [p.pseudonym for p in patients]
     majority = [int(np.bincount([s.label for s in p.seizures]).argmax()) for p in patients]
     parts = patient_group_kfold(names, majority, folds, seed=seed)
-    test, val = set(parts[test_fold]), set(parts[(test_fold + 1) % folds])
+    test = set(parts[test_fold])
+    val = set(parts[(test_fold + 1) % folds]) if validation else set()
     train = [p for p in patients if p.pseudonym not in test and p.pseudonym not in val]
     return train, [p for p in patients if p.pseudonym in val], [p for p in patients if p.pseudonym in test]
 
@@ -165,6 +174,22 @@ def calibrated_test_predictions(model: Any, validation: Sequence[Patient], test:
     test_seizures = [s for p in test for s in p.seizures]
     probs = softmax(predict_logits(model, test_seizures, n_segments=n_segments), temperature)
     return temperature, [s.label for s in test_seizures], probs
+
+
+def fit_model(site: Site, model: Any, config: TrainConfig, train: Sequence[Patient], *, planned: PlannedRun | None,
+              run_id: str, note: str, n_segments: int, steps: int,
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> int:
+    """Train `model`; under DP (`planned`) as one budgeted run whose release, signed in the ledger, is its weights."""
+    trainer = Trainer(model, config, n_segments=n_segments)
+    try:
+        if planned is None:
+            return trainer.fit(train, on_epoch=on_epoch, steps=steps)
+        with budgeted_run(site.privacy, planned, kind=KIND_LOCAL, run_id=run_id, note=note) as run:
+            taken = trainer.fit(train, on_step=run.step, on_epoch=on_epoch, steps=steps)
+            run.release(get_weights(model))
+        return taken
+    finally:
+        trainer.close()
 
 
 def train_site(
@@ -186,10 +211,12 @@ def train_site(
     if len(patients) < options.folds:
         raise SemiofedError(f"{len(patients)} patients cannot fill {options.folds} patient folds",
                             f"use --folds {len(patients)} or fewer, or add patients")
-    train, val, test = split_patients(patients, options.folds, options.test_fold, options.seed)
+    train, val, test = split_patients(patients, options.folds, options.test_fold, options.seed,
+                                      validation=options.validation)
     weights = options.class_weights_for(train)
 
-    config = TrainConfig(epochs=options.epochs, batch_patients=options.batch_patients, lr=options.lr, dp=options.dp,
+    config = TrainConfig(epochs=options.epochs, batch_patients=options.batch_patients, lr=options.lr,
+                         optimizer=options.optimizer, dp=options.dp,
                          clipping_norm=policy.clipping_norm, class_weights=weights, seed=options.seed)
     q, steps = config.sample_rate(len(train)), config.steps(len(train))
     planned: PlannedRun | None = None
@@ -209,16 +236,8 @@ def train_site(
     log.info("training %s (%d parameters) on %d patients (%d seizures); validation %d, test %d patients",
              options.temporal, parameter_count(model), len(train), sum(len(p.seizures) for p in train), len(val), len(test))
     name = options.run_name or time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
-    trainer = Trainer(model, config, n_segments=options.n_segments)
-    try:
-        if planned is not None:  # the model is a DP release: signed into the site's ledger under its name
-            with budgeted_run(site.privacy, planned, kind=KIND_LOCAL, run_id=name, note=options.run_name or "") as run:
-                taken = trainer.fit(train, on_step=run.step, on_epoch=on_epoch, steps=steps)
-                run.release(get_weights(model))
-        else:
-            taken = trainer.fit(train, on_epoch=on_epoch, steps=steps)
-    finally:
-        trainer.close()
+    taken = fit_model(site, model, config, train, planned=planned, run_id=name, note=options.run_name or "",
+                      n_segments=options.n_segments, steps=steps, on_epoch=on_epoch)
 
     temperature, test_labels, test_probs = calibrated_test_predictions(model, val, test, n_segments=options.n_segments)
     metrics = classification_report(test_labels, test_probs)

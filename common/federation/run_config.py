@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from semiofed.common.constants import TEMPORAL_MODELS
+from semiofed.common.constants import OPTIMIZERS, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec
 
@@ -56,6 +56,7 @@ class FederationConfig:
     local_epochs: int = 5
     batch_patients: int = DEFAULT_SCHEDULE.batch_patients
     lr: float = DEFAULT_SCHEDULE.lr
+    optimizer: str = DEFAULT_SCHEDULE.optimizer
     # the model spec, flat so that each is one Flower run-config key
     labels: tuple[str, ...] = DEFAULT_MODEL.labels
     streams: tuple[str, ...] = DEFAULT_MODEL.streams
@@ -67,6 +68,7 @@ class FederationConfig:
     stcnn_dim: int = 1024
     folds: int = 5  # sites hold out fold `test_fold` (test) and the next (validation) of their own patients
     test_fold: int = 0
+    validation: bool = True  # False: no validation fold (temperature 1), every other patient trains
     seed: int = 0
     secure_aggregation: bool = True
     min_sites: int = 2
@@ -84,6 +86,8 @@ class FederationConfig:
         object.__setattr__(self, "streams", _tuple(self.streams))
         if self.strategy not in STRATEGIES:
             raise SemiofedError(f"strategy '{self.strategy}' is unknown", f"use one of {', '.join(STRATEGIES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise SemiofedError(f"optimizer '{self.optimizer}' is unknown", f"use one of {', '.join(OPTIMIZERS)}")
         if self.temporal not in TEMPORAL_MODELS:
             raise SemiofedError(f"temporal model '{self.temporal}' is unknown", f"use one of {', '.join(TEMPORAL_MODELS)}")
         for name in ("rounds", "local_epochs", "batch_patients", "min_sites", "n_segments", "hidden"):
@@ -95,8 +99,10 @@ class FederationConfig:
         for name in ("proximal_mu", "site_epsilon", "noise_multiplier"):
             if float(getattr(self, name)) < 0:
                 raise SemiofedError(f"run config {name}={getattr(self, name)} must not be negative")
-        if self.folds < 3 or not (0 <= self.test_fold < self.folds):
-            raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}", "use folds >= 3 and 0 <= test_fold < folds")
+        least = 3 if self.validation else 2
+        if self.folds < least or not (0 <= self.test_fold < self.folds):
+            raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}",
+                                f"use folds >= {least} and 0 <= test_fold < folds")
 
     @property
     def model_spec(self) -> ModelSpec:

@@ -73,6 +73,10 @@ def check_feature_extractor(expected: dict[str, Any], record: SeizureRecord, con
             )
 
 
+# What save_checkpoint writes itself (a copy of a checkpoint's meta passes the rest back in).
+CHECKPOINT_OWN_KEYS = ("format_version", "created", "weights_sha256", "update_sha256", "classifier", "keypoint_features_version")
+
+
 def save_checkpoint(directory: Path, model: SeizureClassifier, meta: dict[str, Any]) -> Path:
     """Write weights and metadata into `directory` (atomically, file by file; weights first)."""
     from safetensors.torch import save

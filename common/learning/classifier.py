@@ -57,9 +57,12 @@ class ClassifierConfig:
             raise SemiofedError(f"label set {list(self.labels)} needs at least two distinct labels", "use e.g. FOS,TCS")
         if self.temporal not in TEMPORAL_MODELS:
             raise SemiofedError(f"temporal model '{self.temporal}' is unknown", f"use one of {list(TEMPORAL_MODELS)}")
-        for name in ("stcnn_dim", "keypoint_dim", "hidden", "n_segments"):
+        for name in ("keypoint_dim", "hidden", "n_segments"):
             if getattr(self, name) < 1:
                 raise SemiofedError(f"classifier {name}={getattr(self, name)} must be positive")
+        if self.stcnn_dim < (1 if STREAM_STCNN in self.streams else 0):
+            raise SemiofedError(f"classifier stcnn_dim={self.stcnn_dim} must be positive for the '{STREAM_STCNN}' stream",
+                                "prepare the records with an STCNN, or train on the keypoints stream only")
         if self.embed_dim < 0 or not (0.0 <= self.dropout < 1.0):
             raise SemiofedError("classifier embed_dim must be >= 0 and dropout in [0, 1)")
 

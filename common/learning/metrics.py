@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import numpy as np
@@ -99,6 +101,25 @@ def classification_report(y_true: Sequence[int], probs: np.ndarray) -> dict[str,
         CONFUSION: cm.tolist(),
         N_SEIZURES: int(len(y)),
     }
+
+
+def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, *, n_boot: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of balanced accuracy and AUROC, resampling the held-out seizures."""
+    y = np.asarray(y_true, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {BALANCED_ACCURACY: [], AUROC: []}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[idx])) < 2:  # both classes are needed for either figure
+            continue
+        report = classification_report(y[idx], probs[idx])
+        for key in values:
+            if math.isfinite(report[key]):
+                values[key].append(float(report[key]))
+    tail = (1.0 - level) / 2 * 100
+    return {key: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if v else [math.nan, math.nan]
+            for key, v in values.items()}
 
 
 def patient_group_kfold(

@@ -55,7 +55,8 @@ class Schedule:
     # and the least noise per unit of epsilon at these cohort sizes); larger sites sample Poisson batches of it
     batch_patients: int = 32
     epochs: int = 20  # at q = 1, 20 noisy steps: enough for a ~500-parameter model, few enough to keep sigma low
-    lr: float = 0.05  # Adam; the descriptors are on a fixed [-3, 3] scale
+    optimizer: str = "adam"  # SGD with momentum did worse under DP in the recipe study (docs/privacy.md)
+    lr: float = 0.05  # the descriptors are on a fixed [-3, 3] scale
 
 
 # The defaults every entry point starts from (CLI options, run config, local training, classifier).

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semiofed.common.constants import OPTIMIZER_SGD, OPTIMIZERS
 from semiofed.common.errors import SemiofedError
 from semiofed.common.records.features import segment_indices
 from semiofed.common.learning.per_sample import PerPatientGradients, clip_and_noise
@@ -43,6 +44,9 @@ class Patient:
     seizures: tuple[Seizure, ...]
 
 
+SGD_MOMENTUM = 0.9
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training parameters; stored in the checkpoint."""
@@ -51,6 +55,9 @@ class TrainConfig:
     # expected patients per step; q = batch_patients / n_patients
     batch_patients: int = 8
     lr: float = 1e-3
+    # "adam", or "sgd" (momentum 0.9): under DP Adam divides every coordinate by its own noisy second moment, so a
+    # coordinate the data does not move (the output bias among them) random-walks by ~lr a step (docs/privacy.md)
+    optimizer: str = "adam"
     weight_decay: float = 0.0
     dp: bool = True
     noise_multiplier: float = 1.0
@@ -65,6 +72,8 @@ class TrainConfig:
             raise SemiofedError(f"epochs ({self.epochs}) and batch_patients ({self.batch_patients}) must be >= 1")
         if not (self.lr > 0 and self.clipping_norm > 0 and self.beta_gamma > 0):
             raise SemiofedError("lr, clipping_norm and beta_gamma must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise SemiofedError(f"optimizer '{self.optimizer}' is unknown", f"use one of {', '.join(OPTIMIZERS)}")
         if self.dp and not self.noise_multiplier > 0:
             raise SemiofedError(f"noise multiplier {self.noise_multiplier} must be positive under DP", "use e.g. 1.0")
         if self.class_weights is not None:
@@ -137,7 +146,11 @@ class Trainer:
         self.proximal = proximal
         self.config = config
         self.n_segments = n_segments
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.optimizer == OPTIMIZER_SGD:
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=SGD_MOMENTUM,
+                                             weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         # Under DP the patient sampling and the noise come from OS entropy, never from the config's seed: the
         # accountant credits subsampling amplification, which holds only while nobody can recompute who was sampled.
         self.rng = np.random.default_rng(secrets.randbits(128) if config.dp else config.seed)
