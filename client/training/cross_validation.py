@@ -20,14 +20,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from semiofed.client.site import open_site
 from semiofed.client.training.local import (
     LocalTrainingOptions,
     calibrated_test_predictions,
-    common_extractor,
     fit_model,
-    group_patients,
-    load_site_records,
+    site_patients,
     split_patients,
 )
 from semiofed.common.errors import SemiofedError
@@ -157,11 +154,8 @@ def cross_validate(
     cross-validation estimates performance, `site train` makes the model to use).
     """
     started = time.monotonic()
-    site = open_site(site_dir)
+    site, extractor, patients = site_patients(site_dir, options)
     policy = site.policy
-    records = load_site_records(site, options.labels)
-    extractor = common_extractor(records)
-    patients = group_patients(records, options.labels, options.streams)
     if len(patients) < options.folds:
         raise SemiofedError(f"{len(patients)} patients cannot fill {options.folds} patient folds",
                             f"use --folds {max(len(patients), 3)} or fewer (at least 3), or add patients")

@@ -176,6 +176,13 @@ def calibrated_test_predictions(model: Any, validation: Sequence[Patient], test:
     return temperature, [s.label for s in test_seizures], probs
 
 
+def site_patients(site_dir: Path, options: LocalTrainingOptions) -> tuple[Site, dict[str, Any], list[Patient]]:
+    """The site, its records' feature extractor and its patients with records of `options.labels`."""
+    site = open_site(site_dir)
+    records = load_site_records(site, options.labels)
+    return site, common_extractor(records), group_patients(records, options.labels, options.streams)
+
+
 def fit_model(site: Site, model: Any, config: TrainConfig, train: Sequence[Patient], *, planned: PlannedRun | None,
               run_id: str, note: str, n_segments: int, steps: int,
               on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> int:
@@ -200,11 +207,8 @@ def train_site(
 ) -> TrainResult:
     """Train the classifier on this site's records only; DP runs are checked against and recorded in the budget."""
     started = time.monotonic()
-    site = open_site(site_dir)
+    site, extractor, patients = site_patients(site_dir, options)
     policy = site.policy
-    records = load_site_records(site, options.labels)
-    extractor = common_extractor(records)
-    patients = group_patients(records, options.labels, options.streams)
     if len(patients) < 3:
         raise SemiofedError(f"this site has {len(patients)} patient(s) with records of the labels {', '.join(options.labels)}",
                             "training needs at least 3 patients (one each for training, validation and test): prepare more records")
