@@ -1,7 +1,7 @@
 """Utility of the DP model: centralised non-DP vs local-only DP vs federated DP (FedAvg) at epsilon 1, 3, 8.
 
-Usage: python bench/bench_utility.py --held-out /tmp/demo-full/sites --dev /tmp/semiofed-bench/motion-cohort/site
-       [--seeds 0 1] [--epsilons 1 3 8] [--write]
+Usage: python bench/bench_utility.py --held-out DEMO/sites [--reference DEMO/reference-site]
+       [--dev /tmp/semiofed-bench/motion-cohort/site] [--seeds 0 1] [--epsilons 1 3 8] [--write]
 
 The model is the default one (common/learning/spec.py: GRU, 4 hidden units, keypoint
 stream) with the default schedule, untuned; `--temporal linear` rows are the mean-pooled
@@ -16,6 +16,8 @@ folds are pooled into balanced accuracy and AUROC (95% bootstrap intervals) and 
   local-only   each site alone, `site train --epsilon` (epsilon per model)
   federated    FedAvg of the sites' real budgeted DP rounds (SiteTask.fit, in process),
                each site's run at `site_epsilon` = epsilon
+With --reference (a demo's public reference seizures), the held-out rows are measured again
+with every model's decision threshold and scale set on them first, as `semiofed demo` does.
 Dev cohort (one site, used to design the descriptors and the recipe): patient-grouped
 5-fold `cross_validate`, no validation fold; non-DP and local-only DP at the noise that
 brings one fold's model to epsilon.
@@ -50,8 +52,9 @@ from semiofed.common.learning.checkpoint import load_checkpoint  # noqa: E402
 from semiofed.common.learning.classifier import build_classifier, classifier_config, parameter_count  # noqa: E402
 from semiofed.common.learning.metrics import bootstrap_intervals, classification_report, softmax  # noqa: E402
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE  # noqa: E402
-from semiofed.common.learning.trainer import Patient, TrainConfig, Trainer, predict_logits  # noqa: E402
+from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, predict_logits  # noqa: E402
 from semiofed.common.privacy.accountant import SiteAccountant  # noqa: E402
+from semiofed.server.demo import calibrate  # noqa: E402
 from semiofed.server.federation.server_app import initial_weights  # noqa: E402
 
 log = logging.getLogger("bench_utility")
@@ -80,9 +83,17 @@ def fedavg(results: Sequence[tuple[list[np.ndarray], int, dict]]) -> list[np.nda
             for i in range(len(results[0][0]))]
 
 
-def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, temporal: str, seed: int,
-                  test_fold: int) -> tuple[Predictions, dict[str, Any]]:
-    """One test fold of the held-out cohort: train the row's model(s), predict every site's test patients."""
+def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, temporal: str, seed: int, test_fold: int,
+                  reference: list[Seizure]) -> tuple[Predictions, dict[str, Any]]:
+    """One test fold of the held-out cohort: train the row's model(s), predict every site's test patients.
+
+    With `reference` seizures (public), each model's decision threshold and scale are set on them first, as the demo does.
+    """
+    def decide(model: torch.nn.Module) -> torch.nn.Module:
+        if reference:
+            calibrate(model, reference, DEFAULT_MODEL.n_segments)
+        return model
+
     fed = FederationConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, folds=HELD_OUT_FOLDS, test_fold=test_fold,
                            validation=False, seed=seed, temporal=temporal, site_epsilon=epsilon or 0.0)
     tasks = [SiteTask(SiteSettings(d), fed) for d in site_dirs]  # the splits (read only; training uses scratch copies)
@@ -95,7 +106,7 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
         trainer = Trainer(model, config, n_segments=fed.n_segments)
         trainer.fit([p for t in tasks for p in t.train])
         trainer.close()
-        parts = [predict(model, 1.0, t.test) for t in tasks]
+        parts = [predict(decide(model), 1.0, t.test) for t in tasks]
     elif row == LOCAL:
         sigmas = []
         for i, (d, task) in enumerate(zip(site_dirs, tasks)):
@@ -104,7 +115,7 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
                                            test_fold=test_fold, validation=False, seed=seed, run_name="bench")
             result = train_site(site.layout.root, options)
             checkpoint = load_checkpoint(result.checkpoint)
-            parts.append(predict(checkpoint.model, checkpoint.temperature, task.test))
+            parts.append(predict(decide(checkpoint.model), checkpoint.temperature, task.test))
             sigmas.append(result.noise_multiplier)
             info.setdefault("epsilon_spent", []).append(result.epsilon_spent)
         info["sigma"] = sigmas
@@ -116,7 +127,7 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
         for round_ in range(1, ROUNDS + 1):
             results = [t.fit(weights, run_id=run_id, round=round_) for t in scratch_tasks]
             weights = fedavg(results)
-        model = scratch_tasks[0].build_model(weights)
+        model = decide(scratch_tasks[0].build_model(weights))
         parts = [predict(model, 1.0, t.test) for t in tasks]
         info["sigma"] = [m["noise_multiplier"] for _, _, m in results]
         info["epsilon_spent"] = [m["epsilon_spent"] for _, _, m in results]
@@ -155,9 +166,11 @@ def cohort_fingerprint(site_dirs: Sequence[Path]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:10]
 
 
-def run_setting(cohort: str, site_dirs: list[Path], row: str, epsilon: float | None, temporal: str, seed: int) -> dict:
+def run_setting(cohort: str, site_dirs: list[Path], row: str, epsilon: float | None, temporal: str, seed: int,
+                reference: list[Seizure]) -> dict:
     """One (row, epsilon, model, seed) on a cohort: every patient tested once, predictions pooled; cached as JSON."""
-    key = f"{cohort}_{cohort_fingerprint(site_dirs)}_{row}_{'nodp' if epsilon is None else f'eps{epsilon:g}'}_{temporal}_s{seed}"
+    key = (f"{cohort}_{cohort_fingerprint(site_dirs)}_{row}_{'nodp' if epsilon is None else f'eps{epsilon:g}'}_"
+           f"{temporal}_s{seed}{f'_ref{len(reference)}' if reference else ''}")
     path = CACHE / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -165,7 +178,7 @@ def run_setting(cohort: str, site_dirs: list[Path], row: str, epsilon: float | N
     if cohort == "dev":
         (y, probs), info = dev_cv(site_dirs[0], row, epsilon, temporal, seed)
     else:
-        folds = [held_out_fold(site_dirs, row, epsilon, temporal, seed, k) for k in range(HELD_OUT_FOLDS)]
+        folds = [held_out_fold(site_dirs, row, epsilon, temporal, seed, k, reference) for k in range(HELD_OUT_FOLDS)]
         y = [label for (labels, _), _ in folds for label in labels]
         probs = np.concatenate([p for (_, p), _ in folds])
         info = {k: [v for _, i in folds for v in i.get(k, [])] for k in ("sigma", "epsilon_spent")}
@@ -191,36 +204,45 @@ def settings(cohort: str, epsilons: Sequence[float]) -> list[tuple[str, float | 
 
 
 def table(results: list[list[dict]]) -> list[str]:
-    """Markdown rows: mean over seeds, then each seed with its 95% bootstrap interval."""
+    """Markdown: the mean over seeds (with the seeds' range), then each seed with its 95% bootstrap intervals."""
     seeds = [r["seed"] for r in results[0]]
-    head = ("| row | model | epsilon | sigma | balanced acc. (mean) | "
-            + " | ".join(f"seed {s} [95% CI]" for s in seeds) + " | AUROC (mean) | "
-            + " | ".join(f"seed {s} [95% CI]" for s in seeds) + " | ECE (mean) | seizures | seconds |")
-    lines = [head, "|" + "---|" * (9 + 2 * len(seeds))]
-    for per_seed in results:
-        first = per_seed[0]
-        sigma = sorted({round(s, 2) for r in per_seed for s in r.get("sigma", []) or []})
+    summary = ["| row | model | epsilon | sigma | balanced acc. mean (seed range) | AUROC mean (seed range) | ECE mean "
+               "| seizures per seed | seconds (all seeds) |", "|---|---|---|---|---|---|---|---|---|"]
+    per_seed = ["| row | model | epsilon | " + " | ".join(f"seed {s}: BA [95% CI] / AUROC [95% CI]" for s in seeds) + " |",
+                "|---|---|---|" + "---|" * len(seeds)]
+    for runs in results:
+        first = runs[0]
+        sigma = sorted({round(s, 2) for r in runs for s in r.get("sigma", [])})
         sigma_text = "-" if not sigma else f"{sigma[0]:.2f}" if len(sigma) == 1 else f"{sigma[0]:.2f}-{sigma[-1]:.2f}"
-        cells = [first["row"], "GRU-4" if first["temporal"] == "gru" else first["temporal"],
-                 "non-DP" if first["epsilon"] is None else f"{first['epsilon']:g}", sigma_text]
+        name = [first["row"], "GRU-4" if first["temporal"] == DEFAULT_MODEL.temporal else first["temporal"],
+                "non-DP" if first["epsilon"] is None else f"{first['epsilon']:g}"]
+        cells = list(name) + [sigma_text]
         for metric in ("balanced_accuracy", "auroc"):
-            cells.append(f"**{np.mean([r[metric] for r in per_seed]):.3f}**")
-            cells += [f"{r[metric]:.3f} [{r['ci95'][metric][0]:.2f}, {r['ci95'][metric][1]:.2f}]" for r in per_seed]
-        cells += [f"{np.mean([r['ece'] for r in per_seed]):.3f}", str(first["n_seizures"]),
-                  f"{sum(r['seconds'] for r in per_seed):.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+            values = [r[metric] for r in runs]
+            cells.append(f"**{np.mean(values):.3f}** ({min(values):.2f}-{max(values):.2f})")
+        cells += [f"{np.mean([r['ece'] for r in runs]):.3f}", str(first["n_seizures"]),
+                  f"{sum(r['seconds'] for r in runs):.0f}"]
+        summary.append("| " + " | ".join(cells) + " |")
+        per_seed.append("| " + " | ".join(name + [
+            " / ".join(f"{r[m]:.3f} [{r['ci95'][m][0]:.2f}, {r['ci95'][m][1]:.2f}]" for m in ("balanced_accuracy", "auroc"))
+            for r in runs]) + " |")
+    return summary + ["", "Per seed:", ""] + per_seed
 
 
 def cohort_line(cohort: str, site_dirs: Sequence[Path]) -> str:
-    """Sites, patients, seizures and labels of a cohort."""
+    """Sites, patients, seizures and labels of a cohort (and the demo's phantom seed, if its report is beside them)."""
+    report = site_dirs[0].parent.parent / "report.json"
+    origin = ""
+    if cohort == "held-out" and report.is_file():
+        config = json.loads(report.read_text())["config"]
+        origin = f" (the sites of a `semiofed demo` run, phantom seed {config['seed']}; never used for tuning)"
     parts = []
     for d in site_dirs:
         records = load_site_records(open_site(d), DEFAULT_MODEL.labels)
         labels = [r.label for r in records]
         parts.append(f"{d.name}: {len({r.patient_pseudonym for r in records})} patients, {len(records)} seizures "
                      f"({', '.join(f'{l} {labels.count(l)}' for l in DEFAULT_MODEL.labels)})")
-    return f"{cohort} cohort: " + "; ".join(parts)
+    return f"{cohort} cohort{origin}: " + "; ".join(parts)
 
 
 def reading(results: list[list[dict]]) -> list[str]:
@@ -247,9 +269,15 @@ def reading(results: list[list[dict]]) -> list[str]:
     if linear:
         lines.append("- GRU vs the linear baseline at epsilon 8: "
                      + "; ".join(f"{row} {g:.3f} vs {lin:.3f}" for row, g, lin in linear) + ".")
-    width = np.mean([(x["ci95"]["balanced_accuracy"][1] - x["ci95"]["balanced_accuracy"][0]) / 2 for r in results for x in r])
+    widths = [(x["ci95"]["balanced_accuracy"][1] - x["ci95"]["balanced_accuracy"][0]) / 2 for r in results for x in r]
+    width = np.mean([w for w in widths if w > 0])  # a model that predicts one class has an interval of width 0
     lines.append(f"- Each seed pools {results[0][0]['n_seizures']} held-out seizures: the 95% intervals of balanced "
                  f"accuracy are about +-{width:.2f} wide, so differences smaller than that are not resolved here.")
+    spread = {(r[0]["row"], r[0]["epsilon"], r[0]["temporal"]): [x["balanced_accuracy"] for x in r] for r in results}
+    central_seeds = spread[(CENTRALISED, None, gru)]
+    lines.append(f"- The split seed alone moves one setting's balanced accuracy by up to "
+                 f"{max(max(v) - min(v) for v in spread.values()):.2f} (centralised: {min(central_seeds):.3f}-"
+                 f"{max(central_seeds):.3f}): read the means over seeds.")
     return lines
 
 
@@ -257,6 +285,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held-out", type=Path, help="a demo's sites/ folder (one sub-folder per site)")
     parser.add_argument("--dev", type=Path, help="the dev cohort's site")
+    parser.add_argument("--reference", type=Path,
+                        help="a site of public reference seizures (a demo's reference-site/): the held-out models are "
+                             "also measured with their decision threshold and scale set on them, as the demo does")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--write", action="store_true", help="write the section 'utility-motion' of docs/benchmarks.md")
@@ -266,13 +297,19 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("semiofed").setLevel(logging.WARNING)
     torch.set_num_threads(2)
-    cohorts = []
+    cohorts: list[tuple[str, list[Path], list[Seizure]]] = []
     if args.held_out is not None:
-        cohorts.append(("held-out", sorted(d for d in args.held_out.iterdir() if (d / "site.json").is_file())))
+        held_out_dirs = sorted(d for d in args.held_out.iterdir() if (d / "site.json").is_file())
+        cohorts.append(("held-out", held_out_dirs, []))
+        if args.reference is not None:
+            labels, streams = DEFAULT_MODEL.labels, DEFAULT_MODEL.streams
+            patients = group_patients(load_site_records(open_site(args.reference), labels), labels, streams)
+            cohorts.append(("held-out", held_out_dirs, [s for p in patients for s in p.seizures]))
     if args.dev is not None:
-        cohorts.append(("dev", [args.dev]))
+        cohorts.append(("dev", [args.dev], []))
     command = ["python bench/bench_utility.py"] + [f"--{flag} {path}" for flag, path in
-                                                    (("held-out", args.held_out), ("dev", args.dev)) if path]
+                                                    (("held-out", args.held_out), ("dev", args.dev),
+                                                     ("reference", args.reference)) if path]
     command += ["--seeds", *map(str, args.seeds), "--epsilons", *(f"{e:g}" for e in args.epsilons), "--write"]
     n_params = parameter_count(build_classifier(classifier_config(FederationConfig()), seed=0))
     body = [
@@ -291,18 +328,22 @@ def main() -> None:
         "1), each fold the test set once (every patient tested once per split seed); dev cohort: patient-grouped "
         f"{DEV_FOLDS}-fold `cross_validate`, no validation fold, DP at the noise that brings one fold's model to epsilon. "
         f"Metrics over all held-out seizures pooled, per split seed ({', '.join(map(str, args.seeds))}) with 95% "
-        "percentile bootstrap intervals over seizures, and their mean over seeds. Seconds: all seeds of a row.",
+        "percentile bootstrap intervals over seizures, and their mean over seeds. The seed fixes the split and the "
+        "initial weights; DP noise and sampling come from the OS's secure random source (as in production), so a DP "
+        "row also moves between runs of the same seed. Seconds: wall time on a 2-core CPU "
+        "shared with other jobs (it varies with their load).",
         "",
     ]
-    held_out = None
-    for cohort, site_dirs in cohorts:
-        results = [[run_setting(cohort, site_dirs, row, eps, temporal, seed) for seed in args.seeds]
+    for cohort, site_dirs, reference in cohorts:
+        results = [[run_setting(cohort, site_dirs, row, eps, temporal, seed, reference) for seed in args.seeds]
                    for row, eps, temporal in settings(cohort, args.epsilons)]
-        held_out = results if cohort == "held-out" else held_out
         total = sum(r["seconds"] for per_seed in results for r in per_seed)
-        body += [f"{cohort_line(cohort, site_dirs)}. Run time {total:.0f} s.", "", *table(results), ""]
-    if held_out is not None:
-        body += ["Reading (held-out cohort, balanced accuracy, mean over seeds):", "", *reading(held_out), ""]
+        decision = (f"decision threshold and scale of every model set on the {len(reference)} public reference seizures "
+                    "(`semiofed demo`'s `calibrate`, no privacy cost)" if reference else "the models' own heads (no "
+                    "reference calibration)")
+        body += [f"**{cohort_line(cohort, site_dirs)}**; {decision}. Run time {total:.0f} s.", "", *table(results), ""]
+        if cohort == "held-out":
+            body += [f"Reading ({decision.split(' (')[0]}; balanced accuracy, mean over seeds):", "", *reading(results), ""]
     if args.dev is not None:
         body.append("The dev cohort was used to design the descriptors and the training recipe: its figures are not "
                     "held-out estimates.")
