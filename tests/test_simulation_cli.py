@@ -1,7 +1,7 @@
 """`semiofed coordinator simulate` end to end: three site stores in Flower's simulation engine, with and without SecAgg+.
 
-The first test trains the default classifier (hidden 64, 16 segments, 1024-d I3D
-features), so the synthetic records carry 1024-d features; the second a small one.
+The first test trains the default classifier shape (`FederationConfig()`), so the
+synthetic records carry its STCNN width and segment count; the second a small one.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_simulate_command_trains_a_checkpoint_and_leaves_verified_ledgers(tmp_pa
     # the final global model loads (weights hash checked) with the run's shape
     checkpoint = load_checkpoint(Path(run["final_checkpoint"]))
     assert checkpoint.path == run_dir / "final"
-    assert (checkpoint.config.temporal, checkpoint.config.hidden, checkpoint.config.stcnn_dim) == ("attn", 64, 1024)
+    assert (checkpoint.config.temporal, checkpoint.config.hidden, checkpoint.config.stcnn_dim) == ("attn", DEFAULT.hidden, DEFAULT.stcnn_dim)
     assert checkpoint.meta["training"]["federated"] is True and checkpoint.meta["training"]["run_id"] == run["run_id"]
     assert sorted(checkpoint.meta["privacy"]["sites"]) == list(SITES)
 
