@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semiofed.cli.output import OutputFormat, emit, format_option
+from semiofed.cli.model_options import descriptors_option
 from semiofed.common.learning.spec import DEFAULT_MODEL
 from semiofed.common.federation.run_config import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
 
@@ -118,6 +119,7 @@ def run(
     temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model."),
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
+    descriptors: str = descriptors_option(),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
     output_format: OutputFormat = format_option(),
@@ -136,7 +138,8 @@ def run(
                               batch_patients=batch_patients, lr=lr, optimizer=optimizer, secure_aggregation=secure_aggregation,
                               round_timeout=round_timeout, site_epsilon=site_epsilon, noise_multiplier=noise_multiplier,
                               labels=labels, streams=streams,
-                              temporal=temporal, hidden=hidden, n_segments=segments, folds=folds, resume_from=resume_from)
+                              temporal=temporal, hidden=hidden, n_segments=segments, descriptors=descriptors, folds=folds,
+                              resume_from=resume_from)
     err = Console(stderr=True)
     result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)
     emit(output_format, result, lambda: Console().print(_run_table(result)), sort_keys=True)
@@ -199,6 +202,7 @@ def simulate(
     temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model."),
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
+    descriptors: str = descriptors_option(),
     batch_patients: int = typer.Option(_RUN.batch_patients, "--batch-patients", help="Expected patients per DP step at each site."),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site (>= 3)."),
     output_format: OutputFormat = format_option(),
@@ -210,6 +214,7 @@ def simulate(
 
     config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
                               secure_aggregation=secure_aggregation, temporal=temporal, hidden=hidden, n_segments=segments,
+                              descriptors=descriptors,
                               batch_patients=batch_patients, folds=folds, checkpoints_dir=str(out.resolve()),
                               semiofed_version=semiofed_version())
     final = run_simulation(sites_dir, config)

@@ -11,6 +11,7 @@ from rich.console import Console
 from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
 from semiofed.common.constants import STREAMS, TEMPORAL_MODELS
+from semiofed.cli.model_options import descriptors_option
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE
 from semiofed.common.errors import SemiofedError
 
@@ -44,6 +45,7 @@ def train(
     temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units of the temporal model."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
+    descriptors: str = descriptors_option(),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds: one test, one validation, the rest training."),
     test_fold: int = typer.Option(0, "--test-fold", help="Which fold is held out as the test set."),
@@ -61,7 +63,7 @@ def train(
     options = LocalTrainingOptions(
         epochs=epochs, batch_patients=batch_patients, lr=lr, optimizer=optimizer, dp=dp, noise_multiplier=noise_multiplier,
         epsilon=epsilon, labels=_split(labels), streams=_split(streams), temporal=temporal, hidden=hidden,
-        n_segments=segments, class_weights=_class_weights(class_weights), folds=folds, test_fold=test_fold,
+        n_segments=segments, descriptors=_split(descriptors), class_weights=_class_weights(class_weights), folds=folds, test_fold=test_fold,
         seed=seed, run_name=name,
     )
     with progress_bar() as progress:
@@ -131,6 +133,7 @@ def cv(
     temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help=f"Temporal model: {', '.join(TEMPORAL_MODELS)}."),
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units of the temporal model."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments sampled per seizure (Beta-jittered when training)."),
+    descriptors: str = descriptors_option(),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="Public per-label loss weights (e.g. 1,2), or 'balanced' with --no-dp."),
     seed: int = typer.Option(0, "--seed", help="Seed of the folds and initialisation (under DP, patient sampling and noise come from OS entropy)."),
     output_format: OutputFormat = format_option(),
@@ -148,7 +151,7 @@ def cv(
     options = LocalTrainingOptions(
         epochs=epochs, batch_patients=batch_patients, lr=lr, optimizer=optimizer, dp=dp, noise_multiplier=noise_multiplier,
         epsilon=epsilon, labels=_split(labels), streams=_split(streams), temporal=temporal, hidden=hidden,
-        n_segments=segments, class_weights=_class_weights(class_weights), folds=folds, seed=seed,
+        n_segments=segments, descriptors=_split(descriptors), class_weights=_class_weights(class_weights), folds=folds, seed=seed,
     )
     with progress_bar() as progress:
         task = progress.add_task("cross-validation", total=folds * epochs)

@@ -162,7 +162,8 @@ def local_baselines(site_dirs: list[Path], fed: FederationConfig, epsilon: float
                                            epsilon=epsilon, folds=fed.folds, test_fold=fed.test_fold,
                                            validation=fed.validation, seed=fed.seed, labels=spec.labels,
                                            streams=spec.streams, temporal=spec.temporal, hidden=spec.hidden,
-                                           embed_dim=spec.embed_dim, n_segments=spec.n_segments, run_name="demo-local-only")
+                                           embed_dim=spec.embed_dim, n_segments=spec.n_segments, descriptors=spec.descriptors,
+                                           run_name="demo-local-only")
             result = train_site(site_dir, options)
             out[site.site_id] = {"metrics": _scalars(result.test_metrics), "epsilon_spent": result.epsilon_spent,
                                  "checkpoint": str(result.checkpoint)}

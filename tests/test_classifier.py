@@ -121,3 +121,47 @@ def test_records_from_another_feature_extractor_are_refused(tmp_path):
         loaded.check_record(other_dim)
     meta = json.loads((path / "model.json").read_text())
     assert meta["feature_extractor"]["name"] == "i3d" and len(meta["weights_sha256"]) == 64
+
+
+def test_the_default_model_reads_only_its_named_descriptors_and_the_validity_column():
+    from semiofed.common.learning.classifier import parameter_count
+    from semiofed.common.learning.spec import DEFAULT_MODEL, ModelSpec
+
+    config = ClassifierConfig.from_spec(DEFAULT_MODEL, stcnn_dim=1024)
+    model = build_classifier(config, seed=0)
+    read = [MOTION_FEATURE_NAMES.index(n) for n in DEFAULT_MODEL.descriptors] + [KEYPOINT_DIM - 1]
+    x = torch.randn(2, 16, KEYPOINT_DIM)
+    before = model(x)[0]
+    ignored = torch.ones(KEYPOINT_DIM, dtype=torch.bool)
+    ignored[read] = False
+    moved = x.clone()
+    moved[..., ignored] += 5.0  # every descriptor the model does not read
+    assert torch.equal(model(moved)[0], before)
+    for column in read:  # each one it reads changes the output
+        poked = x.clone()
+        poked[..., column] += 5.0
+        assert not torch.allclose(model(poked)[0], before), column
+    everything = build_classifier(ClassifierConfig.from_spec(ModelSpec(descriptors="all"), stcnn_dim=1024), seed=0)
+    assert parameter_count(model) < parameter_count(everything) / 2
+    # the selection is not a parameter: it is not in the exchanged weights
+    assert "keypoint_read" not in model.state_dict()
+
+
+def test_descriptor_names_are_checked_and_stored_and_old_configs_read_every_column():
+    from semiofed.common.federation.run_config import FederationConfig
+    from semiofed.common.learning.spec import ModelSpec
+
+    with pytest.raises(SemiofedError, match="wrist_wobble"):
+        ModelSpec(descriptors=("arm_speed_sync", "wrist_wobble"))
+    with pytest.raises(SemiofedError, match="repeated"):
+        FederationConfig(descriptors="arm_speed_sync,arm_speed_sync")
+    fed = FederationConfig(descriptors="arm_speed_sync,head_energy")
+    assert FederationConfig.from_run_config(fed.to_run_config()).descriptors == ("arm_speed_sync", "head_energy")
+    config = ClassifierConfig.from_spec(fed.model_spec, stcnn_dim=1024)
+    assert config.keypoint_read == (MOTION_FEATURE_NAMES.index("arm_speed_sync"), MOTION_FEATURE_NAMES.index("head_energy"),
+                                    KEYPOINT_DIM - 1)
+    assert ClassifierConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    old = config.to_dict()
+    del old["descriptors"]  # a checkpoint written before the selection: its model read the whole stream
+    assert ClassifierConfig.from_dict(old).keypoint_read == tuple(range(KEYPOINT_DIM))
+    assert ClassifierConfig.from_dict(old).spec.descriptors == MOTION_FEATURE_NAMES

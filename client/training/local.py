@@ -51,6 +51,7 @@ class LocalTrainingOptions:
     hidden: int = DEFAULT_MODEL.hidden
     embed_dim: int = DEFAULT_MODEL.embed_dim
     n_segments: int = DEFAULT_MODEL.n_segments
+    descriptors: tuple[str, ...] = DEFAULT_MODEL.descriptors
     # "balanced" (non-private, refused under DP), explicit public weights, or None
     class_weights: str | tuple[float, ...] | None = None
     folds: int = 5
@@ -62,6 +63,7 @@ class LocalTrainingOptions:
     run_name: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "descriptors", self.model_spec.descriptors)  # 'all' or names, checked
         if self.dp and self.noise_multiplier is not None and self.epsilon is not None:
             raise SemiofedError("both --noise-multiplier and --epsilon were given", "give one: the noise, or the epsilon to reach")
         if isinstance(self.class_weights, str) and self.class_weights != CLASS_WEIGHTS_BALANCED:
@@ -81,7 +83,8 @@ class LocalTrainingOptions:
     def model_spec(self) -> ModelSpec:
         """The model this run trains."""
         return ModelSpec(labels=self.labels, streams=self.streams, temporal=self.temporal, hidden=self.hidden,
-                         embed_dim=self.embed_dim, n_segments=self.n_segments)
+                         embed_dim=self.embed_dim, n_segments=self.n_segments,
+                         descriptors=self.descriptors)
 
     def classifier_config(self, extractor: dict[str, Any]) -> ClassifierConfig:
         """The classifier for records made with `extractor` (see `common_extractor`)."""

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from semiofed.common.constants import OPTIMIZERS, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
-from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec
+from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec, parse_descriptors
 
 STRATEGY_FEDAVG = "fedavg"
 STRATEGY_FEDPROX = "fedprox"
@@ -64,6 +64,7 @@ class FederationConfig:
     hidden: int = DEFAULT_MODEL.hidden
     embed_dim: int = DEFAULT_MODEL.embed_dim
     n_segments: int = DEFAULT_MODEL.n_segments
+    descriptors: tuple[str, ...] = DEFAULT_MODEL.descriptors
     stcnn: str = "i3d"
     stcnn_dim: int = 1024
     folds: int = 5  # sites hold out fold `test_fold` (test) and the next (validation) of their own patients
@@ -84,6 +85,7 @@ class FederationConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _tuple(self.labels))
         object.__setattr__(self, "streams", _tuple(self.streams))
+        object.__setattr__(self, "descriptors", parse_descriptors(_tuple(self.descriptors)))
         if self.strategy not in STRATEGIES:
             raise SemiofedError(f"strategy '{self.strategy}' is unknown", f"use one of {', '.join(STRATEGIES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -103,12 +105,14 @@ class FederationConfig:
         if self.folds < least or not (0 <= self.test_fold < self.folds):
             raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}",
                                 f"use folds >= {least} and 0 <= test_fold < folds")
+        self.model_spec  # the descriptor names are checked
 
     @property
     def model_spec(self) -> ModelSpec:
         """The model every site trains in this run."""
         return ModelSpec(labels=self.labels, streams=self.streams, temporal=self.temporal, hidden=self.hidden,
-                         embed_dim=self.embed_dim, n_segments=self.n_segments)
+                         embed_dim=self.embed_dim, n_segments=self.n_segments,
+                         descriptors=self.descriptors)
 
     def to_run_config(self) -> dict[str, Any]:
         """Flower run config (str, int, float, bool values; lists comma-joined)."""

@@ -29,10 +29,10 @@ from semiofed.common.constants import (  # noqa: F401 - re-exported for callers 
     TEMPORAL_TCONV,
 )
 from semiofed.common.errors import SemiofedError
-from semiofed.common.learning.spec import DEFAULT_MODEL, ModelSpec
+from semiofed.common.learning.spec import DEFAULT_MODEL, DESCRIPTORS_ALL, ModelSpec
 if TYPE_CHECKING:
     from semiofed.common.federation.run_config import FederationConfig
-from semiofed.common.records.features import KEYPOINT_DIM, STREAM_KEYPOINTS, STREAM_STCNN, check_streams
+from semiofed.common.records.features import KEYPOINT_DIM, STREAM_KEYPOINTS, STREAM_STCNN, check_streams, keypoint_columns
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class ClassifierConfig:
     temporal: str = DEFAULT_MODEL.temporal
     stcnn_dim: int = 1024  # I3D Mixed_5c average-pooled
     keypoint_dim: int = KEYPOINT_DIM
+    # the motion descriptors the model reads from the keypoint stream (plus its validity column); () reads every
+    # column (checkpoints written before the selection existed, and custom-width streams)
+    descriptors: tuple[str, ...] = ()
     # per-stream linear embedding before fusion; 0 feeds the raw features (GESTURES)
     embed_dim: int = DEFAULT_MODEL.embed_dim
     hidden: int = DEFAULT_MODEL.hidden
@@ -53,6 +56,11 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "streams", check_streams(self.streams))
+        object.__setattr__(self, "descriptors", tuple(self.descriptors))
+        keypoint_columns(self.descriptors)  # names checked
+        if self.descriptors and self.keypoint_dim != KEYPOINT_DIM:
+            raise SemiofedError(f"classifier keypoint_dim={self.keypoint_dim} with named descriptors",
+                                f"named descriptors need the full {KEYPOINT_DIM}-column keypoint stream")
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise SemiofedError(f"label set {list(self.labels)} needs at least two distinct labels", "use e.g. FOS,TCS")
         if self.temporal not in TEMPORAL_MODELS:
@@ -70,23 +78,28 @@ class ClassifierConfig:
     def from_spec(cls, spec: ModelSpec, *, stcnn_dim: int) -> "ClassifierConfig":
         """The classifier of a model spec, for records whose STCNN features are `stcnn_dim` wide."""
         return cls(labels=spec.labels, streams=spec.streams, temporal=spec.temporal, stcnn_dim=int(stcnn_dim),
-                   embed_dim=spec.embed_dim, hidden=spec.hidden, n_segments=spec.n_segments)
+                   embed_dim=spec.embed_dim, hidden=spec.hidden, n_segments=spec.n_segments, descriptors=spec.descriptors)
 
     @property
     def spec(self) -> ModelSpec:
         """The model spec this classifier was built from."""
         return ModelSpec(labels=self.labels, streams=self.streams, temporal=self.temporal, hidden=self.hidden,
-                         embed_dim=self.embed_dim, n_segments=self.n_segments)
+                         embed_dim=self.embed_dim, n_segments=self.n_segments, descriptors=self.descriptors or (DESCRIPTORS_ALL,))
 
     @property
     def input_dim(self) -> int:
         """Width of the concatenated stream input per snippet."""
         return sum(self.stcnn_dim if s == STREAM_STCNN else self.keypoint_dim for s in self.streams)
 
+    @property
+    def keypoint_read(self) -> tuple[int, ...]:
+        """The keypoint-stream columns the model reads."""
+        return keypoint_columns(self.descriptors) if self.descriptors else tuple(range(self.keypoint_dim))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
         d = asdict(self)
-        d["labels"], d["streams"] = list(self.labels), list(self.streams)
+        d["labels"], d["streams"], d["descriptors"] = list(self.labels), list(self.streams), list(self.descriptors)
         return d
 
     @classmethod
@@ -222,8 +235,10 @@ class SeizureClassifier(nn.Module):
         self.config = config
         self.embed = nn.ModuleDict()
         fused = 0
+        # which keypoint-stream columns the model reads (a fixed public selection; not a parameter, not exchanged)
+        self.register_buffer("keypoint_read", torch.tensor(config.keypoint_read, dtype=torch.long), persistent=False)
         for stream in config.streams:
-            width = config.stcnn_dim if stream == STREAM_STCNN else config.keypoint_dim
+            width = config.stcnn_dim if stream == STREAM_STCNN else len(config.keypoint_read)
             if config.embed_dim:
                 self.embed[stream] = nn.Linear(width, config.embed_dim)
                 fused += config.embed_dim
@@ -249,6 +264,8 @@ class SeizureClassifier(nn.Module):
         for stream in self.config.streams:
             width = self.config.stcnn_dim if stream == STREAM_STCNN else self.config.keypoint_dim
             z = x[..., start : start + width]
+            if stream == STREAM_KEYPOINTS:
+                z = z.index_select(-1, self.keypoint_read)
             if stream == STREAM_STCNN:  # parameter-free per-snippet normalisation: no statistic shared across patients
                 z = F.layer_norm(z, (width,))
             # the keypoint stream is already on a fixed public scale (common/records/motion.py): its levels carry the

@@ -12,6 +12,19 @@ from typing import Any
 
 from semiofed.common.constants import DEFAULT_LABELS, STREAM_KEYPOINTS, TEMPORAL_GRU, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
+from semiofed.common.records.motion import MOTION_FEATURE_NAMES, SEMIOLOGY_DESCRIPTORS, check_descriptors
+
+DESCRIPTORS_ALL = "all"
+
+
+def parse_descriptors(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """`--descriptors` as given: 'all' (every motion descriptor), or comma-separated names."""
+    if value is None:
+        return SEMIOLOGY_DESCRIPTORS
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    names = tuple(value)
+    return MOTION_FEATURE_NAMES if names in ((), (DESCRIPTORS_ALL,)) else names
 
 
 @dataclass(frozen=True)
@@ -27,11 +40,15 @@ class ModelSpec:
     temporal: str = TEMPORAL_GRU
     hidden: int = 4
     embed_dim: int = 0  # per-stream linear embedding before fusion; 0 feeds the descriptors themselves
+    # the motion descriptors of the keypoint stream the model reads (common/records/motion.py); the bilateral-vs-focal
+    # ten by default: with all 32 the model is twice as large and did worse under DP (docs/privacy.md)
+    descriptors: tuple[str, ...] = SEMIOLOGY_DESCRIPTORS
     n_segments: int = 16  # GESTURES: 16 segments per seizure
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "streams", tuple(self.streams))
+        object.__setattr__(self, "descriptors", check_descriptors(parse_descriptors(self.descriptors)))
         if self.temporal not in TEMPORAL_MODELS:
             raise SemiofedError(f"temporal model '{self.temporal}' is unknown", f"use one of {', '.join(TEMPORAL_MODELS)}")
         for name in ("hidden", "n_segments"):
@@ -43,7 +60,7 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
         d = asdict(self)
-        d["labels"], d["streams"] = list(self.labels), list(self.streams)
+        d["labels"], d["streams"], d["descriptors"] = list(self.labels), list(self.streams), list(self.descriptors)
         return d
 
 
@@ -63,4 +80,4 @@ class Schedule:
 DEFAULT_MODEL = ModelSpec()
 DEFAULT_SCHEDULE = Schedule()
 
-__all__ = ["ModelSpec", "Schedule", "DEFAULT_MODEL", "DEFAULT_SCHEDULE"]
+__all__ = ["ModelSpec", "Schedule", "DEFAULT_MODEL", "DEFAULT_SCHEDULE", "DESCRIPTORS_ALL", "parse_descriptors"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from semiofed.common.errors import SemiofedError
 from semiofed.common.models.registry import I3D_KINETICS400, R2PLUS1D_18_KINETICS400
-from semiofed.common.records.motion import MOTION_DIM, window_features
+from semiofed.common.records.motion import MOTION_DIM, MOTION_FEATURE_NAMES, check_descriptors, window_features
 from semiofed.common.records.schema import FRAME_TIMES, SNIPPET_FEATURES, SNIPPET_TIMES, SeizureRecord
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,17 @@ from semiofed.common.constants import STREAM_KEYPOINTS, STREAM_STCNN, STREAMS  #
 KEYPOINT_FEATURES_VERSION = 2
 # The motion descriptors of the window around each snippet, and whether that window was valid.
 KEYPOINT_DIM = MOTION_DIM + 1
+
+
+
+def keypoint_columns(descriptors: Sequence[str]) -> tuple[int, ...]:
+    """Columns of the keypoint stream a model reads: the named descriptors, then the window's validity.
+
+    An empty selection means every column."""
+    if not descriptors:
+        return tuple(range(KEYPOINT_DIM))
+    return tuple(MOTION_FEATURE_NAMES.index(d) for d in check_descriptors(tuple(descriptors))) + (MOTION_DIM,)
+
 
 # Registry key of the weights behind each STCNN name written by `site prepare`.
 STCNN_WEIGHT_KEYS = {"i3d": I3D_KINETICS400.key, "r2plus1d": R2PLUS1D_18_KINETICS400.key}

@@ -28,7 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
-from semiofed.common.errors import RecordError
+from semiofed.common.errors import RecordError, SemiofedError
 from semiofed.common.records.schema import FRAME_TIMES, POSE, POSE_MASK, ROTATION
 
 MOTION_FEATURES_VERSION = 1
@@ -93,6 +93,27 @@ _SCALE: dict[str, tuple[float, float]] = {
 }
 MOTION_FEATURE_NAMES: tuple[str, ...] = tuple(_SCALE)
 MOTION_DIM = len(MOTION_FEATURE_NAMES)
+# The descriptors that tell a bilateral (generalised tonic-clonic) from a focal motor seizure: how hard and how
+# symmetrically both arms move, whether they jerk together, whether the legs join the stronger arm, and the tonic
+# hold. Chosen once, on the design cohort only (bench/bench_utility.py's dev cohort, phantom seed 2021, never a
+# test cohort): every descriptor whose seizure mean separates FOS from TCS with |AUROC - 0.5| >= 0.2 there. The
+# default model reads these ten (plus the window's validity): fewer inputs, fewer parameters, less DP noise on the
+# gradient (docs/privacy.md, "Training defaults"); `--descriptors all` feeds every descriptor.
+SEMIOLOGY_DESCRIPTORS: tuple[str, ...] = (
+    "head_energy", "arm_energy_strong", "arm_energy_weak", "arm_asymmetry", "arm_speed_sync", "arm_velocity_sync",
+    "body_energy", "ipsi_sync", "contra_sync", "tonic_hold",
+)
+
+
+def check_descriptors(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` if each is a motion descriptor, named once; otherwise a SemiofedError naming the bad ones."""
+    unknown = [n for n in names if n not in MOTION_FEATURE_NAMES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise SemiofedError(f"motion descriptors {unknown or list(names)} are unknown, repeated or none",
+                            f"name each once, from: {', '.join(MOTION_FEATURE_NAMES)} (or 'all')")
+    return names
+
+
 POOLED_FEATURE_NAMES: tuple[str, ...] = tuple(f"{n}_mean" for n in MOTION_FEATURE_NAMES) + tuple(
     f"{n}_p90" for n in MOTION_FEATURE_NAMES) + ("valid_share",)
 POOLED_DIM = len(POOLED_FEATURE_NAMES)
