@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semiofed.cli.output import OutputFormat, emit, format_option
-from semiofed.cli.model_options import descriptors_option
+from semiofed.cli.model_options import descriptors_option, dp_mode_option
 from semiofed.common.learning.spec import DEFAULT_MODEL
 from semiofed.common.federation.run_config import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
 
@@ -120,6 +120,7 @@ def run(
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
     descriptors: str = descriptors_option(),
+    dp_mode: str = dp_mode_option(),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
     output_format: OutputFormat = format_option(),
@@ -138,7 +139,7 @@ def run(
                               batch_patients=batch_patients, lr=lr, optimizer=optimizer, secure_aggregation=secure_aggregation,
                               round_timeout=round_timeout, site_epsilon=site_epsilon, noise_multiplier=noise_multiplier,
                               labels=labels, streams=streams,
-                              temporal=temporal, hidden=hidden, n_segments=segments, descriptors=descriptors, folds=folds,
+                              temporal=temporal, hidden=hidden, n_segments=segments, descriptors=descriptors, dp_mode=dp_mode, folds=folds,
                               resume_from=resume_from)
     err = Console(stderr=True)
     result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)
@@ -203,6 +204,7 @@ def simulate(
     hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
     segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
     descriptors: str = descriptors_option(),
+    dp_mode: str = dp_mode_option(),
     batch_patients: int = typer.Option(_RUN.batch_patients, "--batch-patients", help="Expected patients per DP step at each site."),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site (>= 3)."),
     output_format: OutputFormat = format_option(),
@@ -214,7 +216,7 @@ def simulate(
 
     config = FederationConfig(rounds=rounds, min_sites=min_sites, strategy=strategy, local_epochs=local_epochs,
                               secure_aggregation=secure_aggregation, temporal=temporal, hidden=hidden, n_segments=segments,
-                              descriptors=descriptors,
+                              descriptors=descriptors, dp_mode=dp_mode,
                               batch_patients=batch_patients, folds=folds, checkpoints_dir=str(out.resolve()),
                               semiofed_version=semiofed_version())
     final = run_simulation(sites_dir, config)

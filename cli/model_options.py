@@ -14,3 +14,12 @@ def descriptors_option() -> Any:
     return typer.Option(",".join(DEFAULT_MODEL.descriptors), "--descriptors",
                         help=f"Comma-separated motion descriptors the model reads, or '{DESCRIPTORS_ALL}' "
                              "(default: the ten that separate bilateral from focal motor seizures).")
+
+
+def dp_mode_option() -> Any:
+    """`--dp-mode`: local (each update carries the full noise) or distributed (only SecAgg+'s sum does)."""
+    from semiofed.common.federation.run_config import DP_LOCAL, DP_MODES
+
+    return typer.Option(DP_LOCAL, "--dp-mode",
+                        help=f"{' or '.join(DP_MODES)}: distributed needs SecAgg+, --strategy fedadam, and sites "
+                             "whose policy opts in (one DP step per round; docs/privacy.md).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,11 +36,17 @@ def init(
                                     help="The least DP-SGD noise this site accepts."),
     clipping_norm: float = typer.Option(PrivacyPolicy.clipping_norm, "--clipping-norm",
                                         help="Per-patient gradient clipping norm."),
+    distributed_dp_sites: int = typer.Option(0, "--distributed-dp-sites",
+                                             help="Take part in distributed-DP rounds summed under SecAgg+ over at least "
+                                                  "this many sites (0: local DP only)."),
+    distributed_dp_colluders: int = typer.Option(1, "--distributed-dp-colluders",
+                                                 help="Other sites that may collude with the coordinator in such a round."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Create a site: signing key pair, pseudonymisation secret, privacy policy, empty store."""
     policy = PrivacyPolicy(target_delta=delta, max_epsilon=max_epsilon,
-                           min_noise_multiplier=min_noise, clipping_norm=clipping_norm)
+                           min_noise_multiplier=min_noise, clipping_norm=clipping_norm,
+                           distributed_dp_sites=distributed_dp_sites, distributed_dp_colluders=distributed_dp_colluders)
     site = init_site(site_dir, site_id, policy)
 
     def print_table() -> None:
@@ -178,11 +185,11 @@ def policy(
     site = open_site(site_dir)
     if any(v is not None for v in (max_epsilon, delta, min_noise)):
         current = site.policy
-        site = tighten_policy(site, PrivacyPolicy(
+        site = tighten_policy(site, replace(
+            current,
             target_delta=current.target_delta if delta is None else delta,
             max_epsilon=current.max_epsilon if max_epsilon is None else max_epsilon,
             min_noise_multiplier=current.min_noise_multiplier if min_noise is None else min_noise,
-            clipping_norm=current.clipping_norm,
         ))
     data = site.policy.to_dict()
 

@@ -95,3 +95,32 @@ def test_a_run_without_secure_aggregation_trains_with_plain_fedprox(tmp_path):
     assert sorted(run["rounds"][0]["fit"]) == list(SITES)
     assert run["config"]["secure-aggregation"] is False and run["config"]["strategy"] == "fedprox"
     assert load_checkpoint(Path(run["final_checkpoint"])).config.hidden == 8
+
+
+def test_a_distributed_dp_run_sums_each_round_under_secagg_and_every_site_ledgers_its_share(tmp_path):
+    sites_dir = tmp_path / "sites"
+    sites = []
+    for seed, name in enumerate(SITES):
+        policy = PrivacyPolicy(max_epsilon=8.0, distributed_dp_sites=3, distributed_dp_colluders=1)
+        site = init_site(sites_dir / name, name, policy)
+        populate(site.layout.records_dir, n_patients=6, dim=DEFAULT.stcnn_dim, n_snippets=8, seed=seed)
+        sites.append(site)
+    out = tmp_path / "federation"
+    main._register()
+    result = CliRunner().invoke(main.app, ["coordinator", "simulate", "--sites-dir", str(sites_dir), "--rounds", "2",
+                                           "--min-sites", "3", "--segments", "4", "--folds", "3",
+                                           "--dp-mode", "distributed", "--strategy", "fedadam", "--out", str(out),
+                                           "--format", "json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    run = json.loads(result.stdout[result.stdout.index("{\n"):])
+    assert run["status"] == "finished" and run["config"]["dp-mode"] == "distributed"
+    for round_ in run["rounds"]:
+        assert round_["failures"] == [] and sorted(round_["fit"]) == list(SITES)
+    for site in sites:
+        entries = read_entries(site.layout.ledger_file)
+        assert [(e["round"], e["steps"]) for e in entries] == [(1, 1), (2, 1)]
+        for e in entries:  # each site added sigma / sqrt(3 - 1); the SecAgg+ sum of three carries sigma
+            assert e["distributed"]["site_noise_multiplier"] == pytest.approx(e["noise_multiplier"] / 2 ** 0.5)
+        verification = verify_ledger(site.layout.ledger_file, load_public_key(site.layout.public_key))
+        assert verification.ok, (site.site_id, [str(p) for p in verification.problems])
+        assert not (site.layout.root / EGRESS_LOG).exists()

@@ -12,11 +12,13 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from flwr.client import Client, ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
+from flwr.common.secure_aggregation.secaggplus_constants import Stage as SecAggStage
 from flwr.common import (
     Code,
     Context,
@@ -151,11 +153,56 @@ def client_fn(context: Context) -> Client:
     return SiteClient(context)
 
 
-def secure_aggregation_mod(msg: Any, context: Context, call_next: Any) -> Any:
-    """SecAgg+ for the train messages of a run that uses it; a run without it (--no-secure-aggregation) passes through."""
-    if msg.metadata.message_type == "train" and SECAGG_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
-    return call_next(msg, context)
+class SecureAggregationRefused(RuntimeError):
+    """A distributed-DP run asked this site for an update that SecAgg+ would not hide among enough sites."""
+
+
+def distributed_dp_problem(msg: Any, config: FederationConfig, settings: Any) -> str | None:
+    """Why this train message must not be answered in a distributed-DP run, or None.
+
+    In such a run the site's update carries only part of the noise, so it may leave only masked by SecAgg+ and
+    only in a sum of at least the site's own K sites: the Shamir threshold this site uses for its own secrets
+    (which the coordinator sets in the setup stage) must be at least K, so no sum of fewer sites can be unmasked.
+    """
+    if not config.distributed:
+        return None
+    from semiofed.client.site import SiteLayout
+    from semiofed.common.privacy.policy import load_policy
+
+    sites = load_policy(SiteLayout(Path(settings.site_dir)).policy_file).distributed_dp_sites
+    if not sites:
+        return "this site takes part in local-DP runs only (its policy's distributed_dp_sites is 0)"
+    if SECAGG_CONFIGS not in msg.content.config_records:
+        return "a distributed-DP update may leave this site only masked by SecAgg+, and this train message has no SecAgg+"
+    configs = msg.content.config_records[SECAGG_CONFIGS]
+    if configs.get(SecAggKey.STAGE) == SecAggStage.SETUP:
+        threshold = configs.get(SecAggKey.THRESHOLD)
+        if not isinstance(threshold, int) or threshold < sites:
+            return (f"the SecAgg+ reconstruction threshold is {threshold}: a sum of fewer than the {sites} sites this "
+                    "site's distributed DP needs could be unmasked")
+    return None
+
+
+def make_secure_aggregation_mod(run_of: Callable[[Context], tuple[FederationConfig, Any]]) -> Callable[..., Any]:
+    """SecAgg+ for the train messages of a run that uses it; a run without it (--no-secure-aggregation) passes through.
+
+    `run_of(context)` gives the run config and the site settings. A distributed-DP run's train messages are
+    refused unless SecAgg+ hides the update among enough sites."""
+
+    def secure_aggregation_mod(msg: Any, context: Context, call_next: Any) -> Any:
+        if msg.metadata.message_type == "train":
+            problem = distributed_dp_problem(msg, *run_of(context))
+            if problem is not None:
+                log.error("refused a distributed-DP train message: %s", problem)
+                raise SecureAggregationRefused(f"distributed DP refused: {problem}")
+            if SECAGG_CONFIGS in msg.content.config_records:
+                return secaggplus_mod(msg, context, call_next)
+        return call_next(msg, context)
+
+    return secure_aggregation_mod
+
+
+secure_aggregation_mod = make_secure_aggregation_mod(lambda context: (run_config(context), site_settings(context.node_config)))
 
 
 # secure aggregation first (outermost): it masks what the egress policy already let through.

@@ -79,13 +79,47 @@ class SiteTask:
                                 "prepare more records, or run with fewer --folds")
         self.train, self.validation, self.test = split_patients(patients, config.folds, config.test_fold, config.seed,
                                                                 validation=config.validation)
-        self.train_config = TrainConfig(epochs=config.local_epochs, batch_patients=config.batch_patients, lr=config.lr,
-                                        optimizer=config.optimizer,
-                                        dp=True, clipping_norm=self.site.policy.clipping_norm, seed=config.seed)
+        if config.distributed:
+            # one plain SGD step of lr 1: the update is the global weights minus this site's noisy mean gradient, so
+            # FedAvg's patient-weighted mean of the updates is one DP-SGD step on every site's patients together
+            self.train_config = TrainConfig(epochs=1, batch_patients=config.batch_patients, lr=1.0, optimizer="sgd",
+                                            dp=True, clipping_norm=self.site.policy.clipping_norm, seed=config.seed)
+            self.steps_per_round = 1
+        else:
+            self.train_config = TrainConfig(epochs=config.local_epochs, batch_patients=config.batch_patients,
+                                            lr=config.lr, optimizer=config.optimizer,
+                                            dp=True, clipping_norm=self.site.policy.clipping_norm, seed=config.seed)
+            self.steps_per_round = self.train_config.steps(len(self.train))
         self.sample_rate = self.train_config.sample_rate(len(self.train))
-        self.steps_per_round = self.train_config.steps(len(self.train))
 
     # --- privacy ----------------------------------------------------------
+    def distributed_terms(self) -> dict[str, Any] | None:
+        """None for a local-DP run; for a distributed one the site's own terms (K, colluders), or RoundDeclined.
+
+        The site takes K from its own policy, never from the coordinator, and refuses a run whose rounds could
+        complete with fewer than K sites (SecAgg+'s threshold is checked again in the ClientApp)."""
+        if not self.config.distributed:
+            return None
+        policy = self.site.policy
+        if not policy.distributed_dp_sites:
+            raise RoundDeclined(f"site {self.site.site_id} takes part in local-DP runs only (its policy's "
+                                "distributed_dp_sites is 0)",
+                                "run with --dp-mode local, or the site's privacy officer opts in at `site init`")
+        if self.config.min_sites < policy.distributed_dp_sites:
+            raise RoundDeclined(
+                f"the run may complete a round with {self.config.min_sites} sites; site {self.site.site_id}'s "
+                f"distributed DP needs every sum to hold at least {policy.distributed_dp_sites}",
+                f"run with --min-sites {policy.distributed_dp_sites} or more, or --dp-mode local")
+        return {"sites": policy.distributed_dp_sites, "colluders": policy.distributed_dp_colluders}
+
+    def site_noise(self, sigma: float) -> tuple[float, dict[str, Any] | None]:
+        """The noise this site adds for an accounted sigma, and the ledger's distributed terms (None: local DP)."""
+        terms = self.distributed_terms()
+        if terms is None:
+            return sigma, None
+        own = sigma / math.sqrt(terms["sites"] - terms["colluders"])
+        return own, terms | {"site_noise_multiplier": own}
+
     def accountant(self) -> SiteAccountant:
         """The site's lifetime accountant, read from disk each time (another process may have stepped it)."""
         return self.site.privacy.accountant()
@@ -150,6 +184,7 @@ class SiteTask:
         accountant = self.accountant()
         status: dict[str, Any] = accountant.summary()
         try:
+            self.distributed_terms()
             sigma = self.noise_for_run(run_id)
             status["epsilon_projected"] = self.check_round(accountant, PlannedRun(sigma, self.sample_rate, self.steps_per_round), run_id)
             status["accepts"], status["decline_reason"] = 1, ""
@@ -174,7 +209,9 @@ class SiteTask:
     def fit(self, weights: Sequence[np.ndarray], *, run_id: str, round: int) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train one round with DP-SGD from `weights`; the round is refused (RoundDeclined) before any step if unaffordable."""
         started = time.monotonic()
+        self.distributed_terms()  # a distributed run this site refuses is refused before its noise is chosen
         sigma = self.noise_for_run(run_id)
+        own_sigma, distributed = self.site_noise(sigma)
         planned = PlannedRun(sigma, self.sample_rate, self.steps_per_round)
 
         def check(accountant: SiteAccountant) -> None:  # under the budget lock, on the state as re-read
@@ -189,14 +226,18 @@ class SiteTask:
         model = self.build_model(weights)
         global_params = [p.detach().clone() for p in model.parameters()]
         seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}/{run_id}/{round}".encode()).digest()[:4], "little")
-        config = TrainConfig(**{**self.train_config.to_dict(), "noise_multiplier": sigma, "seed": seed})
+        config = TrainConfig(**{**self.train_config.to_dict(), "noise_multiplier": own_sigma, "seed": seed})
         mu = self.config.proximal_mu if self.config.strategy == "fedprox" else 0.0
         trainer = Trainer(model, config, n_segments=self.config.n_segments, proximal=(global_params, mu) if mu > 0 else None)
         last: dict[str, float] = {}
         try:
             with budgeted_run(self.site.privacy, planned, kind=KIND_FEDERATED, run_id=run_id, round=round,
-                              note=f"federated {run_id} round {round}", check=check) as run:
-                trainer.fit(self.train, on_step=run.step, steps=self.steps_per_round,
+                              note=f"federated {run_id} round {round}", check=check, distributed=distributed) as run:
+                # a distributed step added this site's share sigma_site; the sum that leaves carries sigma, which is
+                # what the accountant charges (the steps are still counted one by one against the reservation)
+                on_step = run.step if distributed is None else (
+                    lambda *, noise_multiplier, sample_rate: run.step(noise_multiplier=sigma, sample_rate=sample_rate))
+                trainer.fit(self.train, on_step=on_step, steps=self.steps_per_round,
                             on_epoch=lambda _e, stats: last.update(stats))
                 new_weights = get_weights(model)
                 run.release(new_weights)
@@ -207,7 +248,7 @@ class SiteTask:
         metrics = {
             "epsilon_round": float(entry["epsilon"]),
             "epsilon_spent": spent, "epsilon_max": self.site.policy.max_epsilon, "delta": self.site.policy.target_delta,
-            "noise_multiplier": sigma, "sample_rate": self.sample_rate, "steps": float(self.steps_per_round),
+            "noise_multiplier": sigma, "site_noise_multiplier": own_sigma, "sample_rate": self.sample_rate, "steps": float(self.steps_per_round),
             "train_patients": float(len(self.train)), "clipped_fraction": float(last.get("clipped_fraction", 0.0)),
             "seconds": time.monotonic() - started,
         }

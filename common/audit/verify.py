@@ -15,6 +15,7 @@ from typing import Any
 
 from semiofed.common.privacy.keys import PublicKey, public_key_fingerprint
 from semiofed.common.privacy.ledger import (
+    DISTRIBUTED_FIELD,
     BAD_SIGNATURE,
     BROKEN_LINK,
     EPSILON_UNDER_REPORTED,
@@ -54,6 +55,12 @@ class EntryCheck:
     epsilon_max: Any
     epsilon_recomputed: float | None = None
     epsilon_cumulative_recomputed: float | None = None
+    # distributed DP (the release's update carried sigma_site; SecAgg+'s sum carried sigma): "local" or "distributed"
+    dp_mode: str = "local"
+    site_noise_multiplier: Any = None
+    # what the cumulative epsilon would be if every distributed release had been seen alone (SecAgg+ broken, or
+    # more colluders than the site tolerated): each counted at the site's own noise
+    epsilon_cumulative_without_secure_aggregation: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -98,9 +105,16 @@ def _release(entry: dict[str, Any]) -> tuple[float, float, int, float] | None:
     return (float(sigma), float(q), int(steps), float(delta)) if valid else None
 
 
+def _distributed(entry: dict[str, Any]) -> dict[str, Any] | None:
+    terms = entry.get(DISTRIBUTED_FIELD)
+    return terms if isinstance(terms, dict) else None
+
+
 def _row(number: int, entry: dict[str, Any]) -> EntryCheck:
     policy = entry.get("policy") if isinstance(entry.get("policy"), dict) else {}
+    terms = _distributed(entry)
     return EntryCheck(
+        dp_mode="distributed" if terms else "local", site_noise_multiplier=terms.get("site_noise_multiplier") if terms else None,
         line=number, seq=seq_of(entry), run_id=entry.get("run_id"), round=entry.get("round"), kind=entry.get("kind"),
         time=entry.get("time"), noise_multiplier=entry.get("noise_multiplier"), sample_rate=entry.get("sample_rate"),
         steps=entry.get("steps"), delta=entry.get("delta"), epsilon=entry.get("epsilon"),
@@ -118,16 +132,24 @@ def _recompute(scan: LedgerScan, rows: list[EntryCheck]) -> None:
         if release is not None:
             row.epsilon_recomputed = release_epsilon(*release)
     composition = PLDComposition()
+    fallback = PLDComposition() if any(row.dp_mode == "distributed" for row in rows) else None
     by_seq: dict[int, list[EntryCheck]] = {}
     for row in rows:
         if row.seq is not None and releases[row.line] is not None:
             by_seq.setdefault(row.seq, []).append(row)
     for seq in sorted(by_seq):
-        sigma, q, steps, delta = releases[by_seq[seq][0].line]  # type: ignore[misc]
+        first = by_seq[seq][0]
+        sigma, q, steps, delta = releases[first.line]  # type: ignore[misc]
         composition.add(sigma, q, steps)
         cumulative = composition.epsilon(delta)
+        alone = None
+        if fallback is not None:
+            own = first.site_noise_multiplier if first.dp_mode == "distributed" and _number(first.site_noise_multiplier) else sigma
+            fallback.add(min(float(own), sigma), q, steps)
+            alone = fallback.epsilon(delta)
         for row in by_seq[seq]:
             row.epsilon_cumulative_recomputed = cumulative
+            row.epsilon_cumulative_without_secure_aggregation = alone
 
 
 def _epsilon_problems(scan: LedgerScan, rows: list[EntryCheck]) -> list[LedgerProblem]:
@@ -156,6 +178,14 @@ def _epsilon_problems(scan: LedgerScan, rows: list[EntryCheck]) -> list[LedgerPr
             add(OVER_BUDGET, f"cumulative epsilon {cumulative:.4g} exceeds the site's max_epsilon {policy['max_epsilon']:g}")
         if _number(policy.get("min_noise_multiplier")) and sigma < policy["min_noise_multiplier"]:
             add(OUTSIDE_POLICY, f"noise multiplier {sigma:g} is below the policy minimum {policy['min_noise_multiplier']:g}")
+        terms = _distributed(entry)
+        if terms is not None and _number(terms.get("site_noise_multiplier")) and isinstance(terms.get("sites"), int) \
+                and isinstance(terms.get("colluders"), int) and terms["sites"] > terms["colluders"]:
+            carried = terms["site_noise_multiplier"] * math.sqrt(terms["sites"] - terms["colluders"])
+            if carried < sigma * (1 - 1e-9):
+                add(OUTSIDE_POLICY, f"distributed release: the site's noise {terms['site_noise_multiplier']:g} over "
+                                    f"{terms['sites'] - terms['colluders']} honest sites sums to sigma {carried:.4g}, "
+                                    f"less than the {sigma:g} it accounted")
         if _number(policy.get("target_delta")) and delta > policy["target_delta"]:
             add(OUTSIDE_POLICY, f"delta {delta:g} is above the policy's target_delta {policy['target_delta']:g}")
     return problems

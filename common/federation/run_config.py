@@ -22,6 +22,14 @@ STRATEGY_FEDAVG = "fedavg"
 STRATEGY_FEDPROX = "fedprox"
 STRATEGY_FEDADAM = "fedadam"
 STRATEGIES = (STRATEGY_FEDAVG, STRATEGY_FEDPROX, STRATEGY_FEDADAM)
+# How a site's update is noised (docs/privacy.md): "local", each update carries the full DP noise; "distributed",
+# each site adds sigma / sqrt(K - colluders) of it and only SecAgg+'s sum of at least K sites carries the full sigma.
+# Distributed rounds take one DP step each (the sum of single noisy gradients is exactly DP-SGD on the union of
+# the sites' patients; several local steps would not add up that way), and the server's Adam (FedAdam) steps
+# with the summed noisy gradient.
+DP_LOCAL = "local"
+DP_DISTRIBUTED = "distributed"
+DP_MODES = (DP_LOCAL, DP_DISTRIBUTED)
 
 # --- per-round config (server -> site) ---------------------------------------
 CFG_ROUND = "round"
@@ -35,7 +43,8 @@ KEY_ACCEPTS = "accepts"  # 1 if the site will train this round, 0 if it declines
 KEY_DECLINE_REASON = "decline_reason"
 KEY_VERSION = "semiofed_version"
 KEY_FEATURE_SHA = "feature_extractor_sha256"
-FIT_METRICS = ("epsilon_round", "epsilon_spent", "epsilon_max", "delta", "noise_multiplier", "sample_rate", "steps",
+FIT_METRICS = ("epsilon_round", "epsilon_spent", "epsilon_max", "delta", "noise_multiplier", "site_noise_multiplier",
+               "sample_rate", "steps",
                "train_patients", "clipped_fraction", "seconds")
 EVAL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece", "loss", "temperature", "test_patients",
                 "tp", "fn", "fp", "tn")
@@ -72,6 +81,7 @@ class FederationConfig:
     validation: bool = True  # False: no validation fold (temperature 1), every other patient trains
     seed: int = 0
     secure_aggregation: bool = True
+    dp_mode: str = DP_LOCAL
     min_sites: int = 2
     round_timeout: float = 900.0  # seconds a round waits for sites; a dropped site cannot hang it
     # the server may ask for less spending per run; a site caps it by its own policy and settings
@@ -92,6 +102,12 @@ class FederationConfig:
             raise SemiofedError(f"optimizer '{self.optimizer}' is unknown", f"use one of {', '.join(OPTIMIZERS)}")
         if self.temporal not in TEMPORAL_MODELS:
             raise SemiofedError(f"temporal model '{self.temporal}' is unknown", f"use one of {', '.join(TEMPORAL_MODELS)}")
+        if self.dp_mode not in DP_MODES:
+            raise SemiofedError(f"DP mode '{self.dp_mode}' is unknown", f"use one of {', '.join(DP_MODES)}")
+        if self.distributed and not (self.secure_aggregation and self.strategy == STRATEGY_FEDADAM):
+            raise SemiofedError("distributed DP needs secure aggregation and the server's optimiser: the coordinator may "
+                                "see only the sum of the sites' noisy gradients",
+                                "run with --secure-aggregation --strategy fedadam, or --dp-mode local")
         for name in ("rounds", "local_epochs", "batch_patients", "min_sites", "n_segments", "hidden"):
             if int(getattr(self, name)) < 1:
                 raise SemiofedError(f"run config {name}={getattr(self, name)} must be at least 1")
@@ -106,6 +122,11 @@ class FederationConfig:
             raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}",
                                 f"use folds >= {least} and 0 <= test_fold < folds")
         self.model_spec  # the descriptor names are checked
+
+    @property
+    def distributed(self) -> bool:
+        """True for a distributed-DP run (see DP_DISTRIBUTED)."""
+        return self.dp_mode == DP_DISTRIBUTED
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -154,4 +175,4 @@ def _tuple(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
-__all__ = ["FederationConfig", "STRATEGIES", "FIT_METRICS", "EVAL_METRICS", "BUDGET_METRICS", "TEXT_KEYS"]
+__all__ = ["FederationConfig", "STRATEGIES", "DP_MODES", "DP_LOCAL", "DP_DISTRIBUTED", "FIT_METRICS", "EVAL_METRICS", "BUDGET_METRICS", "TEXT_KEYS"]

@@ -66,13 +66,14 @@ def record_release(
     steps: int,
     clipping_norm: float,
     epsilon_cumulative: float,
+    distributed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Append the signed entry of one DP release; its own epsilon is computed with the site's accountant."""
     fields = release_fields(
         site_id=site.site_id, run_id=run_id, round=round, kind=kind, update_sha256=update_sha256,
         noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, clipping_norm=clipping_norm,
         epsilon=release_epsilon(PlannedRun(noise_multiplier, sample_rate, steps), site.policy.target_delta),
-        epsilon_cumulative=epsilon_cumulative, policy=site.policy,
+        epsilon_cumulative=epsilon_cumulative, policy=site.policy, distributed=distributed,
     )
     return append_entry(site.ledger_file, fields, load_site_private_key(site.private_key))
 
@@ -120,6 +121,7 @@ def budgeted_run(
     round: int = 0,
     note: str = "",
     check: Callable[[SiteAccountant], None] | None = None,
+    distributed: dict[str, Any] | None = None,
 ) -> Iterator[BudgetedRun]:
     """Check, reserve, yield for the steps, record them and sign the released update (see the module docstring).
 
@@ -144,6 +146,7 @@ def budgeted_run(
             site, kind=kind, run_id=run_id, round=round, update_sha256=update_sha256(run.update),
             noise_multiplier=planned.noise_multiplier, sample_rate=planned.sample_rate, steps=run.steps_taken,
             clipping_norm=site.policy.clipping_norm, epsilon_cumulative=accountant.epsilon_spent(),
+            distributed=distributed,
         )
         log.info("signed %s release %s round %d (%d steps)", kind, run_id, round, run.steps_taken)
 

@@ -51,6 +51,10 @@ RELEASE_FIELDS = (
     "privacy_unit", "neighbouring_relation", "noise_multiplier", "sample_rate", "steps", "clipping_norm",
     "accountant", "epsilon", "epsilon_cumulative", "delta", "policy",
 )
+# Optional, on a distributed-DP release only: {"sites": K, "colluders": t, "site_noise_multiplier": sigma_site}.
+# `noise_multiplier` is then the sigma the summed update carries (what is accounted), sigma_site the noise this
+# site's own update carried: sigma_site * sqrt(K - t) >= sigma (common/audit/verify.py checks it).
+DISTRIBUTED_FIELD = "distributed"
 CHAIN_FIELDS = ("ledger_version", "seq", "prev_hash")
 SEAL_FIELDS = ("entry_hash", "signature")
 HEAD_FIELDS = ("ledger_version", "site_id", "seq", "entry_hash", "epsilon_cumulative", "epsilon_max", "delta", "time")
@@ -108,9 +112,11 @@ def release_fields(
     epsilon: float,
     epsilon_cumulative: float,
     policy: PrivacyPolicy,
+    distributed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fields of one DP release, ready for `append_entry` (time is now; delta is the policy's)."""
-    return {
+    extra = {DISTRIBUTED_FIELD: distributed} if distributed is not None else {}
+    return extra | {
         "site_id": site_id, "run_id": run_id, "round": int(round), "time": utc_now(), "kind": kind,
         "update_sha256": update_sha256, "privacy_unit": PRIVACY_UNIT, "neighbouring_relation": NEIGHBOURING_RELATION,
         "noise_multiplier": float(noise_multiplier), "sample_rate": float(sample_rate), "steps": int(steps),
@@ -154,11 +160,20 @@ _RELEASE_CHECKS: dict[str, tuple[Any, str]] = {
 }
 
 
+def _distributed_ok(v: Any) -> bool:
+    return (isinstance(v, dict) and set(v) == {"sites", "colluders", "site_noise_multiplier"}
+            and _integer(v["sites"]) and v["sites"] >= 2 and _integer(v["colluders"]) and v["sites"] - v["colluders"] >= 1
+            and _number(v["site_noise_multiplier"]) and v["site_noise_multiplier"] > 0)
+
+
 def release_field_errors(fields: dict[str, Any]) -> list[str]:
     """What is wrong with a dict of release fields (empty when nothing is)."""
     errors = [f"'{name}' is missing" for name in RELEASE_FIELDS if name not in fields]
     errors += [f"'{name}' must be {want} (got {fields[name]!r})"
                for name, (ok, want) in _RELEASE_CHECKS.items() if name in fields and not ok(fields[name])]
+    if DISTRIBUTED_FIELD in fields and not _distributed_ok(fields[DISTRIBUTED_FIELD]):
+        errors.append(f"'{DISTRIBUTED_FIELD}' must be an object with sites >= 2, colluders < sites and "
+                      f"site_noise_multiplier > 0 (got {fields[DISTRIBUTED_FIELD]!r})")
     return errors
 
 
@@ -333,9 +348,9 @@ def span(first: int, last: int) -> str:
 
 
 def _form_errors(entry: dict[str, Any]) -> list[str]:
-    errors = release_field_errors({k: v for k, v in entry.items() if k in RELEASE_FIELDS})
+    errors = release_field_errors({k: v for k, v in entry.items() if k in RELEASE_FIELDS + (DISTRIBUTED_FIELD,)})
     errors += [f"'{name}' is missing" for name in CHAIN_FIELDS + SEAL_FIELDS if name not in entry]
-    unknown = sorted(set(entry) - set(RELEASE_FIELDS + CHAIN_FIELDS + SEAL_FIELDS))
+    unknown = sorted(set(entry) - set(RELEASE_FIELDS + (DISTRIBUTED_FIELD,) + CHAIN_FIELDS + SEAL_FIELDS))
     errors += [f"unknown fields {unknown}"] if unknown else []
     if entry.get("ledger_version", LEDGER_VERSION) != LEDGER_VERSION:
         errors.append(f"ledger_version {entry.get('ledger_version')!r}, this semiofed reads {LEDGER_VERSION}")

@@ -29,6 +29,7 @@ from semiofed.common.privacy.ledger import (
     entry_hash,
     read_ledger_bytes,
     release_field_errors,
+    DISTRIBUTED_FIELD,
     scan_bytes,
     utc_now,
 )
@@ -76,7 +77,7 @@ def append_entry(path: Path, fields: dict[str, Any], private_key: PrivateKey) ->
     """
     path = Path(path)
     errors = release_field_errors(fields)
-    unknown = sorted(set(fields) - set(RELEASE_FIELDS))
+    unknown = sorted(set(fields) - set(RELEASE_FIELDS + (DISTRIBUTED_FIELD,)))
     errors += [f"unknown fields {unknown}"] if unknown else []
     if errors:
         raise LedgerError(f"ledger entry for {path} is invalid: {'; '.join(errors)}",

@@ -28,6 +28,14 @@ class PrivacyPolicy:
     # per-patient L2 clipping norm of the summed gradient
     clipping_norm: float = 1.0
     privacy_unit: str = PRIVACY_UNIT
+    # Distributed DP (docs/privacy.md): 0, the default, means every update this site releases carries the full
+    # noise itself (local DP). K >= 2 lets the site take part in distributed-DP rounds, in which it adds only
+    # sigma / sqrt(K - colluders) because SecAgg+ shows the coordinator nothing but the sum of at least K sites'
+    # updates; the site refuses any such round that could complete with fewer than K sites.
+    distributed_dp_sites: int = 0
+    # how many of the other sites in such a round may collude with the coordinator (reveal their own noise)
+    # while the sum still carries the full sigma
+    distributed_dp_colluders: int = 1
 
     def __post_init__(self) -> None:
         if not (0.0 < self.target_delta < 1.0):
@@ -38,6 +46,12 @@ class PrivacyPolicy:
             raise SiteError(f"policy min_noise_multiplier {self.min_noise_multiplier} is negative", "use e.g. 0.8")
         if self.clipping_norm <= 0.0:
             raise SiteError(f"policy clipping_norm {self.clipping_norm} is not positive", "use e.g. 1.0")
+        if self.distributed_dp_sites < 0 or self.distributed_dp_colluders < 0 or (
+                self.distributed_dp_sites and self.distributed_dp_sites - self.distributed_dp_colluders < 1) or (
+                self.distributed_dp_sites == 1):
+            raise SiteError(f"policy distributed_dp_sites {self.distributed_dp_sites} with distributed_dp_colluders "
+                            f"{self.distributed_dp_colluders} is not a valid trust assumption",
+                            "use 0 (local DP only) or at least 2 sites, more than the colluders tolerated")
         if self.privacy_unit != PRIVACY_UNIT:
             raise SiteError(f"policy privacy_unit '{self.privacy_unit}' is not supported", f"use '{PRIVACY_UNIT}'")
 
@@ -45,12 +59,22 @@ class PrivacyPolicy:
         """The policy as JSON-ready values."""
         return asdict(self)
 
+    @property
+    def distributed_share(self) -> int:
+        """K - colluders: the honest sites whose noise the sum is sure to carry (0 when distributed DP is off)."""
+        return self.distributed_dp_sites - self.distributed_dp_colluders if self.distributed_dp_sites else 0
+
     def allows_change_to(self, new: "PrivacyPolicy") -> bool:
         """True when `new` spends no more privacy than this policy (budget can only shrink)."""
         return (
             new.max_epsilon <= self.max_epsilon
             and new.target_delta <= self.target_delta
             and new.min_noise_multiplier >= self.min_noise_multiplier
+            # distributed DP puts less noise on each update this site releases: it may be made stricter or turned
+            # off, never turned on or loosened
+            and (new.distributed_dp_sites == 0 or (self.distributed_dp_sites > 0
+                                                   and new.distributed_dp_sites >= self.distributed_dp_sites
+                                                   and new.distributed_dp_colluders >= self.distributed_dp_colluders))
         )
 
 

@@ -56,7 +56,10 @@ class TimeoutGrid:
 
 def secure_fit_workflow(config: FederationConfig) -> SecAggPlusWorkflow:
     """SecAgg+ for the fit stage; a site that drops out after sharing its keys does not hang or spoil the round."""
-    return SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=0.5, clipping_range=SECAGG_CLIPPING_RANGE,
+    # Distributed DP: no sum of fewer than min-sites updates may be unmasked, so that it carries the noise every site
+    # accounted (each site checks this threshold before it shares anything: client/federation/client_app.py)
+    threshold = config.min_sites if config.distributed else 0.5
+    return SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold, clipping_range=SECAGG_CLIPPING_RANGE,
                               max_weight=SECAGG_MAX_WEIGHT,
                               quantization_range=SECAGG_QUANTIZATION, timeout=config.round_timeout)
 

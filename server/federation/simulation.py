@@ -41,6 +41,9 @@ class VirtualSite:
 
         return SiteClient(context, config=self.config, settings=self.settings(context))
 
+    def run_of(self, context: Any) -> tuple[FederationConfig, Any]:
+        return self.config, self.settings(context)
+
     def egress_spec(self, context: Any) -> Any:
         from semiofed.client.federation.client_app import egress_spec
 
@@ -81,7 +84,7 @@ def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2,
     from flwr.client import ClientApp
     from flwr.simulation import run_simulation
 
-    from semiofed.client.federation.client_app import secure_aggregation_mod
+    from semiofed.client.federation.client_app import make_secure_aggregation_mod
     from semiofed.client.federation.egress import make_egress_mod
     from semiofed.server.run_log import read_run
     from semiofed.server.federation.server_app import make_server_app
@@ -90,7 +93,7 @@ def simulate(sites_dir: Path, config: FederationConfig, *, cpus: int = 2,
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     sites = find_sites(sites_dir)
     virtual = VirtualSite(sites, config)
-    client_app = ClientApp(client_fn=virtual.client_fn, mods=[*mods, secure_aggregation_mod, make_egress_mod(virtual.egress_spec)])
+    client_app = ClientApp(client_fn=virtual.client_fn, mods=[*mods, make_secure_aggregation_mod(virtual.run_of), make_egress_mod(virtual.egress_spec)])
     checkpoints = Path(config.checkpoints_dir)
     before = set(checkpoints.glob("run-*")) if checkpoints.is_dir() else set()
     with flower_log(on_line):
