@@ -63,8 +63,10 @@ CACHE = BENCH_DIR / "utility-motion"
 SCRATCH = BENCH_DIR / "scratch" / "utility-motion"
 MAX_EPSILON = 1000.0  # scratch sites only: the setting's epsilon is the cap, not the policy
 ROUNDS, LOCAL_EPOCHS = 3, 7  # the demo's federated schedule (21 noisy steps per site at q = 1)
+# distributed DP: one step a round (docs/privacy.md's rule); the sites' policy tolerates one colluder
+DISTRIBUTED_ROUNDS, DISTRIBUTED_SITES = 200, 3
 HELD_OUT_FOLDS, DEV_FOLDS = 2, 5
-CENTRALISED, LOCAL, FEDERATED = "centralised", "local-only", "federated"
+CENTRALISED, LOCAL, FEDERATED, DISTRIBUTED = "centralised", "local-only", "federated", "federated-distributed"
 
 Predictions = tuple[list[int], np.ndarray]
 
@@ -119,6 +121,10 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
             sigmas.append(result.noise_multiplier)
             info.setdefault("epsilon_spent", []).append(result.epsilon_spent)
         info["sigma"] = sigmas
+    elif row == DISTRIBUTED:
+        weights, info = distributed_run(site_dirs, fed, epsilon, seed, test_fold)
+        model = decide(tasks[0].build_model(weights))
+        parts = [predict(model, 1.0, t.test) for t in tasks]
     else:
         sites = [scratch_site(d, SCRATCH / f"{i}-{d.name}", max_epsilon=MAX_EPSILON) for i, d in enumerate(site_dirs)]
         scratch_tasks = [SiteTask(SiteSettings(s.layout.root), fed) for s in sites]
@@ -133,6 +139,31 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
         info["epsilon_spent"] = [m["epsilon_spent"] for _, _, m in results]
     y = [label for labels, _ in parts for label in labels]
     return (y, np.concatenate([p for _, p in parts])), info
+
+
+def distributed_run(site_dirs: list[Path], fed: FederationConfig, epsilon: float, seed: int,
+                    test_fold: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Distributed DP: the sites' real budgeted one-step rounds (`SiteTask.fit`, each adding sigma/sqrt(K - 1)),
+    summed as SecAgg+ would and stepped by Flower's own FedAdam (the strategy the ServerApp runs)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAdam
+
+    run = replace(fed, dp_mode="distributed", strategy="fedadam", min_sites=DISTRIBUTED_SITES, rounds=DISTRIBUTED_ROUNDS)
+    sites = [scratch_site(d, SCRATCH / f"{i}-{d.name}", max_epsilon=MAX_EPSILON, distributed_dp_sites=DISTRIBUTED_SITES)
+             for i, d in enumerate(site_dirs)]
+    tasks = [SiteTask(SiteSettings(s.layout.root), run) for s in sites]
+    weights = initial_weights(run)
+    strategy = FedAdam(initial_parameters=ndarrays_to_parameters(weights), eta=run.server_lr, fraction_fit=1.0,
+                       min_fit_clients=DISTRIBUTED_SITES, min_available_clients=DISTRIBUTED_SITES)
+    run_id = f"bench-dist-eps{epsilon:g}-s{seed}-f{test_fold}"
+    for round_ in range(1, run.rounds + 1):
+        results = [t.fit(weights, run_id=run_id, round=round_) for t in tasks]
+        fit_res = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(w), n, {})) for w, n, _ in results]
+        aggregated, _ = strategy.aggregate_fit(round_, fit_res, [])
+        weights = parameters_to_ndarrays(aggregated)
+    return weights, {"sigma": [m["noise_multiplier"] for _, _, m in results],
+                     "site_sigma": [m["site_noise_multiplier"] for _, _, m in results],
+                     "epsilon_spent": [m["epsilon_spent"] for _, _, m in results]}
 
 
 def per_model_sigma(site_dir: Path, options: LocalTrainingOptions, epsilon: float) -> float:
@@ -169,7 +200,9 @@ def cohort_fingerprint(site_dirs: Sequence[Path]) -> str:
 def run_setting(cohort: str, site_dirs: list[Path], row: str, epsilon: float | None, temporal: str, seed: int,
                 reference: list[Seizure]) -> dict:
     """One (row, epsilon, model, seed) on a cohort: every patient tested once, predictions pooled; cached as JSON."""
-    key = (f"{cohort}_{cohort_fingerprint(site_dirs)}_{row}_{'nodp' if epsilon is None else f'eps{epsilon:g}'}_"
+    model = hashlib.sha256(json.dumps([DEFAULT_MODEL.to_dict(), DEFAULT_SCHEDULE.__dict__, DISTRIBUTED_ROUNDS],
+                                      sort_keys=True).encode()).hexdigest()[:8]
+    key = (f"{cohort}_{cohort_fingerprint(site_dirs)}_m{model}_{row}_{'nodp' if epsilon is None else f'eps{epsilon:g}'}_"
            f"{temporal}_s{seed}{f'_ref{len(reference)}' if reference else ''}")
     path = CACHE / f"{key}.json"
     if path.is_file():
@@ -196,10 +229,10 @@ def run_setting(cohort: str, site_dirs: list[Path], row: str, epsilon: float | N
 def settings(cohort: str, epsilons: Sequence[float]) -> list[tuple[str, float | None, str]]:
     """(row, epsilon, temporal) in table order; the linear baseline for the DP rows at epsilon 8."""
     gru, linear = DEFAULT_MODEL.temporal, "linear"
-    rows = [FEDERATED, LOCAL] if cohort == "held-out" else [LOCAL]
+    rows = [DISTRIBUTED, FEDERATED, LOCAL] if cohort == "held-out" else [LOCAL]
     out: list[tuple[str, float | None, str]] = [(CENTRALISED, None, gru)]
     out += [(row, eps, gru) for row in rows for eps in epsilons]
-    out += [(row, 8.0, linear) for row in rows if 8.0 in epsilons]
+    out += [(row, 8.0, linear) for row in rows if 8.0 in epsilons and row != DISTRIBUTED]
     return out
 
 
@@ -252,13 +285,14 @@ def reading(results: list[list[dict]]) -> list[str]:
     gru = DEFAULT_MODEL.temporal
     central = mean[(CENTRALISED, None, gru)]
     lines = [f"- Target centralised non-DP >= 0.95: {central:.3f}, {'met' if central >= 0.95 else '**not met**'}."]
-    if (FEDERATED, 8.0, gru) in mean:
-        fed8 = mean[(FEDERATED, 8.0, gru)]
-        lines.append(f"- Target federated DP at epsilon 8 within 0.03 of centralised: {fed8:.3f} vs {central:.3f} "
-                     f"(gap {central - fed8:.3f}), {'met' if central - fed8 <= 0.03 else '**not met**'}.")
-    if (FEDERATED, 3.0, gru) in mean:
-        fed3 = mean[(FEDERATED, 3.0, gru)]
-        lines.append(f"- Target federated DP at epsilon 3 >= 0.90: {fed3:.3f}, {'met' if fed3 >= 0.90 else '**not met**'}.")
+    for row in (DISTRIBUTED, FEDERATED):
+        if (row, 8.0, gru) in mean:
+            fed8 = mean[(row, 8.0, gru)]
+            lines.append(f"- Target {row} DP at epsilon 8 within 0.03 of centralised: {fed8:.3f} vs {central:.3f} "
+                         f"(gap {central - fed8:.3f}), {'met' if central - fed8 <= 0.03 else '**not met**'}.")
+        if (row, 3.0, gru) in mean:
+            fed3 = mean[(row, 3.0, gru)]
+            lines.append(f"- Target {row} DP at epsilon 3 >= 0.90: {fed3:.3f}, {'met' if fed3 >= 0.90 else '**not met**'}.")
     pairs = [(e, mean[(FEDERATED, e, gru)], mean[(LOCAL, e, gru)]) for e in sorted({k[1] for k in mean if k[1]})
              if (FEDERATED, e, gru) in mean and (LOCAL, e, gru) in mean]
     if pairs:
@@ -288,6 +322,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path,
                         help="a site of public reference seizures (a demo's reference-site/): the held-out models are "
                              "also measured with their decision threshold and scale set on them, as the demo does")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="with --reference, measure the held-out models only with the reference threshold")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--write", action="store_true", help="write the section 'utility-motion' of docs/benchmarks.md")
@@ -300,7 +336,8 @@ def main() -> None:
     cohorts: list[tuple[str, list[Path], list[Seizure]]] = []
     if args.held_out is not None:
         held_out_dirs = sorted(d for d in args.held_out.iterdir() if (d / "site.json").is_file())
-        cohorts.append(("held-out", held_out_dirs, []))
+        if not (args.reference_only and args.reference is not None):
+            cohorts.append(("held-out", held_out_dirs, []))
         if args.reference is not None:
             labels, streams = DEFAULT_MODEL.labels, DEFAULT_MODEL.streams
             patients = group_patients(load_site_records(open_site(args.reference), labels), labels, streams)
@@ -310,6 +347,7 @@ def main() -> None:
     command = ["python bench/bench_utility.py"] + [f"--{flag} {path}" for flag, path in
                                                     (("held-out", args.held_out), ("dev", args.dev),
                                                      ("reference", args.reference)) if path]
+    command += ["--reference-only"] if args.reference_only else []
     command += ["--seeds", *map(str, args.seeds), "--epsilons", *(f"{e:g}" for e in args.epsilons), "--write"]
     n_params = parameter_count(build_classifier(classifier_config(FederationConfig()), seed=0))
     body = [

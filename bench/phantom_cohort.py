@@ -136,12 +136,13 @@ def cohort_summary(root: Path = COHORT_DIR) -> dict[str, object]:
 
 
 def scratch_site(cohort_site: Path, dest: Path, *, max_epsilon: float = 1000.0, delta: float = 1e-5,
-                 min_noise_multiplier: float = 0.3) -> Site:
+                 min_noise_multiplier: float = 0.3, distributed_dp_sites: int = 0) -> Site:
     """A fresh site (fresh budget) at `dest` holding copies of the cohort's records."""
     if dest.exists():
         shutil.rmtree(dest)
     site = init_site(dest, "scratch", PrivacyPolicy(max_epsilon=max_epsilon, target_delta=delta,
-                                                     min_noise_multiplier=min_noise_multiplier))
+                                                     min_noise_multiplier=min_noise_multiplier,
+                                                     distributed_dp_sites=distributed_dp_sites))
     source = open_site(cohort_site).layout.records_dir
     for record in sorted(p for p in source.iterdir() if (p / META_FILE).is_file()):
         shutil.copytree(record, site.layout.records_dir / record.name)

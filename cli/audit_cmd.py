@@ -24,17 +24,26 @@ def _eps(value: Any) -> str:
 
 def _entries_table(verification: Any) -> Table:
     table = Table(title=f"ledger {verification.path}")
-    for column in ("seq", "run", "round", "kind", "time", "sigma", "q", "steps", "eps", "eps PLD", "eps cum.",
-                   "eps cum. PLD", "budget", "status"):
+    distributed = any(row.dp_mode == "distributed" for row in verification.entries)
+    columns = ["seq", "run", "round", "kind", "time", "sigma", "q", "steps", "eps", "eps PLD", "eps cum.", "eps cum. PLD",
+               "budget", "status"]
+    if distributed:  # the site's own share of the noise, and what holds if its updates were seen alone
+        columns[6:6] = ["sigma site"]
+        columns[-2:-2] = ["eps cum. w/o SecAgg"]
+    for column in columns:
         table.add_column(column, justify="right" if column.startswith(("eps", "sigma", "q", "steps", "budget")) else "left")
     for row in verification.entries:
         status = "[green]ok[/]" if row.ok else f"[red]{', '.join(row.problems)}[/]"
-        table.add_row(
+        cells = [
             str(row.seq), str(row.run_id), str(row.round), str(row.kind), str(row.time), _eps(row.noise_multiplier),
             f"{row.sample_rate:.4g}" if isinstance(row.sample_rate, float) else "-", str(row.steps), _eps(row.epsilon),
             _eps(row.epsilon_recomputed), _eps(row.epsilon_cumulative), _eps(row.epsilon_cumulative_recomputed),
             _eps(row.epsilon_max), status,
-        )
+        ]
+        if distributed:
+            cells[6:6] = [_eps(row.site_noise_multiplier)]
+            cells[-2:-2] = [_eps(row.epsilon_cumulative_without_secure_aggregation)]
+        table.add_row(*cells)
     return table
 
 
