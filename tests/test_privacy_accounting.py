@@ -90,3 +90,27 @@ def test_heterogeneous_history_matches_pld(tmp_path):
     accountant.history = history[:1]
     ours = accountant.projected_epsilon(PlannedRun(*history[1]))
     assert ours == pytest.approx(pld_epsilon(history, 1e-5), rel=0.01)
+
+
+def test_full_batch_steps_fold_into_one_gaussian_without_changing_epsilon():
+    """q = 1 steps are folded into one Gaussian step (mu-GDP composition is exact): the PRV of the folded history and
+    the auditor's folded PLD both match dp-accounting's PLD composed step by step, mixed with subsampled steps too."""
+    from dp_accounting.pld import privacy_loss_distribution as pld
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    from semiofed.common.audit.pld import PLDComposition
+    from semiofed.common.privacy.accountant import _epsilon_of, _merged
+
+    def step(sigma, q):
+        return pld.from_gaussian_mechanism(standard_deviation=sigma, sampling_prob=q, value_discretization_interval=1e-4,
+                                           neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
+
+    history = [(14.0, 1.0, 1)] * 150 + [(1.0, 0.05, 200), (3.0, 1.0, 20)]
+    assert len(_merged(history)) == 2  # the 170 full-batch steps are one entry
+    reference = step(14.0, 1.0).self_compose(150).compose(step(1.0, 0.05).self_compose(200)).compose(
+        step(3.0, 1.0).self_compose(20)).get_epsilon_for_delta(1e-5)
+    composition = PLDComposition()
+    for sigma, q, steps in history:
+        composition.add(sigma, q, steps)
+    assert composition.epsilon(1e-5) == pytest.approx(reference, rel=1e-3)
+    assert _epsilon_of(history, 1e-5) == pytest.approx(reference, rel=0.01)
