@@ -354,12 +354,17 @@ def main() -> None:
         f"`{' '.join(command)}`",
         "",
         f"Model: the default (`common/learning/spec.py`), untuned: a GRU with {DEFAULT_MODEL.hidden} hidden units on the "
-        f"keypoint stream (the per-window motion descriptors of `common/records/motion.py`), {n_params} parameters; "
+        f"keypoint stream (the {len(DEFAULT_MODEL.descriptors)} per-window motion descriptors of "
+        f"`common/records/motion.py` the spec names, chosen on the design cohort), {n_params} parameters; "
         f"Adam lr {DEFAULT_SCHEDULE.lr:g}, {DEFAULT_SCHEDULE.batch_patients} patients per step expected (q = 1 at every DP "
         "site), clipping norm 1.0, delta 1e-5, PRV accountant, patient-level DP. Centralised and local-only: "
         f"{DEFAULT_SCHEDULE.epochs} epochs; federated: FedAvg (weights averaged by training patients, as the strategy) "
         f"of {ROUNDS} rounds x {LOCAL_EPOCHS} local epochs of each site's real budgeted DP round (`SiteTask.fit`, in "
-        "process), each site choosing sigma for its allowance `site_epsilon` = epsilon. `linear`: the mean-pooled "
+        "process), each site choosing sigma for its allowance `site_epsilon` = epsilon (local DP: every update carries "
+        f"the full noise). federated-distributed: distributed DP (`--dp-mode distributed`), {DISTRIBUTED_ROUNDS} rounds "
+        "of one DP step at each site, each site adding sigma/sqrt(3 - 1) (its policy: K = 3 sites, 1 colluder "
+        "tolerated), the patient-weighted sum stepped by Flower's own FedAdam (eta = server_lr 0.05) as the ServerApp "
+        "does; sigma is what every site's ledger charges. `linear`: the mean-pooled "
         "linear baseline (`--temporal linear`). Every DP setting in fresh scratch copies of the sites (fresh budgets).",
         "",
         f"Protocol: held-out cohort: patient-grouped {HELD_OUT_FOLDS} folds per site, no validation fold (temperature "

@@ -98,8 +98,9 @@ def test_a_site_adds_its_share_of_the_noise_in_one_step_and_its_ledger_says_so(t
 
 def test_the_patient_weighted_mean_of_the_sites_updates_is_one_dp_sgd_step_on_their_union(tmp_path):
     sites = [make_site(tmp_path, f"hospital-{c}", seed=i) for i, c in enumerate("abc")]
-    tasks = [SiteTask(SiteSettings(s.layout.root), RUN) for s in sites]
-    weights = get_weights(build_classifier(classifier_config(RUN), seed=0))
+    run = replace(RUN, hidden=12)  # ~1,000 noise coordinates: the std below is estimated within ~2%
+    tasks = [SiteTask(SiteSettings(s.layout.root), run) for s in sites]
+    weights = get_weights(build_classifier(classifier_config(run), seed=0))
     noiseless = []
     real = trainer_module.clip_and_noise
 
@@ -115,7 +116,7 @@ def test_the_patient_weighted_mean_of_the_sites_updates_is_one_dp_sgd_step_on_th
     noise = np.concatenate([(w - m).ravel() - sum(g[i].numpy().ravel() * n for g, (_, n, _) in zip(noiseless, results)) / total
                             for i, (w, m) in enumerate(zip(weights, mean))]) * total
     # three shares of sigma / sqrt(2) in the sum: std sigma * sqrt(3/2) (C = 1), at least the accounted sigma
-    assert np.std(noise) == pytest.approx(SIGMA * math.sqrt(3 / 2), rel=0.2)
+    assert noise.size > 900 and np.std(noise) == pytest.approx(SIGMA * math.sqrt(3 / 2), rel=0.1)
 
 
 def test_a_site_that_has_not_opted_in_declines_before_any_step(tmp_path):
