@@ -112,12 +112,11 @@ class SiteTask:
                 f"run with --min-sites {policy.distributed_dp_sites} or more, or --dp-mode local")
         return {"sites": policy.distributed_dp_sites, "colluders": policy.distributed_dp_colluders}
 
-    def site_noise(self, sigma: float) -> tuple[float, dict[str, Any] | None]:
+    def site_noise(self, sigma: float, terms: dict[str, Any] | None) -> tuple[float, dict[str, Any] | None]:
         """The noise this site adds for an accounted sigma, and the ledger's distributed terms (None: local DP)."""
-        terms = self.distributed_terms()
         if terms is None:
             return sigma, None
-        own = sigma / math.sqrt(terms["sites"] - terms["colluders"])
+        own = sigma / math.sqrt(self.site.policy.distributed_share)
         return own, terms | {"site_noise_multiplier": own}
 
     def accountant(self) -> SiteAccountant:
@@ -209,9 +208,9 @@ class SiteTask:
     def fit(self, weights: Sequence[np.ndarray], *, run_id: str, round: int) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train one round with DP-SGD from `weights`; the round is refused (RoundDeclined) before any step if unaffordable."""
         started = time.monotonic()
-        self.distributed_terms()  # a distributed run this site refuses is refused before its noise is chosen
+        terms = self.distributed_terms()  # a distributed run this site refuses is refused before its noise is chosen
         sigma = self.noise_for_run(run_id)
-        own_sigma, distributed = self.site_noise(sigma)
+        own_sigma, distributed = self.site_noise(sigma, terms)
         planned = PlannedRun(sigma, self.sample_rate, self.steps_per_round)
 
         def check(accountant: SiteAccountant) -> None:  # under the budget lock, on the state as re-read

@@ -15,7 +15,6 @@ from typing import Any
 
 from semiofed.common.privacy.keys import PublicKey, public_key_fingerprint
 from semiofed.common.privacy.ledger import (
-    DISTRIBUTED_FIELD,
     BAD_SIGNATURE,
     BROKEN_LINK,
     EPSILON_UNDER_REPORTED,
@@ -26,6 +25,7 @@ from semiofed.common.privacy.ledger import (
     LedgerProblem,
     LedgerScan,
     chain_problems,
+    distributed_terms,
     scan_ledger,
     seq_of,
     span,
@@ -105,14 +105,9 @@ def _release(entry: dict[str, Any]) -> tuple[float, float, int, float] | None:
     return (float(sigma), float(q), int(steps), float(delta)) if valid else None
 
 
-def _distributed(entry: dict[str, Any]) -> dict[str, Any] | None:
-    terms = entry.get(DISTRIBUTED_FIELD)
-    return terms if isinstance(terms, dict) else None
-
-
 def _row(number: int, entry: dict[str, Any]) -> EntryCheck:
     policy = entry.get("policy") if isinstance(entry.get("policy"), dict) else {}
-    terms = _distributed(entry)
+    terms = distributed_terms(entry)
     return EntryCheck(
         dp_mode="distributed" if terms else "local", site_noise_multiplier=terms.get("site_noise_multiplier") if terms else None,
         line=number, seq=seq_of(entry), run_id=entry.get("run_id"), round=entry.get("round"), kind=entry.get("kind"),
@@ -144,7 +139,7 @@ def _recompute(scan: LedgerScan, rows: list[EntryCheck]) -> None:
         cumulative = composition.epsilon(delta)
         alone = None
         if fallback is not None:
-            own = first.site_noise_multiplier if first.dp_mode == "distributed" and _number(first.site_noise_multiplier) else sigma
+            own = first.site_noise_multiplier if first.dp_mode == "distributed" else sigma
             fallback.add(min(float(own), sigma), q, steps)
             alone = fallback.epsilon(delta)
         for row in by_seq[seq]:
@@ -178,9 +173,8 @@ def _epsilon_problems(scan: LedgerScan, rows: list[EntryCheck]) -> list[LedgerPr
             add(OVER_BUDGET, f"cumulative epsilon {cumulative:.4g} exceeds the site's max_epsilon {policy['max_epsilon']:g}")
         if _number(policy.get("min_noise_multiplier")) and sigma < policy["min_noise_multiplier"]:
             add(OUTSIDE_POLICY, f"noise multiplier {sigma:g} is below the policy minimum {policy['min_noise_multiplier']:g}")
-        terms = _distributed(entry)
-        if terms is not None and _number(terms.get("site_noise_multiplier")) and isinstance(terms.get("sites"), int) \
-                and isinstance(terms.get("colluders"), int) and terms["sites"] > terms["colluders"]:
+        terms = distributed_terms(entry)
+        if terms is not None:
             carried = terms["site_noise_multiplier"] * math.sqrt(terms["sites"] - terms["colluders"])
             if carried < sigma * (1 - 1e-9):
                 add(OUTSIDE_POLICY, f"distributed release: the site's noise {terms['site_noise_multiplier']:g} over "

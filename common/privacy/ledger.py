@@ -166,6 +166,12 @@ def _distributed_ok(v: Any) -> bool:
             and _number(v["site_noise_multiplier"]) and v["site_noise_multiplier"] > 0)
 
 
+def distributed_terms(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """A release's well-formed distributed-DP terms, or None (a local-DP release, or malformed terms)."""
+    terms = entry.get(DISTRIBUTED_FIELD)
+    return terms if _distributed_ok(terms) else None
+
+
 def release_field_errors(fields: dict[str, Any]) -> list[str]:
     """What is wrong with a dict of release fields (empty when nothing is)."""
     errors = [f"'{name}' is missing" for name in RELEASE_FIELDS if name not in fields]
@@ -374,5 +380,6 @@ def verify_head(head: Any, public_key: PublicKey) -> bool:
 __all__ = [
     "LedgerError", "LedgerProblem", "LedgerScan", "LedgerLine", "read_entries", "scan_ledger", "scan_bytes",
     "read_ledger_bytes", "verify_head", "chain_problems", "release_fields", "release_field_errors", "entry_hash",
+    "distributed_terms",
     "canonical_bytes", "GENESIS_HASH", "KIND_LOCAL", "KIND_FEDERATED", "ACCOUNTANT_PRV",
 ]
