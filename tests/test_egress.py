@@ -38,7 +38,16 @@ from flwr.compat.common.recorddict_compat import (
 )
 
 from semiofed.client.federation.client_app import egress_spec
-from semiofed.client.federation.egress import EGRESS_LOG, EgressBlocked, EgressSpec, check_reply, make_egress_mod
+from semiofed.common.errors import SemiofedError
+from semiofed.client.federation.egress import (
+    EGRESS_LOG,
+    EgressBlocked,
+    EgressSpec,
+    SiteFailed,
+    check_reply,
+    failure_text,
+    make_egress_mod,
+)
 from semiofed.client.training.federated_round import SiteSettings
 from semiofed.common.learning.classifier import classifier_config
 from semiofed.common.learning.weights import get_weights
@@ -323,11 +332,29 @@ def test_mod_blocks_a_smuggling_reply_without_repeating_it(site, context, head, 
     assert (site.layout.root / EGRESS_LOG).stat().st_mode & 0o077 == 0  # the site's log is owner-only
 
 
-def test_mod_passes_an_error_reply_untouched(site, context):
+def test_an_error_reply_leaves_with_a_fixed_text_only(site, context):
     mod = make_egress_mod(lambda ctx: pytest.fail("an error reply carries nothing to check"))
     msg = _instruction("train")
-    reply = Message(Error(code=0, reason="training failed"), reply_to=msg)
-    assert mod(msg, context, lambda m, c: reply) is reply
+    reply = Message(Error(code=3, reason=f"training failed on {PSEUDONYM}: 3 of 7 patients"), reply_to=msg)
+    sent = mod(msg, context, lambda m, c: reply)
+    assert sent.has_error() and sent.error.code == 3
+    assert sent.error.reason == failure_text("train")
+    assert PSEUDONYM not in sent.error.reason and "patients" not in sent.error.reason
+
+
+@pytest.mark.parametrize("message_type", ["train", "evaluate", "get_properties"])
+def test_an_exception_in_the_site_code_leaves_as_a_fixed_text(site, context, message_type, caplog):
+    """Flower sends an exception's text to the coordinator; the site's text (counts, paths, pseudonyms) stays."""
+    mod = make_egress_mod(lambda ctx: pytest.fail("nothing to check"))
+
+    def failing(m, c):
+        raise SemiofedError(f"site {SITE} has 3 patients ({PSEUDONYM}, ...) in /data/ward-7", "prepare more")
+
+    with caplog.at_level("ERROR"), pytest.raises(SiteFailed) as raised:
+        mod(_instruction(message_type), context, failing)
+    assert str(raised.value) == failure_text(message_type)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert PSEUDONYM in caplog.text  # the site's own log keeps the reason
 
 
 class LeakyClient(Client):

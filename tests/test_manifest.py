@@ -78,3 +78,23 @@ def test_parse_roi() -> None:
     for bad in ("0;0;1", "a;b;c;d", "0.5;0;0.4;1", "0;0;1.2;1"):
         with pytest.raises(ManifestError):
             parse_roi(bad)
+
+
+@pytest.mark.parametrize("a, b", [("P001", "p001"), ("P001", "P-001"), ("P001", "P 1"), ("mrn_0042", "MRN.42"),
+                                  ("Ｐ００１", "P001")])
+def test_two_spellings_of_one_patient_id_are_refused_not_made_two_privacy_units(tmp_path: Path, a: str, b: str) -> None:
+    manifest = _write(tmp_path / "m.csv", "video,patient_id,seizure_id,label\n"
+                      f"a.mp4,{a},S1,FOS\nb.mp4,{b},S2,FOS\nc.mp4,P2,S1,TCS\nd.mp4,P10,S1,TCS\n")
+    rows, errors = read_manifest(manifest)
+    assert [r.patient_id for r in rows] == ["P2", "P10"]  # the other rows go on; P10 is not P1-0 or P1
+    assert {e.patient_id for e in errors} == {a, b}
+    for error in errors:
+        assert error.message.startswith("line ") and "same patient" in error.message and "\n" not in error.message
+        assert "write one id per patient" in error.message
+
+
+def test_patient_key_keeps_different_patients_apart() -> None:
+    from semiofed.client.deid.manifest import patient_key
+
+    assert patient_key("P001") == patient_key("p-1") == "p1"
+    assert len({patient_key(p) for p in ("P1", "P10", "P100", "P01A", "Q1", "P1B")}) == 6

@@ -195,6 +195,23 @@ def test_rerun_skips_finished_records(hospital: dict) -> None:
     assert {p: p.stat().st_mtime_ns for p in hospital["site"].layout.records_dir.rglob("*.npz")} == before
 
 
+def test_a_respelt_patient_id_in_a_later_manifest_is_refused(hospital: dict) -> None:
+    """'mrn-004217-doe' is the carphone patient again: a new privacy unit for them would halve what DP protects."""
+    site = hospital["site"]
+    later = hospital["root"] / "later.csv"
+    respelt = PATIENTS["carphone"].lower().replace("-", "_")
+    later.write_text("video,patient_id,seizure_id,label\n"
+                     f"john_doe_2024-03-15_bed3.mp4,{respelt},SZ-2024-04-01,FOS\n")
+    before = sorted(p.name for p in site.layout.records_dir.iterdir())
+    run = subprocess.run([*CLI, "site", "prepare", "--site-dir", str(site.layout.root), "--manifest", str(later),
+                          "--format", "json"], capture_output=True, text=True, env=hospital["env"])
+    (outcome,) = json.loads(run.stdout)
+    assert run.returncode == 1 and outcome["status"] == "failed"
+    assert "same patient" in outcome["error"] and "earlier records" in outcome["error"]
+    assert sorted(p.name for p in site.layout.records_dir.iterdir()) == before
+    assert respelt not in site.layout.linkage_file.read_text()
+
+
 def test_a_crash_while_writing_leaves_no_half_record(hospital: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from semiofed.client.deid import prepare as prep
 

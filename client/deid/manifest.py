@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,36 @@ REQUIRED_COLUMNS = ("video", "patient_id", "seizure_id", "label")
 OPTIONAL_COLUMNS = ("onset_s", "offset_s", "generalization_s", "view", "roi")
 EXPECTED_HEADER = ",".join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
 MAX_ID_LENGTH = 128
+
+
+_SEPARATORS = re.compile(r"[\s_.\-/]+")
+_LEADING_ZEROS = re.compile(r"(?<![0-9])0+(?=[0-9])")
+
+
+def patient_key(patient_id: str) -> str:
+    """The form two spellings of one patient's id share: "P001", "p001", "P-001" and "P 1" all give "p1".
+
+    A patient is DP's privacy unit: two spellings of one id would make one patient two units, each charged
+    alone. Ids are kept as written (their pseudonyms do not change); ids with one key but different spellings
+    are refused (`near_duplicate_ids`).
+    """
+    text = unicodedata.normalize("NFKC", patient_id).casefold()
+    return _LEADING_ZEROS.sub("", _SEPARATORS.sub("", text))
+
+
+def near_duplicate_ids(ids: Iterable[str]) -> dict[str, list[str]]:
+    """Each id that shares its `patient_key` with another, differently written id -> all spellings of that key."""
+    spellings: dict[str, set[str]] = {}
+    for patient_id in ids:
+        spellings.setdefault(patient_key(patient_id), set()).add(patient_id)
+    return {pid: sorted(group) for group in spellings.values() if len(group) > 1 for pid in group}
+
+
+def near_duplicate_message(patient_id: str, spellings: list[str], where: str = "the manifest") -> str:
+    """The one-line refusal for a row whose patient id is another spelling of an id in `where`."""
+    others = ", ".join(f"'{s}'" for s in spellings if s != patient_id)
+    return (f"patient id '{patient_id}' looks like the same patient as {others} in {where} (ids differ only in case, "
+            "separators or leading zeros, and each would be its own privacy unit); write one id per patient")
 
 
 @dataclass(frozen=True)
@@ -157,8 +190,12 @@ def read_manifest(path: Path, video_root: Path | None = None) -> tuple[list[Mani
             duplicates.add(key)
         else:
             first_line[key] = line
+    near = near_duplicate_ids({pid for pid, _ in first_line if pid})
     for line, raw in raw_rows:
         key = ((raw.get("patient_id") or "").strip(), (raw.get("seizure_id") or "").strip())
+        if key[0] in near:
+            errors.append(RowError(line, *key, f"line {line}: {near_duplicate_message(key[0], near[key[0]])}"))
+            continue
         if key in duplicates and all(key):
             errors.append(RowError(line, *key, f"seizure id '{key[1]}' of patient '{key[0]}' appears more than once "
                                                 "(first at line {}); give each seizure its own id".format(first_line[key])))

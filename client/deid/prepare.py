@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from semiofed.client.deid.pipeline import Deidentifier, DeidentifyConfig
-from semiofed.client.deid.manifest import ManifestRow, read_manifest
+from semiofed.client.deid.manifest import ManifestRow, RowError, near_duplicate_ids, near_duplicate_message, read_manifest
 from semiofed.client.deid.pseudonym import patient_pseudonym, record_id
 from semiofed.client.site import Site
 from semiofed.client.store import clear_failed, is_finished, mark_failed
@@ -49,6 +49,30 @@ def _sanitise(message: str, row: ManifestRow) -> str:
         if secret:
             message = message.replace(secret, "<redacted>")
     return message
+
+
+def _linked_patient_ids(site: Site) -> set[str]:
+    """The original patient ids of the site's earlier records (empty if the site deleted its linkage file)."""
+    path = site.layout.linkage_file
+    if not path.is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8") as stream:
+        return {line["patient_id"] for line in csv.DictReader(stream)}
+
+
+def _refuse_respelt_patients(site: Site, rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[RowError]]:
+    """Rows whose patient id is another spelling of a patient the site already holds records of are refused."""
+    known = _linked_patient_ids(site)
+    near = near_duplicate_ids(known | {row.patient_id for row in rows})
+    kept, refused = [], []
+    for row in rows:
+        if row.patient_id in near and row.patient_id not in known:
+            spellings = [s for s in near[row.patient_id] if s in known or s == row.patient_id]
+            message = near_duplicate_message(row.patient_id, spellings, "the site's earlier records")
+            refused.append(RowError(row.line, row.patient_id, row.seizure_id, f"line {row.line}: {message}"))
+        else:
+            kept.append(row)
+    return kept, refused
 
 
 def _update_linkage(site: Site, rows: list[ManifestRow], secret: bytes, video_root: Path) -> None:
@@ -171,6 +195,8 @@ def prepare_site(
     manifest = Path(manifest)
     root = Path(video_root) if video_root is not None else manifest.parent
     rows, row_errors = read_manifest(manifest, root)
+    rows, respelt = _refuse_respelt_patients(site, rows)
+    row_errors = row_errors + respelt
     if remove_stale_staging(site.layout.records_dir):
         log.warning("removed half-written records left by an interrupted run")
     secret = site.pseudonym_secret()

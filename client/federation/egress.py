@@ -8,6 +8,7 @@ decline reason. Anything else (strings, unexpected arrays, extra records,
 oversized or non-finite values) blocks the whole reply: the violation is
 logged at the site (names only, never values) and the round fails loudly for
 this site with a generic error that itself carries nothing from the reply.
+A failure of the site's own code leaves as one fixed text for the same reason.
 """
 
 from __future__ import annotations
@@ -209,13 +210,33 @@ def _log_block(spec: EgressSpec, message_type: str, problems: list[str]) -> None
         os.close(fd)
 
 
+class SiteFailed(RuntimeError):
+    """The site's code failed on a message; what it said stays in the site's log."""
+
+
+def failure_text(message_type: str) -> str:
+    """The one text a failed message's reply carries (Flower sends an exception's text to the coordinator)."""
+    return f"the site could not answer this {message_type} message; the reason is in the site's own log"
+
+
 def make_egress_mod(spec_for: Callable[[Any], EgressSpec]) -> Callable[..., Any]:
-    """A Flower mod checking every reply of the ClientApp; `spec_for(context)` builds the run's spec."""
+    """A Flower mod checking every reply of the ClientApp; `spec_for(context)` builds the run's spec.
+
+    A failure inside (an exception, or an error reply) leaves as `failure_text` only: an exception's text can
+    name what the site holds (paths, counts, values), and Flower would send it to the coordinator verbatim."""
 
     def egress_mod(msg: Any, context: Any, call_next: Callable[..., Any]) -> Any:
-        reply = call_next(msg, context)
+        message_type = msg.metadata.message_type
+        try:
+            reply = call_next(msg, context)
+        except Exception:
+            log.exception("the site failed on a %s message (the coordinator gets a fixed text)", message_type)
+            raise SiteFailed(failure_text(message_type)) from None
         if reply.has_error():
-            return reply
+            from flwr.common import Error, Message
+
+            log.error("the site's reply to a %s message is an error: %s", message_type, reply.error.reason)
+            return Message(Error(code=reply.error.code, reason=failure_text(message_type)), reply_to=msg)
         spec = spec_for(context)
         problems = check_reply(msg.metadata.message_type, reply.content, spec)
         if problems:
@@ -226,4 +247,4 @@ def make_egress_mod(spec_for: Callable[[Any], EgressSpec]) -> Callable[..., Any]
     return egress_mod
 
 
-__all__ = ["EgressSpec", "EgressBlocked", "check_reply", "make_egress_mod", "EGRESS_LOG"]
+__all__ = ["EgressSpec", "EgressBlocked", "SiteFailed", "check_reply", "failure_text", "make_egress_mod", "EGRESS_LOG"]
