@@ -97,7 +97,8 @@ class SiteAwareStrategy(Strategy):
         self.run_id = run_id
         self.save_checkpoint = save_checkpoint
         self.verify = HeadVerifier(config.site_keys_dir)
-        self.site_of: dict[str, str] = {}  # Flower node id -> site id (from the budget answers)
+        self.site_of: dict[str, str] = {}  # Flower node id -> site id (from budget answers whose ledger head verified)
+        self.trained: set[str] = set()  # node ids of the latest round's accepted sites: the only ones evaluated
         self.temperatures: dict[str, tuple[float, int]] = {}
         self.extractor_sha: dict[str, str] = {}
         self.latest: list[np.ndarray] | None = None
@@ -127,9 +128,11 @@ class SiteAwareStrategy(Strategy):
             site = str(answer.get(KEY_SITE_ID, f"node-{proxy.cid}"))
             self.site_of[proxy.cid] = site
             verified = self.verify(site, answer.get(KEY_LEDGER_HEAD)) if KEY_LEDGER_HEAD in answer else None
-            if verified is None and self.verify.keys and KEY_LEDGER_HEAD in answer:
-                verified = False  # keys are enrolled here, but none under this site id: its head cannot be checked
-                answer[KEY_DECLINE_REASON] = f"site id {site} has no enrolled key here; enroll its site_key.pub with --name {site}"
+            if verified is None and self.verify.keys:
+                verified = False  # sites are enrolled here: a site that cannot show a verified head does not train
+                answer[KEY_DECLINE_REASON] = (
+                    f"site id {site} has no enrolled key here; enroll its site_key.pub with --name {site}"
+                    if KEY_LEDGER_HEAD in answer else f"site id {site} sent no signed ledger head")
             budget[site] = {k: answer[k] for k in ("epsilon_spent", "epsilon_max", "epsilon_projected", "delta") if k in answer}
             budget[site].update(ledger_head_verified=verified, ledger_head=answer.get(KEY_LEDGER_HEAD))
             if KEY_FEATURE_SHA in answer:
@@ -141,19 +144,31 @@ class SiteAwareStrategy(Strategy):
                 declined[site] = str(reason)
                 log.warning("round %d: site %s declines: %s", server_round, site, reason)
         self.run_log.update(server_round, budget=budget, declined=declined)
+        self.trained = set()
         if len(accepted) < self.config.min_sites:
             why = f"only {len(accepted)} of {len(proxies)} sites can take part, fewer than min-sites {self.config.min_sites}"
             log.warning("round %d skipped: %s", server_round, why)
             self.run_log.update(server_round, skipped=why)
             return []
         config: dict[str, Scalar] = {CFG_ROUND: server_round, CFG_RUN_ID: self.run_id}
+        self.trained = {proxy.cid for proxy in accepted}
         return [(proxy, FitIns(parameters, dict(config))) for proxy in accepted]
+
+    def _site(self, proxy: ClientProxy, metrics: dict[str, Any]) -> str:
+        """The site of a reply: the node's site from its budget answer, never only what the reply says of itself."""
+        site = self.site_of.get(proxy.cid)
+        claimed = metrics.get(KEY_SITE_ID)
+        if site is None:
+            return f"node-{proxy.cid}"
+        if claimed is not None and str(claimed) != site:
+            log.warning("node %s answered the budget query as site %s but now says %s", proxy.cid, site, claimed)
+        return site
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
         fit, problems = {}, []
         for proxy, res in results:
-            site = str(res.metrics.get(KEY_SITE_ID, self.site_of.get(proxy.cid, proxy.cid)))
+            site = self._site(proxy, res.metrics)
             fit[site] = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
             fit[site]["num_examples"] = res.num_examples
             if KEY_LEDGER_HEAD in res.metrics:
@@ -180,14 +195,16 @@ class SiteAwareStrategy(Strategy):
 
     # --- evaluate ----------------------------------------------------------
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Only the sites that trained this round are evaluated: a site that declined (out of budget, another
+        policy) or failed its head check is asked nothing more."""
         return [(proxy, EvaluateIns(parameters, {CFG_ROUND: server_round, CFG_RUN_ID: self.run_id}))
-                for proxy in client_manager.all().values()]
+                for proxy in client_manager.all().values() if proxy.cid in self.trained]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
                            failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
         per_site = {}
         for proxy, res in results:
-            site = str(res.metrics.get(KEY_SITE_ID, self.site_of.get(proxy.cid, proxy.cid)))
+            site = self._site(proxy, res.metrics)
             per_site[site] = {k: float(v) for k, v in res.metrics.items() if isinstance(v, (int, float))}
             per_site[site]["num_examples"] = res.num_examples
             if "temperature" in res.metrics:
@@ -205,7 +222,8 @@ class SiteAwareStrategy(Strategy):
         shas = set(self.extractor_sha.values())
         if len(shas) > 1:
             log.warning("sites report different feature extractor weights: %s", self.extractor_sha)
-        return {"name": self.config.stcnn, "sha256": shas.pop() if len(shas) == 1 else "", "dim": self.config.stcnn_dim}
+        return {"name": self.config.stcnn, "sha256": shas.pop() if len(shas) == 1 else "", "dim": self.config.stcnn_dim,
+                "input": self.config.stcnn_input}
 
     def temperature(self) -> float:
         """Calibration temperature for the final model: the sites' fitted temperatures, geometric mean weighted by test seizures."""
