@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from semiofed.common.constants import STCNN_INPUT_FRAME, STCNN_INPUT_PATIENT
 from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.common.errors import SemiofedError
 
@@ -28,8 +29,10 @@ def predict(
 
     if not video.is_file():
         raise SemiofedError(f"video {video} does not exist", "give the path of a video file")
-    stcnn = checkpoint.meta.get("feature_extractor", {}).get("name") or "i3d"
-    record = deidentify_video(video, model_dir=model_dir, stcnn=stcnn)
+    extractor = checkpoint.meta.get("feature_extractor", {})
+    # a model's records were made as it says; one from before the STCNN input was stored saw GESTURES' centre crop
+    stcnn_input = extractor.get("input") or (STCNN_INPUT_FRAME if extractor.get("sha256") else STCNN_INPUT_PATIENT)
+    record = deidentify_video(video, model_dir=model_dir, stcnn=extractor.get("name") or "i3d", stcnn_input=stcnn_input)
     prediction = predict_record(checkpoint, record)
     png = write_timeline_png(prediction, (out or Path.cwd()) / f"{video.stem}_timeline.png", title=video.name)
     report = {"video": str(video), "predicted": prediction.predicted, "confidence": prediction.confidence,

@@ -15,6 +15,7 @@ from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
 from semiofed.client.site import init_site, open_site, tighten_policy
 from semiofed.client.store import list_records
+from semiofed.common.constants import DEFAULT_DEID_STREAMS, DEID_STREAMS, STCNN_INPUT_PATIENT
 from semiofed.common.privacy.policy import PrivacyPolicy
 
 app = typer.Typer(
@@ -84,6 +85,13 @@ def prepare(
     stcnn: str = typer.Option("i3d", "--stcnn", help="Snippet feature extractor: i3d (1024-d) or r2plus1d (512-d)."),
     fps: float = typer.Option(15.0, "--fps", help="Frame rate the videos are resampled to."),
     snippet_frames: int = typer.Option(8, "--snippet-frames", help="Frames per STCNN snippet (8 at 15 fps is ~0.5 s)."),
+    streams: str = typer.Option(",".join(DEFAULT_DEID_STREAMS), "--streams",
+                                help=f"What to compute, of {','.join(DEID_STREAMS)} (pose is required). 'face' stores face "
+                                     "landmarks: a biometric identifier, which no model reads; leave it out unless the "
+                                     "site needs it."),
+    stcnn_input: str = typer.Option(STCNN_INPUT_PATIENT, "--stcnn-input",
+                                    help="What the STCNN sees: patient-window (a square around the patient, each ~2 s "
+                                         "window one clip) or frame-snippet (GESTURES: the frame's centre, 8-frame clips)."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model directory (default: $SEMIOFED_MODEL_DIR or the user cache)."),
     output_format: OutputFormat = format_option("table, or json (a list with one object per manifest row)."),
 ) -> None:
@@ -93,7 +101,8 @@ def prepare(
     from semiofed.client.deid.prepare import prepare_site
 
     site = open_site(site_dir)
-    config = DeidentifyConfig(fps=fps, snippet_frames=snippet_frames, stcnn=stcnn)
+    config = DeidentifyConfig(fps=fps, snippet_frames=snippet_frames, stcnn=stcnn, stcnn_input=stcnn_input,
+                              streams=tuple(s.strip() for s in streams.split(",") if s.strip()))
     with progress_bar() as progress:
         task = progress.add_task("de-identifying videos", total=None)
         started = []

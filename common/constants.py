@@ -15,7 +15,14 @@ DEFAULT_LABELS = ("FOS", "TCS")  # focal onset vs focal to bilateral tonic-cloni
 # Model input streams: what a classifier reads from each snippet of a record.
 STREAM_STCNN = "stcnn"  # the STCNN snippet feature
 STREAM_KEYPOINTS = "keypoints"  # keypoint-motion summary of the snippet's landmarks
-STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS)
+STREAM_STCNN_MOTION = "stcnn_motion"  # how much the STCNN feature changes over 2 s and 4 s (movement, not scene)
+STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS, STREAM_STCNN_MOTION)
+STCNN_STREAMS = (STREAM_STCNN, STREAM_STCNN_MOTION)  # the model streams that need `site prepare`'s STCNN features
+
+
+def needs_stcnn(streams: tuple[str, ...] | list[str]) -> bool:
+    """True when a model reading `streams` needs records with STCNN features."""
+    return any(s in STCNN_STREAMS for s in streams)
 
 # De-identification streams: what `site prepare` computes from the frames.
 # The three MediaPipe landmarkers, then the STCNN (the same features as the
@@ -25,3 +32,11 @@ STREAM_HANDS = "hands"
 STREAM_FACE = "face"
 LANDMARK_STREAMS = (STREAM_POSE, STREAM_HANDS, STREAM_FACE)
 DEID_STREAMS = (*LANDMARK_STREAMS, STREAM_STCNN)
+# What `site prepare` computes unless asked: no face. Face landmarks are face geometry, a biometric identifier,
+# and no model reads them; a site that wants them for its own use asks for `--streams ...,face`.
+DEFAULT_DEID_STREAMS = (STREAM_POSE, STREAM_HANDS, STREAM_STCNN)
+
+# How the STCNN saw the video (a record's `stcnn_input`): features made one way are never mixed with the other's.
+STCNN_INPUT_PATIENT = "patient-window"  # a square around the patient's pose; each ~2 s window one clip (default)
+STCNN_INPUT_FRAME = "frame-snippet"  # the frame's centre square; each 8-frame snippet its own clip (GESTURES)
+STCNN_INPUTS = (STCNN_INPUT_PATIENT, STCNN_INPUT_FRAME)

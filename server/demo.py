@@ -85,9 +85,9 @@ class DemoConfig:
     def deidentify(self) -> Any:
         """What `site prepare` computes: the pose the model reads (and the STCNN only if the run's streams use it)."""
         from semiofed.client.deid.pipeline import DeidentifyConfig
-        from semiofed.common.constants import STREAM_POSE, STREAM_STCNN
+        from semiofed.common.constants import STREAM_POSE, STREAM_STCNN, needs_stcnn
 
-        return DeidentifyConfig(streams=(STREAM_POSE,) + ((STREAM_STCNN,) if STREAM_STCNN in self.federation().streams else ()))
+        return DeidentifyConfig(streams=(STREAM_POSE,) + ((STREAM_STCNN,) if needs_stcnn(self.federation().streams) else ()))
 
 
 def generate_videos(config: DemoConfig, progress: Progress, *, reference: bool = False) -> list[Path]:

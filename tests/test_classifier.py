@@ -11,19 +11,28 @@ import pytest
 import torch
 
 from dp_synthetic import make_record
-from semiofed.common.learning.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from semiofed.common.learning.checkpoint import CheckpointError, check_feature_extractor, load_checkpoint, save_checkpoint
 from semiofed.common.learning.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
 from semiofed.common.learning.trainer import patient_loss
 from semiofed.common.errors import SemiofedError
 from semiofed.common.records.motion import MOTION_FEATURE_NAMES
-from semiofed.common.records.features import KEYPOINT_DIM, feature_extractor_of, keypoint_snippet_features, record_inputs, segment_indices
+from semiofed.common.records.features import (
+    KEYPOINT_DIM,
+    STCNN_MOTION_DIM,
+    feature_extractor_of,
+    keypoint_snippet_features,
+    record_inputs,
+    segment_indices,
+    stcnn_motion_features,
+)
+from semiofed.common.records.schema import SNIPPET_FEATURES
 from semiofed.common.learning.per_sample import PerPatientGradients
 
 SMALL = dict(stcnn_dim=32, embed_dim=8, hidden=6, n_segments=5)
 
 
 @pytest.mark.parametrize("temporal", TEMPORAL_MODELS)
-@pytest.mark.parametrize("streams", [("stcnn",), ("keypoints",), ("stcnn", "keypoints")])
+@pytest.mark.parametrize("streams", [("stcnn",), ("keypoints",), ("stcnn", "keypoints"), ("keypoints", "stcnn_motion")])
 def test_every_stream_and_temporal_choice_gives_seizure_and_snippet_logits(temporal, streams):
     config = ClassifierConfig(streams=streams, temporal=temporal, **SMALL)
     model = build_classifier(config, seed=0)
@@ -121,6 +130,57 @@ def test_records_from_another_feature_extractor_are_refused(tmp_path):
         loaded.check_record(other_dim)
     meta = json.loads((path / "model.json").read_text())
     assert meta["feature_extractor"]["name"] == "i3d" and len(meta["weights_sha256"]) == 64
+
+
+def test_records_whose_stcnn_saw_the_video_otherwise_are_refused():
+    record = make_record(np.random.default_rng(1), patient="b", index=0, label="FOS")
+    expected = {**feature_extractor_of(record), "input": "patient-window"}
+    record.stcnn_input = "frame-snippet"
+    for streams in (("stcnn",), ("keypoints", "stcnn_motion")):
+        config = ClassifierConfig(streams=streams, **SMALL)
+        with pytest.raises(CheckpointError, match="frame-snippet.*patient-window.*--stcnn-input patient-window"):
+            check_feature_extractor(expected, record, config)
+    record.stcnn_input = "patient-window"
+    check_feature_extractor(expected, record, ClassifierConfig(streams=("stcnn",), **SMALL))
+    check_feature_extractor(expected, _with_features(np.zeros((4, 0))), ClassifierConfig(**SMALL))  # keypoints only
+
+
+def _with_features(features: np.ndarray):
+    record = make_record(np.random.default_rng(0), patient="a", index=0, label="FOS", n_snippets=len(features),
+                         dim=features.shape[1])
+    record.arrays[SNIPPET_FEATURES] = features.astype(np.float32)
+    return record
+
+
+def test_the_stcnn_motion_stream_ignores_a_static_scene_and_measures_change_at_any_feature_scale():
+    rng = np.random.default_rng(3)
+    scene = np.abs(rng.normal(1.0, 0.3, 64))
+    still = _with_features(np.tile(scene, (24, 1)))  # 24 snippets x 8 frames at 15 fps: 12.8 s of a still scene
+    moving = np.tile(scene, (24, 1)) + rng.normal(0, 0.2, (24, 64))
+    low, high = stcnn_motion_features(still), stcnn_motion_features(_with_features(moving))
+    assert low.shape == high.shape == (24, STCNN_MOTION_DIM) and low.dtype == np.float32
+    np.testing.assert_allclose(low, -3.0)  # no change: the floor, clipped
+    assert (high > low + 1.0).all()
+    # a share of the record's own feature size: the STCNN's overall scale (or a brighter room) does not matter
+    np.testing.assert_allclose(stcnn_motion_features(_with_features(10 * moving)), high, rtol=1e-5, atol=1e-5)
+    # another scene with the same movement gives the same stream: the scene itself cancels
+    other = np.tile(np.abs(rng.normal(1.0, 0.3, 64)), (24, 1)) + (moving - np.tile(scene, (24, 1)))
+    np.testing.assert_allclose(stcnn_motion_features(_with_features(other)), high, atol=0.15)
+    # a jump 10 s in shows from the snippet 2 s later on, and in the first snippets (no past) the first change stands
+    jump = np.tile(scene, (24, 1))
+    jump[18:] += 1.0
+    stream = stcnn_motion_features(_with_features(jump))
+    lag = round(2.0 / (8 / 15))
+    assert (stream[:18, 0] == -3.0).all() and (stream[18 : 18 + lag, 0] > 0).all() and (stream[18 + lag :, 0] == -3.0).all()
+    assert np.isfinite(stcnn_motion_features(_with_features(np.zeros((3, 8))))).all()
+
+
+def test_a_model_on_the_stcnn_streams_refuses_records_without_stcnn_features():
+    record = _with_features(np.zeros((10, 0)))
+    assert record_inputs(record, ("keypoints",)).shape == (10, KEYPOINT_DIM)
+    for stream in ("stcnn", "stcnn_motion"):
+        with pytest.raises(SemiofedError, match=f"no STCNN features, the '{stream}' stream needs them"):
+            record_inputs(record, ("keypoints", stream))
 
 
 def test_the_default_model_reads_only_its_named_descriptors_and_the_validity_column():

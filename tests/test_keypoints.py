@@ -191,6 +191,12 @@ def test_config_refuses_streams_it_cannot_compute(streams: tuple[str, ...], why:
     assert DeidentifyConfig(streams=("stcnn", "face", "pose")).streams == ("pose", "face", "stcnn")
 
 
+def test_the_face_is_only_computed_when_a_site_asks_for_it() -> None:
+    """Face landmarks are face geometry (biometric) and no model reads them: `site prepare` leaves them out."""
+    assert DeidentifyConfig().streams == ("pose", "hands", "stcnn")
+    assert DeidentifyConfig().landmark_streams == ("pose", "hands")
+
+
 def test_stream_rejects_timestamps_that_do_not_increase(model_dir: Path, carphone: Clip) -> None:
     frames, stamps = carphone[0][:2], ms(carphone[1][:2])
     with lm.PoseStream(model_dir) as stream:

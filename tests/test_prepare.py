@@ -117,8 +117,12 @@ def test_records_have_the_schema_and_known_detection_rates(hospital: dict) -> No
         assert r.arrays[rec.HANDS].shape == (r.n_frames, 2, 21, 3)
         assert np.all(r.arrays[rec.POSE][~r.arrays[rec.POSE_MASK]] == 0)
         assert np.isfinite(r.arrays[rec.SNIPPET_FEATURES]).all() and r.arrays[rec.SNIPPET_FEATURES].std() > 0
-        assert set(r.models) >= {"pose_landmarker_full", "hand_landmarker", "face_landmarker", "i3d_kinetics400_rgb"}
-    assert car.detection_rate["face"] >= 0.95  # README of shared/videos: face in every carphone frame
+        assert set(r.models) == {"pose_landmarker_full", "hand_landmarker", "i3d_kinetics400_rgb"}
+        assert r.stcnn_input == "patient-window"
+        # no face by default (face geometry is biometric and no model reads it): empty arrays, no rate, no model
+        assert "face" not in r.detection_rate and not r.arrays[rec.FACE_MASK].any()
+        assert not r.arrays[rec.FACE].any() and not r.arrays[rec.FACE_BLENDSHAPES].any()
+    assert car.detection_rate["pose"] >= 0.95  # the face of carphone is in every frame: it is not kept
     # arm wrestling close-up: 0.86 of frames with semiofed's pose thresholds (0.53 with MediaPipe's defaults)
     assert demo.detection_rate["pose"] >= 0.8 and demo.detection_rate["hands"] >= 0.8
     assert (avi.label, avi.onset_s, avi.generalization_s, avi.view) == ("TCS", 1.0, 3.0, "chair")
@@ -144,7 +148,7 @@ def test_show_lists_ok_and_failed_records(hospital: dict) -> None:
                     "n_snippets", "feature_dim"):
             assert key in row
         if row["status"] == "ok":
-            assert set(row["detection_rate"]) == {"pose", "hands", "face"} and row["error"] is None
+            assert set(row["detection_rate"]) == {"pose", "hands"} and row["error"] is None
         else:
             assert row["error"]
 

@@ -100,6 +100,23 @@ def test_encode_batches_and_is_deterministic(encoder) -> None:
     assert encoder.encode(snippets[:0]).shape == (0, 1024)
 
 
+def test_encode_window_gives_each_snippet_the_feature_of_its_whole_window(encoder) -> None:
+    clip = _snippets(1, t=32)[0]
+    window = encoder.encode_window(clip, 4)
+    assert window.shape == (4, 1024) and window.dtype == np.float32 and np.isfinite(window).all()
+    np.testing.assert_array_equal(window, np.repeat(window[:1], 4, axis=0))  # no dependence on the position
+    np.testing.assert_allclose(window[0], encoder.encode(clip[None])[0], rtol=1e-5, atol=1e-6)  # the 32-frame clip
+    # context: changing only the first snippet's frames changes what every snippet of the window carries
+    changed = clip.copy()
+    changed[:8] = 255 - changed[:8]
+    assert not np.allclose(encoder.encode_window(changed, 4)[3], window[3], atol=1e-3)
+    # and a snippet seen in its window is not the snippet alone (GESTURES' 8-frame clips)
+    assert not np.allclose(encoder.encode(clip[8:16][None])[0], window[1], atol=1e-3)
+    assert encoder.encode_window(clip[:16], 2).shape == (2, 1024)
+    with pytest.raises(ValueError, match="cannot split"):
+        encoder.encode_window(clip[:3], 4)
+
+
 def test_encode_rejects_frames_that_are_not_uint8_rgb(encoder) -> None:
     with pytest.raises(ValueError, match=r"uint8 RGB array \[N, T, H, W, 3\]"):
         encoder.encode(np.zeros((1, 8, 32, 32, 3), dtype=np.float32))

@@ -3,7 +3,8 @@
 The one de-identification pipeline, used by `site prepare`, `predict` and
 the tests. Frames go through it window by window (`VideoPipeline`): crop to
 the ROI, choose and apply the rotation, then the pose, hand and face streams
-and the STCNN on the upright frames. Stages run concurrently, one
+and the STCNN on the upright frames (by default each window as one clip,
+cropped to the patient the pose found: client/deid/patient_crop.py). Stages run concurrently, one
 single-worker executor each (pose and rotation, hands, face, STCNN), chained
 per window with futures, so the time per video approaches the slowest stage
 rather than the sum. Nothing is written here; the caller builds and stores
@@ -29,9 +30,19 @@ from semiofed.client.deid.landmarks import (
     detection_rate,
     empty_arrays,
 )
+from semiofed.client.deid.patient_crop import PatientCropper
 from semiofed.client.deid.rotation import PoseProbe, RotationTracker, crop_roi, rotate
 from semiofed.client.deid.video import DEFAULT_MAX_SIDE, iter_frames, probe
-from semiofed.common.constants import DEID_STREAMS, LANDMARK_STREAMS, STREAM_POSE, STREAM_STCNN
+from semiofed.common.constants import (
+    DEFAULT_DEID_STREAMS,
+    DEID_STREAMS,
+    LANDMARK_STREAMS,
+    STCNN_INPUT_FRAME,
+    STCNN_INPUT_PATIENT,
+    STCNN_INPUTS,
+    STREAM_POSE,
+    STREAM_STCNN,
+)
 from semiofed.common.errors import SemiofedError, VideoError
 from semiofed.common.models.registry import file_sha256
 from semiofed.common.models.stcnn import SnippetEncoder, load_stcnn
@@ -50,8 +61,10 @@ class DeidentifyConfig:
     fps: float = 15.0  # GESTURES samples video at 15 fps
     snippet_frames: int = 8  # ~0.53 s snippets, as GESTURES
     stcnn: str = "i3d"
-    # snippets per pipeline window: the rotation is chosen per window (~2 s)
+    # snippets per pipeline window: the rotation is chosen per window (~2 s); the STCNN sees a window as one clip
     snippets_per_window: int = 4
+    # what the STCNN sees: the patient's square over the window (default), or GESTURES' centre crop per snippet
+    stcnn_input: str = STCNN_INPUT_PATIENT
     max_side: int = DEFAULT_MAX_SIDE
     # windows in flight: bounds memory while keeping every stage busy
     max_inflight: int = 3
@@ -60,11 +73,13 @@ class DeidentifyConfig:
     # anyone is in the video. Without STREAM_STCNN (a keypoints-only site) no
     # STCNN is loaded and the snippet features have width 0; a dropped
     # landmark stream gives zeros and False masks.
-    streams: tuple[str, ...] = DEID_STREAMS
+    streams: tuple[str, ...] = DEFAULT_DEID_STREAMS  # the face only when asked for (it is biometric)
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.snippet_frames < 1 or self.snippets_per_window < 1:
             raise SemiofedError(f"bad de-identification settings {self}", "use positive fps, snippet and window sizes")
+        if self.stcnn_input not in STCNN_INPUTS:
+            raise SemiofedError(f"unknown STCNN input '{self.stcnn_input}'", f"use one of: {', '.join(STCNN_INPUTS)}")
         unknown = sorted(set(self.streams) - set(DEID_STREAMS))
         if unknown or STREAM_POSE not in self.streams:
             raise SemiofedError(
@@ -96,6 +111,7 @@ class DeidentifiedVideo:
     detection_rate: dict[str, float]
     models: dict[str, str] = field(default_factory=dict)
     stcnn: str = ""  # the STCNN that made the snippet features; "" when none was computed
+    stcnn_input: str = ""  # how it saw the frames (STCNN_INPUTS); "" when none was computed
 
 
 @dataclass
@@ -143,6 +159,7 @@ class VideoPipeline:
         self._encoder = deidentifier.encoder
         self.roi = tuple(roi) if roi is not None else None
         self.tracker = RotationTracker(None, rotation)
+        self._crop = PatientCropper()
         self.frame_size = (0, 0)  # width, height of the latest window after the ROI crop
         self._streams: dict[str, VideoStream] = {}
         try:
@@ -183,12 +200,15 @@ class VideoPipeline:
         return stream.process(pose.result()[0], stamps)
 
     def _stcnn_step(self, encoder: SnippetEncoder, pose: Future) -> np.ndarray:
-        upright = pose.result()[0]
+        upright, arrays = pose.result()
         snippet = self._config.snippet_frames
         whole = (len(upright) // snippet) * snippet
         if whole == 0:
             return np.zeros((0, encoder.feature_dim), dtype=np.float32)
-        return encoder.encode(upright[:whole].reshape(whole // snippet, snippet, *upright.shape[1:]))
+        if self._config.stcnn_input == STCNN_INPUT_FRAME:
+            return encoder.encode(upright[:whole].reshape(whole // snippet, snippet, *upright.shape[1:]))
+        # the patient's square from the whole window's pose (the crop the STCNN sees is of the frames used)
+        return encoder.encode_window(self._crop(upright[:whole], arrays), whole // snippet)
 
     def close(self) -> None:
         """Release every landmarker."""
@@ -312,7 +332,8 @@ class Deidentifier:
             fps=fps,
             duration_s=float(max(duration_s, arrays[rec.FRAME_TIMES][-1] + 1.0 / fps)),
             frame_size=frame_size,
-            detection_rate=detection_rate(arrays),
+            detection_rate={s: r for s, r in detection_rate(arrays).items() if s in self.config.landmark_streams},
             models=dict(self.models),
             stcnn=self.encoder.name if self.encoder else "",
+            stcnn_input=self.config.stcnn_input if self.encoder else "",
         )

@@ -21,6 +21,7 @@ from semiofed.client.deid.manifest import ManifestRow, RowError, near_duplicate_
 from semiofed.client.deid.pseudonym import patient_pseudonym, record_id
 from semiofed.client.site import Site
 from semiofed.client.store import clear_failed, is_finished, mark_failed
+from semiofed.common.constants import STCNN_INPUT_PATIENT
 from semiofed.common.errors import SemiofedError
 from semiofed.common.files import write_bytes_atomic
 from semiofed.common.records.schema import SeizureRecord, remove_stale_staging, write_record
@@ -117,6 +118,7 @@ def make_record(deidentifier: Deidentifier, row: ManifestRow, secret: bytes) -> 
         generalization_s=row.generalization_s,
         view=row.view,
         stcnn=result.stcnn,
+        stcnn_input=result.stcnn_input,
         snippet_frames=deidentifier.config.snippet_frames,
         models=result.models,
         detection_rate=result.detection_rate,
@@ -130,13 +132,14 @@ def deidentify_video(
     model_dir: Path | str | None = None,
     roi: tuple[float, float, float, float] | None = None,
     stcnn: str = "i3d",
+    stcnn_input: str = STCNN_INPUT_PATIENT,
 ) -> SeizureRecord:
     """De-identify one video in memory (as `site prepare` does, nothing written): for `predict`."""
-    with Deidentifier(DeidentifyConfig(stcnn=stcnn), model_dir) as deidentifier:
+    with Deidentifier(DeidentifyConfig(stcnn=stcnn, stcnn_input=stcnn_input), model_dir) as deidentifier:
         result = deidentifier.run(Path(video), roi=roi)
     return SeizureRecord(
         record_id="r-prediction", patient_pseudonym="p-prediction", label="", fps=result.fps,
-        duration_s=result.duration_s, arrays=result.arrays, stcnn=result.stcnn,
+        duration_s=result.duration_s, arrays=result.arrays, stcnn=result.stcnn, stcnn_input=result.stcnn_input,
         snippet_frames=deidentifier.config.snippet_frames, models=result.models,
         detection_rate=result.detection_rate, frame_size=result.frame_size,
     )

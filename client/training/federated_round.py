@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from semiofed.client.site import Site, open_site
-from semiofed.client.training.local import group_patients, load_site_records, split_patients
+from semiofed.client.training.local import common_extractor, group_patients, load_site_records, split_patients
+from semiofed.common.constants import needs_stcnn
 from semiofed.common.errors import SemiofedError
 from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.files import make_private_dir, write_json_atomic
@@ -36,7 +37,6 @@ from semiofed.common.privacy.budgeted_run import budgeted_run
 from semiofed.common.privacy.keys import load_site_private_key
 from semiofed.common.privacy.ledger import KIND_FEDERATED
 from semiofed.common.privacy.ledger_writer import ledger_head
-from semiofed.common.records.features import STREAM_STCNN, feature_extractor_of
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +65,27 @@ class SiteTask:
         self.config = config
         self.site: Site = open_site(settings.site_dir)
         records = load_site_records(self.site, config.labels)
-        self.extractor = feature_extractor_of(records[0])
-        if STREAM_STCNN in config.streams:
+        self.extractor = common_extractor(records)
+        if needs_stcnn(config.streams):
             if self.extractor["name"] != config.stcnn or int(self.extractor["dim"]) != config.stcnn_dim:
                 raise RoundDeclined(
                     f"site {self.site.site_id} has {self.extractor['name']} features ({self.extractor['dim']}-d), "
                     f"the run trains on {config.stcnn} ({config.stcnn_dim}-d)",
                     f"re-prepare the site's records with --stcnn {config.stcnn}, or run with this site's extractor",
                 )
+            if self.extractor["input"] != config.stcnn_input:
+                raise RoundDeclined(
+                    f"site {self.site.site_id}'s STCNN features saw the video as '{self.extractor['input']}', the run "
+                    f"trains on '{config.stcnn_input}'",
+                    f"re-prepare the site's records with `semiofed site prepare --stcnn-input {config.stcnn_input}` "
+                    "(into an empty store), or train on the keypoint stream only",
+                )
         patients = group_patients(records, config.labels, config.streams)
         if len(patients) < config.folds:
-            raise RoundDeclined(f"site {self.site.site_id} has {len(patients)} patients, fewer than the run's {config.folds} folds",
+            # the count stays at the site (the decline text goes to the coordinator): only that it is below the folds
+            log.warning("site %s has %d patients, fewer than the run's %d folds", self.site.site_id, len(patients),
+                        config.folds)
+            raise RoundDeclined(f"site {self.site.site_id} has fewer patients than the run's {config.folds} folds",
                                 "prepare more records, or run with fewer --folds")
         self.train, self.validation, self.test = split_patients(patients, config.folds, config.test_fold, config.seed,
                                                                 validation=config.validation)

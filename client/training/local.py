@@ -139,8 +139,8 @@ def load_site_records(site: Site, labels: Sequence[str]) -> list[SeizureRecord]:
 
 
 def common_extractor(records: Sequence[SeizureRecord]) -> dict[str, Any]:
-    """The one feature extractor (name, weights sha256, dim) all of the site's records were made with."""
-    seen = {(r.stcnn, feature_extractor_of(r)["sha256"], r.feature_dim) for r in records}
+    """The one feature extractor (name, weights sha256, dim, input) all of the site's records were made with."""
+    seen = {(r.stcnn, feature_extractor_of(r)["sha256"], r.feature_dim, r.stcnn_input) for r in records}
     if len(seen) > 1:
         raise SemiofedError(f"the site's records were made with different feature extractors {sorted(seen)}",
                             "re-run `semiofed site prepare` so all records use one STCNN")

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from semiofed.common.constants import OPTIMIZERS, TEMPORAL_MODELS
+from semiofed.common.constants import OPTIMIZERS, STCNN_INPUT_PATIENT, STCNN_INPUTS, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec, parse_descriptors
 
@@ -76,6 +76,7 @@ class FederationConfig:
     descriptors: tuple[str, ...] = DEFAULT_MODEL.descriptors
     stcnn: str = "i3d"
     stcnn_dim: int = 1024
+    stcnn_input: str = STCNN_INPUT_PATIENT  # how the sites' STCNN saw the frames (records must agree)
     folds: int = 5  # sites hold out fold `test_fold` (test) and the next (validation) of their own patients
     test_fold: int = 0
     validation: bool = True  # False: no validation fold (temperature 1), every other patient trains
@@ -102,6 +103,8 @@ class FederationConfig:
             raise SemiofedError(f"optimizer '{self.optimizer}' is unknown", f"use one of {', '.join(OPTIMIZERS)}")
         if self.temporal not in TEMPORAL_MODELS:
             raise SemiofedError(f"temporal model '{self.temporal}' is unknown", f"use one of {', '.join(TEMPORAL_MODELS)}")
+        if self.stcnn_input not in STCNN_INPUTS:
+            raise SemiofedError(f"STCNN input '{self.stcnn_input}' is unknown", f"use one of {', '.join(STCNN_INPUTS)}")
         if self.dp_mode not in DP_MODES:
             raise SemiofedError(f"DP mode '{self.dp_mode}' is unknown", f"use one of {', '.join(DP_MODES)}")
         if self.distributed and not (self.secure_aggregation and self.strategy == STRATEGY_FEDADAM):

@@ -20,6 +20,7 @@ from semiofed.common.learning.classifier import ClassifierConfig, SeizureClassif
 from semiofed.common.errors import SemiofedError
 from semiofed.common.files import make_private_dir, sha256_of, write_bytes_atomic, write_json_atomic
 from semiofed.common.records.schema import SeizureRecord
+from semiofed.common.constants import needs_stcnn
 from semiofed.common.records.features import KEYPOINT_FEATURES_VERSION, STREAM_KEYPOINTS, STREAM_STCNN, feature_extractor_of
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,19 @@ class Checkpoint:
 
 def check_feature_extractor(expected: dict[str, Any], record: SeizureRecord, config: ClassifierConfig) -> None:
     """Raise CheckpointError if a record's STCNN (name, weights, dimension) differs from the model's."""
-    if STREAM_STCNN not in config.streams:
+    if not needs_stcnn(config.streams):
         return
     got = feature_extractor_of(record)
-    if got["dim"] != config.stcnn_dim:
+    if got["dim"] != config.stcnn_dim and (STREAM_STCNN in config.streams or not got["dim"]):
         raise CheckpointError(
             f"record {record.record_id} has {got['dim']}-d snippet features, the model expects {config.stcnn_dim}-d",
             f"prepare the records with the model's feature extractor '{expected.get('name')}'",
+        )
+    if expected.get("input") and got["input"] and expected["input"] != got["input"]:
+        raise CheckpointError(
+            f"record {record.record_id}'s snippet features saw the video as '{got['input']}', the model was trained "
+            f"on '{expected['input']}'",
+            f"re-prepare the records with `--stcnn-input {expected['input']}`, or use a model trained on these features",
         )
     for key in ("name", "sha256"):
         if expected.get(key) and got[key] and expected[key] != got[key]:

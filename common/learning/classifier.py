@@ -32,7 +32,15 @@ from semiofed.common.errors import SemiofedError
 from semiofed.common.learning.spec import DEFAULT_MODEL, DESCRIPTORS_ALL, ModelSpec
 if TYPE_CHECKING:
     from semiofed.common.federation.run_config import FederationConfig
-from semiofed.common.records.features import KEYPOINT_DIM, STREAM_KEYPOINTS, STREAM_STCNN, check_streams, keypoint_columns
+from semiofed.common.records.features import (
+    KEYPOINT_DIM,
+    STCNN_MOTION_DIM,
+    STREAM_KEYPOINTS,
+    STREAM_STCNN,
+    STREAM_STCNN_MOTION,
+    check_streams,
+    keypoint_columns,
+)
 
 
 @dataclass(frozen=True)
@@ -86,10 +94,16 @@ class ClassifierConfig:
         return ModelSpec(labels=self.labels, streams=self.streams, temporal=self.temporal, hidden=self.hidden,
                          embed_dim=self.embed_dim, n_segments=self.n_segments, descriptors=self.descriptors or (DESCRIPTORS_ALL,))
 
+    def stream_width(self, stream: str) -> int:
+        """Width of one stream's input per snippet."""
+        if stream == STREAM_STCNN:
+            return self.stcnn_dim
+        return STCNN_MOTION_DIM if stream == STREAM_STCNN_MOTION else self.keypoint_dim
+
     @property
     def input_dim(self) -> int:
         """Width of the concatenated stream input per snippet."""
-        return sum(self.stcnn_dim if s == STREAM_STCNN else self.keypoint_dim for s in self.streams)
+        return sum(self.stream_width(s) for s in self.streams)
 
     @property
     def keypoint_read(self) -> tuple[int, ...]:
@@ -238,7 +252,7 @@ class SeizureClassifier(nn.Module):
         # which keypoint-stream columns the model reads (a fixed public selection; not a parameter, not exchanged)
         self.register_buffer("keypoint_read", torch.tensor(config.keypoint_read, dtype=torch.long), persistent=False)
         for stream in config.streams:
-            width = config.stcnn_dim if stream == STREAM_STCNN else len(config.keypoint_read)
+            width = len(config.keypoint_read) if stream == STREAM_KEYPOINTS else config.stream_width(stream)
             if config.embed_dim:
                 self.embed[stream] = nn.Linear(width, config.embed_dim)
                 fused += config.embed_dim
@@ -262,14 +276,14 @@ class SeizureClassifier(nn.Module):
         x = x.reshape(-1, s, d)
         parts, start = [], 0
         for stream in self.config.streams:
-            width = self.config.stcnn_dim if stream == STREAM_STCNN else self.config.keypoint_dim
+            width = self.config.stream_width(stream)
             z = x[..., start : start + width]
             if stream == STREAM_KEYPOINTS:
                 z = z.index_select(-1, self.keypoint_read)
             if stream == STREAM_STCNN:  # parameter-free per-snippet normalisation: no statistic shared across patients
                 z = F.layer_norm(z, (width,))
-            # the keypoint stream is already on a fixed public scale (common/records/motion.py): its levels carry the
-            # seizure (how hard, how rhythmic), which a per-snippet normalisation would erase
+            # the keypoint and STCNN motion streams are already on a fixed public scale (common/records/motion.py,
+            # features.py): their levels carry the seizure (how hard, how rhythmic), which a normalisation would erase
             start += width
             parts.append(F.relu(self.embed[stream](z)) if self.config.embed_dim else z)
         h = torch.cat(parts, dim=-1)

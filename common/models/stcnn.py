@@ -72,6 +72,21 @@ class SnippetEncoder(abc.ABC):
                 out.append(self.net.features(x).float().cpu().numpy())
         return np.concatenate(out)
 
+    def encode_window(self, frames: np.ndarray, n_snippets: int) -> np.ndarray:
+        """Return float32 features [n_snippets, feature_dim]: the feature of the window `frames` seen as one clip.
+
+        `frames` [T, H, W, 3] uint8 RGB holds n_snippets snippets back to back. The network sees the whole
+        window as one clip (a 32-frame window is ~2 s, close to the 64 frames at 25 fps Kinetics trained it
+        on) and its clip feature (pooled over time and space, as for Kinetics) is every snippet's feature: a
+        snippet carries the movement around it, and no feature depends on where in a clip its snippet fell.
+        """
+        clip = _check_frames(frames[None])
+        if n_snippets < 1 or clip.shape[1] < n_snippets:
+            raise ValueError(f"cannot split {clip.shape[1]} frames into {n_snippets} snippets")
+        with torch.inference_mode():
+            feature = self.net.features(self.preprocess(clip)).float().cpu().numpy()
+        return np.repeat(feature, n_snippets, axis=0)
+
     def classify(self, frames: np.ndarray) -> np.ndarray:
         """Return the 400 Kinetics class probabilities (float32) for one clip [1, T, H, W, 3]."""
         frames = _check_frames(frames)

@@ -1,9 +1,13 @@
 """Model inputs from a de-identified record: per-snippet streams and segment sampling.
 
-Two streams per STCNN snippet: the STCNN feature itself and the keypoint
+Three streams per STCNN snippet: the STCNN feature itself; the keypoint
 stream, the torso-normalised motion descriptors (common/records/motion.py) of
-the 3 s window around the snippet. Everything here depends on one record only, so no
-statistic of other patients leaks into a patient's inputs.
+the 3 s window around the snippet; and the STCNN motion stream, how much the
+STCNN feature changed over the last 2 s and 4 s relative to the record's own
+feature size. The STCNN feature itself also encodes the scene (camera view,
+bed, room); its change over time is the movement. Everything here depends on
+one record only, so no statistic of other patients leaks into a patient's
+inputs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from semiofed.common.records.schema import FRAME_TIMES, SNIPPET_FEATURES, SNIPPE
 
 log = logging.getLogger(__name__)
 
-from semiofed.common.constants import STREAM_KEYPOINTS, STREAM_STCNN, STREAMS  # noqa: F401
+from semiofed.common.constants import STCNN_STREAMS, STREAM_KEYPOINTS, STREAM_STCNN, STREAM_STCNN_MOTION, STREAMS  # noqa: F401
 
 # 2: the keypoint stream is the window motion descriptors of common/records/motion.py (version 1 was per-snippet
 # coordinate means, spreads and speeds, which hid the seizure under position and missing hands).
@@ -28,6 +32,13 @@ KEYPOINT_FEATURES_VERSION = 2
 # The motion descriptors of the window around each snippet, and whether that window was valid.
 KEYPOINT_DIM = MOTION_DIM + 1
 
+
+# The STCNN motion stream: the change of the STCNN feature over these spans (one and two ~2 s STCNN windows), as a
+# share of the record's mean feature norm, on a fixed public log scale: log10(change) + 1 over 0.5, clipped.
+STCNN_MOTION_LAGS_S = (2.0, 4.0)
+STCNN_MOTION_DIM = len(STCNN_MOTION_LAGS_S)
+_STCNN_MOTION_FLOOR = 1e-3  # a change below this share of the feature is no movement
+_STCNN_MOTION_OFFSET, _STCNN_MOTION_SCALE, _STCNN_MOTION_CLIP = -1.0, 0.5, 3.0
 
 
 def keypoint_columns(descriptors: Sequence[str]) -> tuple[int, ...]:
@@ -53,9 +64,10 @@ def check_streams(streams: Sequence[str]) -> tuple[str, ...]:
 
 
 def feature_extractor_of(record: SeizureRecord) -> dict[str, object]:
-    """The identity of the STCNN that made a record's snippet features: name, weights sha256, dim."""
+    """The identity of the STCNN that made a record's snippet features: name, weights sha256, dim, and what it saw."""
     key = STCNN_WEIGHT_KEYS.get(record.stcnn, "")
-    return {"name": record.stcnn, "sha256": record.models.get(key, ""), "dim": record.feature_dim}
+    return {"name": record.stcnn, "sha256": record.models.get(key, ""), "dim": record.feature_dim,
+            "input": record.stcnn_input}
 
 
 def keypoint_snippet_features(record: SeizureRecord) -> np.ndarray:
@@ -73,12 +85,43 @@ def keypoint_snippet_features(record: SeizureRecord) -> np.ndarray:
     return out
 
 
+def stcnn_motion_features(record: SeizureRecord) -> np.ndarray:
+    """Per-snippet STCNN motion stream [S, STCNN_MOTION_DIM] (float32): for each lag of STCNN_MOTION_LAGS_S, the
+    distance between the snippet's STCNN feature and the one a lag earlier (the first snippets, which have no past:
+    the first such change), divided by the record's mean feature norm, on the fixed public scale above.
+
+    A static scene gives the same feature at every time, so it cancels; what is left is how much, and how steadily,
+    the patient's movement changed what the network saw (the measure of docs/benchmarks.md's STCNN section)."""
+    features = np.nan_to_num(record.arrays[SNIPPET_FEATURES].astype(np.float64))
+    out = np.zeros((features.shape[0], STCNN_MOTION_DIM), dtype=np.float64)
+    norms = np.linalg.norm(features, axis=1) if features.size else np.zeros(0)
+    size = float(norms.mean()) if norms.size else 0.0
+    snippet_s = record.snippet_frames / record.fps if record.fps > 0 else 0.0
+    if size <= 0.0 or snippet_s <= 0.0:
+        return out.astype(np.float32)
+    for column, lag_s in enumerate(STCNN_MOTION_LAGS_S):
+        lag = max(1, int(round(lag_s / snippet_s)))
+        if features.shape[0] <= lag:
+            out[:, column] = _STCNN_MOTION_FLOOR
+            continue
+        change = np.linalg.norm(features[lag:] - features[:-lag], axis=1) / size
+        out[lag:, column] = change
+        out[:lag, column] = change[0]
+    scaled = (np.log10(np.maximum(out, _STCNN_MOTION_FLOOR)) - _STCNN_MOTION_OFFSET) / _STCNN_MOTION_SCALE
+    return np.clip(scaled, -_STCNN_MOTION_CLIP, _STCNN_MOTION_CLIP).astype(np.float32)
+
+
 def record_inputs(record: SeizureRecord, streams: Sequence[str]) -> np.ndarray:
     """The model input of every snippet of a record: the chosen streams concatenated, [S, D_in]."""
     parts = []
     for stream in check_streams(streams):
+        if stream in STCNN_STREAMS and record.feature_dim == 0:
+            raise SemiofedError(f"record {record.record_id} has no STCNN features, the '{stream}' stream needs them",
+                                "re-run `semiofed site prepare` with the STCNN (all streams), or train on keypoints only")
         if stream == STREAM_STCNN:
             parts.append(np.nan_to_num(record.arrays[SNIPPET_FEATURES].astype(np.float32)))
+        elif stream == STREAM_STCNN_MOTION:
+            parts.append(stcnn_motion_features(record))
         else:
             parts.append(keypoint_snippet_features(record))
     x = np.concatenate(parts, axis=1)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from semiofed.common.constants import STCNN_INPUT_FRAME
 from semiofed.common.errors import RecordError
 from semiofed.common.files import make_private_dir, npz_bytes, publish_dir, write_bytes_atomic, write_json_atomic
 
@@ -78,6 +79,8 @@ class SeizureRecord:
     generalization_s: float | None = None
     view: str | None = None
     stcnn: str = ""
+    # how the STCNN saw the frames (common/constants.py STCNN_INPUTS); records from before it was stored: GESTURES'
+    stcnn_input: str = ""
     snippet_frames: int = 8
     models: dict[str, str] = field(default_factory=dict)
     detection_rate: dict[str, float] = field(default_factory=dict)
@@ -117,6 +120,7 @@ class SeizureRecord:
             "n_snippets": self.n_snippets,
             "feature_dim": self.feature_dim,
             "stcnn": self.stcnn,
+            "stcnn_input": self.stcnn_input,
             "snippet_frames": self.snippet_frames,
             "models": dict(sorted(self.models.items())),
             "detection_rate": dict(sorted(self.detection_rate.items())),
@@ -198,6 +202,7 @@ def read_record(record_dir: Path) -> SeizureRecord:
         generalization_s=meta.get("generalization_s"),
         view=meta.get("view"),
         stcnn=meta.get("stcnn", ""),
+        stcnn_input=meta.get("stcnn_input", STCNN_INPUT_FRAME if meta.get("stcnn") else ""),
         snippet_frames=int(meta.get("snippet_frames", 8)),
         models=meta.get("models", {}),
         detection_rate=meta.get("detection_rate", {}),
