@@ -181,6 +181,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
+        # the reading of the committed section (written by hand from this table) stays beside the new table
+        note = Path(__file__).with_name("stcnn_motion_note.md")
+        text += "\n\n" + note.read_text(encoding="utf-8").strip() if note.is_file() else ""
         write_section("stcnn-motion", "The STCNN stream: movement or scene? (issue 13)", text)
 
 
