@@ -137,7 +137,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("semiofed").setLevel(logging.WARNING)
-    os.environ.setdefault("SEMIOFED_MODEL_DIR", "/work/shared/models")
     for name in args.only:
         summary = build(name, args.root)
         print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=1), flush=True)
