@@ -1,5 +1,9 @@
 """The coordinator's directory and the SuperLink it runs: TLS, enrolled sites, database, checkpoints, run launch.
 
+The SuperLink listens on loopback only (its Control and Runtime APIs have no
+authentication in Flower's open-source build); the sites reach the Fleet API
+through the gateway (server/gateway.py) on the address they are given.
+
 DIR/
   coordinator.json        address, ports, certificate names, enrolled and registered sites
   tls/ca.pem, ca.key      the federation's CA (sites get ca.pem only)
@@ -17,6 +21,7 @@ import json
 import logging
 import re
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +39,9 @@ log = logging.getLogger(__name__)
 
 COORDINATOR_FILE = "coordinator.json"
 CONNECTION = "semiofed"
-DEFAULT_PORT = 9092  # HTTPS: Fleet API for sites and Control API for `coordinator run`
+DEFAULT_PORT = 9092  # HTTPS, the sites' address: the gateway, Fleet API only
+LOOPBACK = "127.0.0.1"  # the SuperLink itself: Fleet behind the gateway, Control for `coordinator run`, Runtime for the ServerApp
+GATEWAY_MODULE = "semiofed.server.gateway"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -47,7 +54,8 @@ class CoordinatorState:
     """coordinator.json."""
 
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
+    port: int = DEFAULT_PORT  # the gateway (site-facing)
+    superlink_port: int = 0  # the SuperLink on loopback; 0: chosen at the first start
     sans: list[str] = field(default_factory=lambda: list(DEFAULT_SANS))
     enrolled: dict[str, str] = field(default_factory=dict)  # site -> key fingerprint
     registered: dict[str, str] = field(default_factory=dict)  # site -> Flower node id
@@ -72,6 +80,8 @@ class Coordinator:
     flwr_home = property(lambda self: self.root / "flwr-home")
     log_file = property(lambda self: self.root / "logs" / "superlink.log")
     pid_file = property(lambda self: self.root / "superlink.pid")
+    gateway_log_file = property(lambda self: self.root / "logs" / "gateway.log")
+    gateway_pid_file = property(lambda self: self.root / "gateway.pid")
 
     def state(self) -> CoordinatorState:
         path = self.root / COORDINATOR_FILE
@@ -132,11 +142,17 @@ class Coordinator:
     def running(self) -> bool:
         return processes.is_running(self.pid(), expect="flower-superlink")
 
+    def gateway_pid(self) -> int | None:
+        return processes.read_pid(self.gateway_pid_file)
+
+    def gateway_running(self) -> bool:
+        return processes.is_running(self.gateway_pid(), expect=GATEWAY_MODULE)
+
     def flwr_env(self) -> dict[str, str]:
         state = self.state()
         make_private_dir(self.flwr_home)
         config = (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                  f'address = "{_client_host(state.host)}:{state.port}"\nroot-certificates = "{self.tls.ca_certificate}"\n')
+                  f'address = "{LOOPBACK}:{state.superlink_port}"\nroot-certificates = "{self.tls.ca_certificate}"\n')
         write_bytes_atomic(self.flwr_home / "config.toml", config.encode("utf-8"))
         return processes.flower_env({"FLWR_HOME": str(self.flwr_home)})
 
@@ -148,33 +164,49 @@ class Coordinator:
             "--ssl-ca-certfile", str(tls.ca_certificate),
             "--enable-supernode-auth", "--database", str(self.database),
             "--disable-runtime-dependency-installation",
-            # Flower 1.41 serves the sites (Fleet API) and `flwr` (Control API) over HTTPS on this one port
-            "--host", state.host, "--port", str(state.port),
+            # Flower 1.41 serves Fleet, Control and Runtime APIs on this one port: loopback only, the sites use the gateway
+            "--host", LOOPBACK, "--port", str(state.superlink_port),
+        ]
+
+    def gateway_command(self) -> list[str]:
+        state, tls = self.state(), self.tls
+        return [
+            sys.executable, "-m", GATEWAY_MODULE, "--host", state.host, "--port", str(state.port),
+            "--upstream", f"https://{LOOPBACK}:{state.superlink_port}", "--certfile", str(tls.server_certificate),
+            "--keyfile", str(tls.server_key), "--ca-certificate", str(tls.ca_certificate),
         ]
 
     def start(self, *, port: int | None = None, host: str | None = None, timeout: float = 90.0) -> int:
-        """Start the SuperLink in the background (TLS, site authentication, persistent state) and register enrolled sites."""
-        if self.running():
-            raise CoordinatorError(f"the SuperLink of {self.root} already runs (pid {self.pid()})",
+        """Start the SuperLink on loopback (TLS, site authentication, persistent state), the Fleet-only gateway on the
+        sites' address, and register enrolled sites; returns the SuperLink's pid."""
+        if self.running() or self.gateway_running():
+            raise CoordinatorError(f"the SuperLink of {self.root} already runs (pid {self.pid() or self.gateway_pid()})",
                                    "use it, or `semiofed coordinator stop --dir DIR` first")
         state = self.state()
         if port is not None or host is not None:
             state.port, state.host = port or state.port, host or state.host
-            self.save_state(state)
         processes.check_port_free(state.host, state.port)
+        if not state.superlink_port or not processes.port_free(LOOPBACK, state.superlink_port) or state.superlink_port == state.port:
+            state.superlink_port = processes.free_port(LOOPBACK)
+        self.save_state(state)
         pid = processes.start_detached(self.superlink_command(), log_file=self.log_file, pid_file=self.pid_file,
                                        env=self.flwr_env())
         try:
-            processes.wait_listening(_client_host(state.host), state.port, pid=pid, timeout=timeout, log_file=self.log_file)
+            processes.wait_listening(LOOPBACK, state.superlink_port, pid=pid, timeout=timeout, log_file=self.log_file)
+            gateway = processes.start_detached(self.gateway_command(), log_file=self.gateway_log_file,
+                                               pid_file=self.gateway_pid_file)
+            processes.wait_listening(_client_host(state.host), state.port, pid=gateway, timeout=timeout,
+                                     log_file=self.gateway_log_file)
             self.register_pending()
         except BaseException:
-            processes.stop(pid)
+            self.stop()
             raise
         return pid
 
     def stop(self) -> bool:
-        """Stop the SuperLink and its ServerApp processes."""
-        return processes.stop(self.pid())
+        """Stop the gateway, the SuperLink and its ServerApp processes."""
+        gateway = processes.stop(self.gateway_pid()) if self.gateway_running() else False
+        return processes.stop(self.pid()) or gateway
 
     def _flwr(self, args: Sequence[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run([processes.flower_bin("flwr"), *args], env=self.flwr_env(), cwd=self.root,
@@ -282,7 +314,9 @@ class Coordinator:
             "port": state.port, "ca_certificate": str(self.tls.ca_certificate), "superlink_certificate": str(self.tls.server_certificate),
             "certificate_names": state.sans, "database": str(self.database), "checkpoints_dir": str(self.checkpoints_dir),
             "sites_dir": str(self.sites_dir), "enrolled_sites": sorted(state.enrolled), "registered_sites": state.registered,
-            "running": self.running(), "pid": self.pid(), "log": str(self.log_file), "semiofed_version": semiofed_version(),
+            "running": self.running(), "pid": self.pid(), "log": str(self.log_file),
+            "gateway_running": self.gateway_running(), "gateway_pid": self.gateway_pid(), "gateway_log": str(self.gateway_log_file),
+            "superlink_loopback_port": state.superlink_port, "semiofed_version": semiofed_version(),
         }
 
 

@@ -1,5 +1,10 @@
 """`site join`: a Flower SuperNode that authenticates with the site's key, trusts only the coordinator's CA,
-and serves the site's local store to the federation's ClientApp."""
+and hands every message to the site worker (client/federation/worker.py), which runs the installed ClientApp.
+
+The SuperNode runs with `--isolation process`: it never starts Flower's
+`flwr-clientapp`, which would import code from the run's app package. Its local
+Runtime API listens on 127.0.0.1 only, and taking a task from it needs the
+site's runtime secret (keys/runtime.secret, owner-only)."""
 
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from semiofed.common.files import write_bytes_atomic
 from semiofed.common.privacy.keys import load_site_private_key
 
 SUPERNODE_KEY = "supernode_key"  # the site key again, in the OpenSSH encoding Flower's SuperNode reads
-PID_FILE = "supernode.pid"
+PID_FILE = "supernode.pid"  # the worker's pid: it starts and stops the SuperNode
 LOG_FILE = "supernode.log"
+WORKER = "semiofed.client.federation.worker"
+DEFAULT_RUNTIME_PORT = 9094
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
@@ -50,8 +57,9 @@ def check_ca(path: Path) -> Path:
     return Path(path).resolve()
 
 
-def supernode_command(site: Site, *, superlink: str, ca: Path, clientapp_port: int, run_epsilon: float = 0.0) -> list[str]:
-    """The flower-supernode command line for this site."""
+def supernode_command(site: Site, *, superlink: str, ca: Path, clientapp_port: int, run_epsilon: float = 0.0,
+                      secret_file: Path | None = None) -> list[str]:
+    """The flower-supernode command line for this site (process isolation: the site worker runs each message)."""
     node_config = f'site-dir="{site.layout.root.resolve()}"'
     if run_epsilon > 0:
         node_config += f" run-epsilon={float(run_epsilon)}"
@@ -61,20 +69,32 @@ def supernode_command(site: Site, *, superlink: str, ca: Path, clientapp_port: i
         "--root-certificates", str(check_ca(ca)),
         "--auth-supernode-private-key", str(supernode_key(site)),
         "--node-config", node_config,
-        "--port", str(clientapp_port),
+        "--isolation", "process", "--host", "127.0.0.1", "--port", str(clientapp_port),
+        *(["--superexec-auth-secret-file", str(secret_file)] if secret_file is not None else []),
     ]
 
 
-def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = 9094, run_epsilon: float = 0.0,
+def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = DEFAULT_RUNTIME_PORT, run_epsilon: float = 0.0,
          background: bool = False) -> int:
-    """Start this site's SuperNode: in the foreground (a service) or detached with a pid file; returns the pid or exit code."""
+    """Start this site's worker and SuperNode: in the foreground (a service) or detached with a pid file;
+    returns the pid or exit code."""
     import subprocess
 
+    from semiofed.client.federation import worker
+
     site = open_site(site_dir)
-    if processes.is_running(processes.read_pid(site.layout.root / PID_FILE), expect="flower-supernode"):
+    if processes.is_running(processes.read_pid(site.layout.root / PID_FILE), expect=WORKER):
         raise SemiofedError(f"site {site.site_id} already runs a SuperNode (pid file {site.layout.root / PID_FILE})",
                             "stop it with `semiofed site leave --site-dir DIR` first")
-    command = supernode_command(site, superlink=superlink, ca=ca, clientapp_port=clientapp_port, run_epsilon=run_epsilon)
+    check_superlink_address(superlink)
+    check_ca(ca)
+    if not processes.port_free("127.0.0.1", clientapp_port):
+        if clientapp_port != DEFAULT_RUNTIME_PORT:
+            raise SemiofedError(f"local port {clientapp_port} (the SuperNode's Runtime API) is in use",
+                                "choose another --clientapp-port, or leave it out to take a free one")
+        clientapp_port = processes.free_port("127.0.0.1")  # another site's SuperNode on this machine (a trial) has 9094
+    supernode_key(site)
+    command = worker.command(site.layout.root, superlink=superlink, ca=ca, runtime_port=clientapp_port, run_epsilon=run_epsilon)
     if background:
         return processes.start_detached(command, log_file=site.layout.root / "logs" / LOG_FILE,
                                         pid_file=site.layout.root / PID_FILE)
@@ -85,4 +105,4 @@ def leave(site_dir: Path) -> bool:
     """Stop the site's background SuperNode; True if one was running."""
     site = open_site(site_dir)
     pid = processes.read_pid(site.layout.root / PID_FILE)
-    return processes.stop(pid) if processes.is_running(pid, expect="flower-supernode") else False
+    return processes.stop(pid) if processes.is_running(pid, expect=WORKER) else False

@@ -125,6 +125,15 @@ def check_port_free(host: str, port: int) -> None:
                                 "stop what uses it, or choose another --port") from None
 
 
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port now."""
+    try:
+        check_port_free(host, port)
+    except SemiofedError:
+        return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (for tests and the demo)."""
     with socket.socket() as s:

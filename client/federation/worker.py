@@ -1,0 +1,275 @@
+"""The site worker: one long-lived process per site that runs the installed semiofed ClientApp for every message.
+
+Flower's own `flwr-clientapp` unpacks the run's app package (FAB) and imports
+the ClientApp it names with the FAB first on `sys.path`, so whoever submits a
+run could execute any code at the hospital. `site join` instead starts the
+SuperNode with `--isolation process` and this worker beside it:
+
+- it takes each task from the SuperNode's local Runtime API (AcquireTask,
+  authenticated with a per-site secret only the SuperNode and the worker read),
+  pulls the message, its context and the FAB with Flower's own functions;
+- it checks the FAB (configuration only: `pyproject.toml` naming semiofed's
+  ClientApp, no code, no other file) and refuses the task otherwise;
+- it calls the ClientApp object of the semiofed installed here, in this
+  process: nothing of the FAB is unpacked, put on `sys.path` or imported;
+- a failed task (including a refusal) answers with one fixed text and the
+  worker goes on with the next one; torch and the site's code are imported
+  once, not once per message.
+
+The worker starts the SuperNode as its child and stops with it.
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import io
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+CLIENTAPP_REF = "semiofed.client.federation.client_app:app"
+FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what a configuration-only Flower app contains
+POLL_S = 0.2  # Flower's SuperExec polls every second
+SECRET_FILE = "runtime.secret"
+SECRET_BYTES = 32
+
+
+class ForeignApp(Exception):
+    """The run's app package is not configuration for the installed semiofed."""
+
+
+def check_fab(content: bytes) -> dict[str, Any]:
+    """The FAB's pyproject.toml, after checking that it holds configuration only and names semiofed's ClientApp."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as fab:
+            names = set(fab.namelist())
+            extra = sorted(names - FAB_FILES)
+            if extra:
+                raise ForeignApp(f"the run's app package ships {len(extra)} file(s) beyond its configuration "
+                                 f"({', '.join(extra[:3])}); this site runs only the semiofed it installed")
+            project = tomllib.loads(fab.read("pyproject.toml").decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ForeignApp(f"the run's app package is not a readable Flower app ({type(exc).__name__})") from None
+    ref = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {}).get("clientapp")
+    if ref != CLIENTAPP_REF:
+        raise ForeignApp(f"the run's app names ClientApp {ref!r}; this site runs only {CLIENTAPP_REF}")
+    return project
+
+
+def runtime_secret(keys_dir: Path) -> Path:
+    """The per-site secret that authenticates the worker to the SuperNode's Runtime API (created owner-only once)."""
+    from semiofed.common.files import write_bytes_atomic
+
+    path = Path(keys_dir) / SECRET_FILE
+    if not path.exists():
+        write_bytes_atomic(path, secrets.token_hex(SECRET_BYTES).encode("ascii"), mode=0o600)
+    return path
+
+
+class TaskCancelled(Exception):
+    """The SuperNode cancelled the running task (its heartbeat was refused)."""
+
+
+class SiteWorker:
+    """Takes tasks from a SuperNode's Runtime API and runs the installed ClientApp for each."""
+
+    def __init__(self, runtime_address: str, secret: bytes | None, *, poll_s: float = POLL_S) -> None:
+        self.runtime_address = runtime_address
+        self.secret = secret
+        self.poll_s = poll_s
+        self.tasks_done = 0
+        self.tasks_failed = 0
+        self._cancelled = threading.Event()
+
+    def _client(self, token: str | None = None) -> Any:
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        if token is None:
+            interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+            if self.secret:
+                interceptors.append(SuperExecAuthHttpInterceptor(master_secret=self.secret,
+                                                                 protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
+        else:
+            interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)]
+        return RuntimeHttpClient.from_server_address(server_address=self.runtime_address, insecure=True, root_certificates=None,
+                                                     interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+
+    def serve(self, stop: threading.Event) -> None:
+        """Take and run tasks until `stop` is set."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+        from flwr.supercore.constant import TaskType
+
+        client = self._client()
+        try:
+            while not stop.is_set():
+                response = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+                if response.HasField("task") and response.token:
+                    self.run_task(response.token)
+                else:
+                    stop.wait(self.poll_s)
+        finally:
+            client.close()
+
+    def _heartbeat_fn(self, client: Any):
+        import httpx
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+
+        def beat() -> bool:
+            try:
+                answer = client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+            except httpx.HTTPError:
+                return False
+            if not answer.success and not self._cancelled.is_set():
+                self._cancelled.set()
+                _thread.interrupt_main()  # stops the task the SuperNode no longer waits for, not the worker
+            return True
+
+        return beat
+
+    def run_task(self, token: str) -> bool:
+        """One message: pull it, check the app, run the installed ClientApp, push the reply; True when it succeeded."""
+        from flwr.app import Message
+        from flwr.app.error import Error
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender
+        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+        from semiofed.client.federation.egress import failure_text
+
+        client = self._client(token)
+        self._cancelled.clear()
+        heartbeat = HeartbeatSender(self._heartbeat_fn(client))
+        message = context = reply = None
+        status, details = SubStatus.FAILED, "the site could not run this task"
+        try:
+            heartbeat.start()
+            message, context, _run, fab = pull_task_input(client)
+            check_fab(fab.content)
+            from semiofed.client.federation.client_app import app
+
+            reply = app(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except (Exception, KeyboardInterrupt) as exc:  # pylint: disable=broad-exception-caught
+            if isinstance(exc, KeyboardInterrupt) and not self._cancelled.is_set():
+                raise
+            log.error("task failed: %s", exc, exc_info=not isinstance(exc, (ForeignApp, KeyboardInterrupt)))
+            kind = message.metadata.message_type if message is not None else "task"
+            if message is not None:
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=failure_text(kind)), reply_to=message)
+        finally:
+            try:
+                if reply is not None and context is not None and not self._cancelled.is_set():
+                    push_message(client, reply, context)
+                push_task_output(client=client, context=context, sub_status=status, details=details)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                log.error("could not push the task's reply: %s", exc)
+                status = SubStatus.FAILED
+            heartbeat.stop()
+            client.close()
+        ok = status == SubStatus.COMPLETED
+        self.tasks_done += ok
+        self.tasks_failed += not ok
+        return ok
+
+
+def _wait_listening(host: str, port: int, supernode: subprocess.Popen, timeout: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supernode.poll() is not None:
+            raise SystemExit(f"the SuperNode exited while starting (exit {supernode.returncode}); read the site's supernode log")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the SuperNode's Runtime API did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0) -> int:
+    """Start the site's SuperNode (process isolation) and serve its tasks until either stops; returns an exit code."""
+    from semiofed.client.federation.supernode import supernode_command
+    from semiofed.client.site import open_site
+    from semiofed.common.federation import processes
+
+    site = open_site(site_dir)
+    secret_file = runtime_secret(site.layout.keys_dir)
+    command = supernode_command(site, superlink=superlink, ca=ca, clientapp_port=runtime_port, run_epsilon=run_epsilon,
+                                secret_file=secret_file)
+    stop = threading.Event()
+    supernode = subprocess.Popen(command, env=processes.flower_env())
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        _wait_listening("127.0.0.1", runtime_port, supernode, timeout=60.0)
+        worker = SiteWorker(f"127.0.0.1:{runtime_port}", secret_file.read_bytes())
+        watcher = threading.Thread(target=lambda: (supernode.wait(), stop.set()), daemon=True)
+        watcher.start()
+        log.info("site %s: worker serving the SuperNode's tasks (pid %d)", site.site_id, os.getpid())
+        while not stop.is_set():
+            try:
+                worker.serve(stop)
+            except KeyboardInterrupt:
+                stop.set()
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                if stop.is_set():
+                    break
+                log.warning("the SuperNode's Runtime API did not answer (%s); retrying", exc)
+                stop.wait(1.0)
+    finally:
+        if supernode.poll() is None:
+            supernode.terminate()
+            try:
+                supernode.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                supernode.kill()
+                supernode.wait()
+    return 0 if supernode.returncode in (0, -signal.SIGTERM) else int(supernode.returncode or 1)
+
+
+def command(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0) -> list[str]:
+    """The command line that runs the worker (and its SuperNode) for a site."""
+    return [sys.executable, "-m", __name__, "--site-dir", str(Path(site_dir).resolve()), "--superlink", superlink,
+            "--ca", str(Path(ca).resolve()), "--runtime-port", str(runtime_port), "--run-epsilon", repr(float(run_epsilon))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__.splitlines()[0])
+    parser.add_argument("--site-dir", required=True, type=Path)
+    parser.add_argument("--superlink", required=True)
+    parser.add_argument("--ca", required=True, type=Path)
+    parser.add_argument("--runtime-port", required=True, type=int)
+    parser.add_argument("--run-epsilon", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    from semiofed.common.errors import SemiofedError
+
+    try:
+        return run(args.site_dir, superlink=args.superlink, ca=args.ca, runtime_port=args.runtime_port,
+                   run_epsilon=args.run_epsilon)
+    except SemiofedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
