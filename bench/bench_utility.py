@@ -108,7 +108,8 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
 
     fed = FederationConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, folds=HELD_OUT_FOLDS, test_fold=test_fold,
                            validation=False, seed=seed, temporal=temporal, site_epsilon=epsilon or 0.0)
-    tasks = [SiteTask(SiteSettings(d), fed) for d in site_dirs]  # the splits (read only; training uses scratch copies)
+    # the splits (read only; training uses scratch copies): the site's own folds, placed anew for each split seed
+    tasks = [SiteTask(SiteSettings(d, split_seed=seed), fed) for d in site_dirs]
     parts: list[Predictions] = []
     info: dict[str, Any] = {}
     if row == CENTRALISED:
@@ -137,7 +138,7 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
         parts = [predict(model, 1.0, t.test) for t in tasks]
     else:
         sites = [scratch_site(d, SCRATCH / f"{i}-{d.name}", max_epsilon=MAX_EPSILON) for i, d in enumerate(site_dirs)]
-        scratch_tasks = [SiteTask(SiteSettings(s.layout.root), fed) for s in sites]
+        scratch_tasks = [SiteTask(SiteSettings(s.layout.root, split_seed=seed), fed) for s in sites]
         weights = initial_weights(fed)
         run_id = f"bench-eps{epsilon:g}-s{seed}-f{test_fold}"
         for round_ in range(1, ROUNDS + 1):
@@ -163,7 +164,7 @@ def distributed_run(site_dirs: list[Path], fed: FederationConfig, epsilon: float
     run = replace(fed, dp_mode="distributed", strategy="fedadam", min_sites=k, rounds=DISTRIBUTED_ROUNDS)
     sites = [scratch_site(d, SCRATCH / f"{i}-{d.name}", max_epsilon=MAX_EPSILON, distributed_dp_sites=k)
              for i, d in enumerate(site_dirs)]
-    tasks = [SiteTask(SiteSettings(s.layout.root), run) for s in sites]
+    tasks = [SiteTask(SiteSettings(s.layout.root, split_seed=seed), run) for s in sites]
     weights = initial_weights(run)
     strategy = FedAdam(initial_parameters=ndarrays_to_parameters(weights), eta=run.server_lr, fraction_fit=1.0,
                        min_fit_clients=k, min_available_clients=k)

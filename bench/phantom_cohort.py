@@ -143,10 +143,13 @@ def scratch_site(cohort_site: Path, dest: Path, *, max_epsilon: float = 1000.0, 
     site = init_site(dest, "scratch", PrivacyPolicy(max_epsilon=max_epsilon, target_delta=delta,
                                                      min_noise_multiplier=min_noise_multiplier,
                                                      distributed_dp_sites=distributed_dp_sites))
-    source = open_site(cohort_site).layout.records_dir
-    for record in sorted(p for p in source.iterdir() if (p / META_FILE).is_file()):
+    cohort = open_site(cohort_site)
+    for record in sorted(p for p in cohort.layout.records_dir.iterdir() if (p / META_FILE).is_file()):
         shutil.copytree(record, site.layout.records_dir / record.name)
-    return site
+    # the cohort site's pseudonym secret too: the site's own folds (client/training/site_split.py) are keyed by it,
+    # so the scratch copy holds out exactly the patients the cohort site does
+    shutil.copyfile(cohort.layout.pseudonym_key, site.layout.pseudonym_key)
+    return open_site(dest)
 
 
 def main() -> None:

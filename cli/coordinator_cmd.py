@@ -68,7 +68,8 @@ def start(
     foreground: bool = typer.Option(False, "--foreground", help="Stay attached until interrupted (for services and containers)."),
     output_format: OutputFormat = format_option("table, or json (one object on stdout as soon as the SuperLink runs)."),
 ) -> None:
-    """Start the SuperLink: TLS, site authentication, persistent database, no run-time package installs."""
+    """Start the SuperLink on loopback (TLS, site authentication, persistent database, no run-time package installs)
+    and the gateway that serves the sites the Fleet API only, on the coordinator's address."""
     import time
 
     coordinator = _coordinator(directory)
@@ -76,7 +77,7 @@ def start(
     state = coordinator.state()
     emit(output_format, {"pid": pid, "host": state.host, "port": state.port, "registered_sites": len(state.registered),
                          "log": str(coordinator.log_file)},
-         lambda: Console().print(f"SuperLink running (pid {pid}) on {state.host}:{state.port}; "
+         lambda: Console().print(f"SuperLink running (pid {pid}), sites' gateway on {state.host}:{state.port}; "
                                  f"{len(state.registered)} site(s) registered; log {coordinator.log_file}"))
     if foreground:
         import signal
@@ -84,7 +85,7 @@ def start(
         # a service manager stops us with SIGTERM: take the SuperLink down with us
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
-            while coordinator.running():
+            while coordinator.running() and coordinator.gateway_running():
                 time.sleep(1.0)
         except KeyboardInterrupt:
             pass
@@ -122,6 +123,7 @@ def run(
     descriptors: str = descriptors_option(),
     dp_mode: str = dp_mode_option(),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
+    evaluate_every: int = typer.Option(0, "--evaluate-every", help="Evaluate at the sites every k rounds and after the last (0: after the last only); each evaluation is a DP release a site charges to its budget."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
     output_format: OutputFormat = format_option(),
 ) -> None:
@@ -140,7 +142,7 @@ def run(
                               round_timeout=round_timeout, site_epsilon=site_epsilon, noise_multiplier=noise_multiplier,
                               labels=labels, streams=streams,
                               temporal=temporal, hidden=hidden, n_segments=segments, descriptors=descriptors, dp_mode=dp_mode, folds=folds,
-                              resume_from=resume_from)
+                              evaluate_every=evaluate_every, resume_from=resume_from)
     err = Console(stderr=True)
     result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)
     emit(output_format, result, lambda: Console().print(_run_table(result)), sort_keys=True)
@@ -150,13 +152,13 @@ def run(
 
 def _run_table(run: dict[str, Any]) -> Table:
     table = Table(title=f"run {run.get('run_id')}: {run.get('status')}")
-    for column in ("round", "sites trained", "declined", "balanced acc.", "AUROC (mean)", "epsilon spent per site"):
+    for column in ("round", "sites trained", "declined", "balanced acc.", "accuracy", "epsilon spent per site"):
         table.add_column(column)
     for r in run.get("rounds", []):
         agg = r.get("aggregate", {})
         eps = ", ".join(f"{s} {v.get('epsilon_spent', float('nan')):.2f}" for s, v in sorted(r.get("fit", {}).items()))
         table.add_row(str(r["round"]), str(len(r.get("fit", {}))), ", ".join(sorted(r.get("declined", {}))) or "-",
-                      f"{agg.get('balanced_accuracy', float('nan')):.3f}", f"{agg.get('auroc_mean', float('nan')):.3f}", eps or "-")
+                      f"{agg.get('balanced_accuracy', float('nan')):.3f}", f"{agg.get('accuracy', float('nan')):.3f}", eps or "-")
     return table
 
 

@@ -42,12 +42,26 @@ def init(
                                                   "this many sites (0: local DP only)."),
     distributed_dp_colluders: int = typer.Option(1, "--distributed-dp-colluders",
                                                  help="Other sites that may collude with the coordinator in such a round."),
+    evaluation_release: str = typer.Option(PrivacyPolicy.evaluation_release, "--evaluation-release",
+                                           help="What a federated evaluation releases: noisy (charged DP release), "
+                                                "exact (declared public by this policy) or none."),
+    max_evaluations_per_run: int = typer.Option(PrivacyPolicy.max_evaluations_per_run, "--max-evaluations-per-run",
+                                                help="Most federated evaluations this site makes per run."),
+    require_secure_aggregation: bool = typer.Option(False, "--require-secure-aggregation/--no-require-secure-aggregation",
+                                                    help="Answer train messages only inside SecAgg+ (threshold at least "
+                                                         "--min-secure-aggregation-threshold)."),
+    min_secure_aggregation_threshold: int = typer.Option(PrivacyPolicy.min_secure_aggregation_threshold,
+                                                         "--min-secure-aggregation-threshold",
+                                                         help="The least SecAgg+ reconstruction threshold accepted."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Create a site: signing key pair, pseudonymisation secret, privacy policy, empty store."""
     policy = PrivacyPolicy(target_delta=delta, max_epsilon=max_epsilon,
                            min_noise_multiplier=min_noise, clipping_norm=clipping_norm,
-                           distributed_dp_sites=distributed_dp_sites, distributed_dp_colluders=distributed_dp_colluders)
+                           distributed_dp_sites=distributed_dp_sites, distributed_dp_colluders=distributed_dp_colluders,
+                           evaluation_release=evaluation_release, max_evaluations_per_run=max_evaluations_per_run,
+                           require_secure_aggregation=require_secure_aggregation,
+                           min_secure_aggregation_threshold=min_secure_aggregation_threshold)
     site = init_site(site_dir, site_id, policy)
 
     def print_table() -> None:
@@ -216,17 +230,19 @@ def join(
     site_dir: Path = typer.Option(..., "--site-dir", help="The site directory made by `semiofed site init`."),
     superlink: str = typer.Option(..., "--superlink", help="The coordinator's SuperLink as HOST:PORT."),
     ca: Path = typer.Option(..., "--ca", help="The coordinator's CA certificate (ca.pem from `coordinator info`)."),
-    clientapp_port: int = typer.Option(9094, "--clientapp-port", help="Local port between the SuperNode and its ClientApp processes."),
-    run_epsilon: float = typer.Option(0.0, "--run-epsilon", help="Most epsilon this site spends in one federated run (0: what its policy has left)."),
+    clientapp_port: int = typer.Option(9094, "--clientapp-port", help="Local port (127.0.0.1) of the SuperNode's Runtime API, used by the site worker; 9094 or, when taken, a free one."),
+    run_epsilon: float = typer.Option(0.0, "--run-epsilon", help="Most epsilon this site spends on federated runs in any --run-window-days window, all runs together (0: what its policy has left)."),
+    run_window_days: float = typer.Option(30.0, "--run-window-days", help="The window of --run-epsilon, in days."),
     background: bool = typer.Option(False, "--background", help="Detach and write supernode.pid (stop with `site leave`)."),
     output_format: OutputFormat = format_option(
         "table, or json (one object on stdout: the pid with --background, else the SuperNode's exit status when it ends)."),
 ) -> None:
-    """Join the federation: a SuperNode authenticated by the site key, trusting only the coordinator's CA."""
+    """Join the federation: a SuperNode authenticated by the site key, trusting only the coordinator's CA, and the
+    site worker that runs the installed semiofed for every message (never code from the run's app package)."""
     from semiofed.client.federation.supernode import join as join_federation
 
     code = join_federation(site_dir, superlink=superlink, ca=ca, clientapp_port=clientapp_port, run_epsilon=run_epsilon,
-                           background=background)
+                           run_window_days=run_window_days, background=background)
     log = site_dir / "logs" / "supernode.log"
     if background:
         emit(output_format, {"superlink": superlink, "background": True, "pid": code, "log": str(log)},

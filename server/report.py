@@ -32,20 +32,20 @@ def _figure(width: float = 6.4, height: float = 3.4) -> Any:
 
 
 def rounds_figure(run: dict[str, Any]) -> Any:
-    """Balanced accuracy and AUROC of the global model per round, each site and pooled."""
+    """Balanced accuracy and accuracy of the global model per evaluated round, each site and pooled, as read from
+    the sites' evaluation releases (noisy under a site's default policy: common/federation/evaluation.py)."""
     fig = _figure(8, 3.4)
     axes = fig.subplots(1, 2)
     rounds = [r for r in run["rounds"] if r.get("evaluate")]
     sites = sorted({s for r in rounds for s in r["evaluate"]})
-    for ax, key, title in ((axes[0], "balanced_accuracy", "balanced accuracy"), (axes[1], "auroc", "AUROC")):
+    for ax, key, title in ((axes[0], "balanced_accuracy", "balanced accuracy"), (axes[1], "accuracy", "accuracy")):
         for site in sites:
             xs = [r["round"] for r in rounds if site in r["evaluate"]]
             ys = [r["evaluate"][site].get(key, math.nan) for r in rounds if site in r["evaluate"]]
             ax.plot(xs, [y if y is not None and y >= 0 else math.nan for y in ys], marker="o", label=site)
-        pooled_key = key if key != "auroc" else "auroc_mean"
-        ax.plot([r["round"] for r in rounds], [r["aggregate"].get(pooled_key, math.nan) for r in rounds], "k--", marker="s",
+        ax.plot([r["round"] for r in rounds], [r["aggregate"].get(key, math.nan) for r in rounds], "k--", marker="s",
                 label="all sites")
-        ax.set(title=title, xlabel="round", ylim=(0, 1.05), xticks=[r["round"] for r in rounds])
+        ax.set(title=f"{title} (sites' DP releases)", xlabel="round", ylim=(0, 1.05), xticks=[r["round"] for r in rounds])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return fig

@@ -72,3 +72,37 @@ def test_a_run_that_releases_nothing_is_refused_and_its_steps_stay_spent(tmp_pat
             run.step(noise_multiplier=1.5, sample_rate=0.5)
     assert site.privacy.accountant().epsilon_spent() == pytest.approx(_epsilon_of([(1.5, 0.5, 1)], 1e-5))
     assert read_entries(site.layout.ledger_file) == []
+
+
+def _release(site, run_id: str, steps: int = 3) -> None:
+    with budgeted_run(site.privacy, PlannedRun(1.5, 0.5, steps), kind=KIND_LOCAL, run_id=run_id) as run:
+        for _ in range(steps):
+            run.step(noise_multiplier=1.5, sample_rate=0.5)
+        run.release([np.full((2, 2), float(steps), np.float32)])
+
+
+def test_deleting_or_rolling_back_the_accountant_never_forgets_what_the_ledger_signed(tmp_path):
+    from semiofed.common.audit.verify import verify_ledger
+    from semiofed.common.privacy.accountant import ACCOUNTANT_FILE
+    from semiofed.common.privacy.keys import load_public_key
+
+    site = init_site(tmp_path / "site", "s1", PrivacyPolicy(max_epsilon=50.0))
+    _release(site, "one")
+    old_copy = (site.layout.privacy_dir / ACCOUNTANT_FILE).read_bytes()
+    _release(site, "two", steps=4)
+    signed = read_entries(site.layout.ledger_file)[-1]["epsilon_cumulative"]
+
+    (site.layout.privacy_dir / ACCOUNTANT_FILE).unlink()  # an operator "resets" the budget
+    assert site.privacy.accountant().epsilon_spent() == pytest.approx(signed)
+    (site.layout.privacy_dir / ACCOUNTANT_FILE).write_bytes(old_copy)  # or restores an older backup
+    assert site.privacy.accountant().epsilon_spent() == pytest.approx(signed)
+    # the next release composes on the whole signed history, and the auditor agrees with every entry
+    (site.layout.privacy_dir / ACCOUNTANT_FILE).unlink()
+    _release(site, "three")
+    expected = _epsilon_of([(1.5, 0.5, 3), (1.5, 0.5, 4), (1.5, 0.5, 3)], site.policy.target_delta)
+    assert read_entries(site.layout.ledger_file)[-1]["epsilon_cumulative"] == pytest.approx(expected)
+    assert verify_ledger(site.layout.ledger_file, load_public_key(site.layout.public_key)).ok
+    # `site budget` (the local summary) reads the same, never less than the ledger
+    from semiofed.client.training.local import site_budget
+    (site.layout.privacy_dir / ACCOUNTANT_FILE).unlink()
+    assert site_budget(site.layout.root)["epsilon_spent"] == pytest.approx(expected)

@@ -133,11 +133,11 @@ def fit_reply(weights: list[np.ndarray], head: str, *, metrics: dict[str, Any] |
     return fitres_to_recorddict(res, keep_input=False)
 
 
-def evaluate_reply(*, metrics: dict[str, Any] | None = None, loss: float = 0.61) -> RecordDict:
-    """What SiteClient.evaluate answers."""
-    values = {name: 0.75 for name in EVAL_METRICS} | {"test_patients": 2.0, "tp": 3.0, "fn": 1.0, "fp": 0.0, "tn": 4.0}
+def evaluate_reply(*, metrics: dict[str, Any] | None = None, loss: float = 0.0, num_examples: int = 0) -> RecordDict:
+    """What SiteClient.evaluate answers: the release vector only (no loss, no example count)."""
+    values = {name: 0.75 for name in EVAL_METRICS}
     metrics = {**values, KEY_SITE_ID: SITE} if metrics is None else metrics
-    return evaluateres_to_recorddict(EvaluateRes(Status(Code.OK, ""), loss, 8, metrics))
+    return evaluateres_to_recorddict(EvaluateRes(Status(Code.OK, ""), loss, num_examples, metrics))
 
 
 def budget_reply(head: str, *, props: dict[str, Any] | None = None) -> RecordDict:
@@ -197,7 +197,7 @@ BLOCKED: dict[str, tuple[str, Callable[..., RecordDict], str]] = {
         "train", lambda w, h, t: fit_reply(w, h, metrics=_fit_metrics(h, **{f"{PSEUDONYM}_tcs_probability": 0.93})),
         f"metric '{PSEUDONYM}_tcs_probability' is not on the whitelist"),
     "per-patient value in an evaluate reply": (
-        "evaluate", lambda w, h, t: evaluate_reply(metrics={"accuracy": 0.75, KEY_SITE_ID: SITE, f"loss_{PSEUDONYM}": 2.3}),
+        "evaluate", lambda w, h, t: evaluate_reply(metrics={"cm_0_0": 0.75, KEY_SITE_ID: SITE, f"loss_{PSEUDONYM}": 2.3}),
         f"metric 'loss_{PSEUDONYM}' is not on the whitelist"),
     "pseudonym as a whitelisted metric's value": (
         "train", lambda w, h, t: fit_reply(w, h, metrics=_fit_metrics(h, epsilon_spent=PSEUDONYM)),
@@ -212,8 +212,11 @@ BLOCKED: dict[str, tuple[str, Callable[..., RecordDict], str]] = {
         "get_properties", lambda w, h, t: budget_reply(h, props={KEY_ACCEPTS: 1, KEY_VERSION: PSEUDONYM}),
         f"text {KEY_VERSION} is not this site's semiofed version"),
     "boolean metric": (
-        "train", lambda w, h, t: fit_reply(w, h, metrics=_fit_metrics(h, clipped_fraction=True)),
-        "metric clipped_fraction is not a number"),
+        "train", lambda w, h, t: fit_reply(w, h, metrics=_fit_metrics(h, steps=True)),
+        "metric steps is not a number"),
+    "the share of clipped gradients (a statistic of private gradients)": (
+        "train", lambda w, h, t: fit_reply(w, h, metrics=_fit_metrics(h, clipped_fraction=0.4)),
+        "metric 'clipped_fraction' is not on the whitelist"),
     "the server's config echoed back": (
         "train", lambda w, h, t: fit_reply(w, h, metrics=_fit_metrics(h, **SERVER_FIT_CONFIG)),
         f"metric '{CFG_ROUND}' is not on the whitelist; metric '{CFG_RUN_ID}' is not on the whitelist"),
@@ -231,7 +234,13 @@ BLOCKED: dict[str, tuple[str, Callable[..., RecordDict], str]] = {
     "an oversized metric value": (
         "train", lambda w, h, t: fit_reply(w, h, metrics=_fit_metrics(h, seconds=3.2e9)),
         "metric seconds is not finite or out of range"),
-    "an infinite loss": ("evaluate", lambda w, h, t: evaluate_reply(loss=float("inf")), "metric loss is not finite or out of range"),
+    "an exact loss next to the release": ("evaluate", lambda w, h, t: evaluate_reply(loss=0.61),
+                                          "an evaluation reply carries a loss or an example count"),
+    "the held-out seizure count next to the release": ("evaluate", lambda w, h, t: evaluate_reply(num_examples=8),
+                                                       "an evaluation reply carries a loss or an example count"),
+    "an exact accuracy next to the release": (
+        "evaluate", lambda w, h, t: evaluate_reply(metrics={"cm_0_0": 0.75, "accuracy": 0.8, KEY_SITE_ID: SITE}),
+        "metric 'accuracy' is not on the whitelist"),
     "an oversized decline reason": (
         "get_properties", lambda w, h, t: budget_reply(h, props={KEY_ACCEPTS: 0, KEY_DECLINE_REASON: "x" * 2000}),
         f"text {KEY_DECLINE_REASON} is not a short string"),
@@ -253,7 +262,7 @@ BLOCKED: dict[str, tuple[str, Callable[..., RecordDict], str]] = {
         "get_properties", lambda w, h, t: budget_reply(h, props={KEY_ACCEPTS: 1, KEY_LEDGER_HEAD: PSEUDONYM}),
         f"text {KEY_LEDGER_HEAD} is not JSON"),
     "a site id that is not the site's": (
-        "evaluate", lambda w, h, t: evaluate_reply(metrics={"accuracy": 0.75, KEY_SITE_ID: "hospital-b"}),
+        "evaluate", lambda w, h, t: evaluate_reply(metrics={"cm_0_0": 0.75, KEY_SITE_ID: "hospital-b"}),
         f"text {KEY_SITE_ID} is not this site's id"),
     "an unknown message type": ("query", lambda w, h, t: budget_reply(h), "message type 'query' may not leave the site"),
 }

@@ -24,6 +24,7 @@ from dp_synthetic import populate
 from semiofed.client.training import federated_round as federated_training
 from semiofed.client.federation.client_app import egress_spec
 from semiofed.client.federation.egress import check_reply
+from semiofed.client.training.site_split import FOLDS_FILE
 from semiofed.client.training.federated_round import (
     RUNS_DIR,
     RoundDeclined,
@@ -73,8 +74,10 @@ def global_weights(config: FederationConfig = SMALL) -> list[np.ndarray]:
 
 
 def snapshot(site) -> dict[str, bytes]:
-    """Every byte of the site's privacy state: ledger, accountant, per-run noise choices."""
-    files = [site.layout.ledger_file, *sorted(p for p in site.layout.privacy_dir.rglob("*") if p.is_file())]
+    """Every byte of the site's privacy state: ledger, accountant, per-run noise choices (not the site's fold
+    placement, which SiteTask writes when it first sees a patient: it spends nothing)."""
+    files = [site.layout.ledger_file, *sorted(p for p in site.layout.privacy_dir.rglob("*")
+                                              if p.is_file() and p.name != FOLDS_FILE)]
     return {str(p.relative_to(site.layout.root)): p.read_bytes() for p in files}
 
 
@@ -170,21 +173,19 @@ def test_fit_appends_one_ledger_entry_that_verifies(tmp_path):
     assert check_reply("train", reply, egress_spec(None, config=ASKED, settings=SiteSettings(site.layout.root))) == []
 
 
-def test_evaluate_returns_only_whitelisted_metrics(tmp_path):
+def test_evaluate_releases_only_the_charged_vector(tmp_path):
     site = make_site(tmp_path, "hospital-a")
-    before = snapshot(site)
-    task = SiteTask(SiteSettings(site.layout.root), SMALL)
+    task = SiteTask(SiteSettings(site.layout.root), ASKED)
 
-    loss, n, metrics = task.evaluate(global_weights())
+    metrics = task.evaluate(global_weights(), run_id="run-1", round=2)
 
-    assert set(metrics) <= set(EVAL_METRICS)
-    assert {"accuracy", "balanced_accuracy", "auroc", "loss", "tp", "fn", "fp", "tn"} <= set(metrics)  # binary task
+    assert set(metrics) <= set(EVAL_METRICS) and metrics["evaluation_release"] == 1.0
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
-    assert n == sum(len(p.seizures) for p in task.test) and metrics["test_patients"] == len(task.test)
-    assert metrics["tp"] + metrics["fn"] + metrics["fp"] + metrics["tn"] == n
-    assert loss == metrics["loss"]
-    assert snapshot(site) == before  # evaluation spends nothing and records nothing
-    reply = evaluateres_to_recorddict(EvaluateRes(Status(Code.OK, ""), loss, n, {**metrics, KEY_SITE_ID: "hospital-a"}))
+    (entry,) = read_entries(site.layout.ledger_file)  # one signed release, charged like a training step
+    assert entry["kind"] == "evaluation" and entry["run_id"] == "run-1" and entry["round"] == 2
+    assert (entry["noise_multiplier"], entry["sample_rate"], entry["steps"]) == (5.0, 1.0, 1)
+    assert verify_ledger(site.layout.ledger_file, load_public_key(site.layout.public_key)).ok
+    reply = evaluateres_to_recorddict(EvaluateRes(Status(Code.OK, ""), 0.0, 0, {**metrics, KEY_SITE_ID: "hospital-a"}))
     assert check_reply("evaluate", reply, egress_spec(None, config=SMALL, settings=SiteSettings(site.layout.root))) == []
 
 
@@ -257,3 +258,28 @@ def test_sites_run_epsilon_caps_a_run_with_coordinator_chosen_noise(tmp_path):
         with pytest.raises(RoundDeclined):
             task.fit(global_weights(), run_id="run-1", round=1)
     assert snapshot(site) == before
+
+
+def test_many_runs_share_one_run_epsilon_allowance_per_window(tmp_path):
+    """`--run-epsilon` is per window, not per run id: a coordinator that starts run after run gets no new allowance."""
+    import time as _time
+
+    site = make_site(tmp_path, "hospital-a")
+    probe = SiteTask(SiteSettings(site.layout.root), ASKED)
+    one_round = _epsilon_of([(SIGMA, probe.sample_rate, probe.steps_per_round)], site.policy.target_delta)
+    cap = 1.1 * one_round  # room for one round, not two (two compose to about 1.4 times one)
+    settings = SiteSettings(site.layout.root, run_epsilon=cap)
+    first = SiteTask(settings, replace(ASKED, evaluate_every=0))
+    first.fit(global_weights(), run_id="run-1", round=1)
+    before = snapshot(site)
+    # a second run, then a third: each would fit a per-run cap, together they do not
+    for run_id in ("run-2", "run-3"):
+        with pytest.raises(RoundDeclined, match="window"):
+            SiteTask(settings, ASKED).fit(global_weights(), run_id=run_id, round=1)
+    assert [e["run_id"] for e in read_entries(site.layout.ledger_file)] == ["run-1"]
+    assert {k: v for k, v in snapshot(site).items() if RUNS_DIR not in k} == {k: v for k, v in before.items() if RUNS_DIR not in k}
+    # once the window has moved past the first run's release, the allowance is there again
+    short = SiteSettings(site.layout.root, run_epsilon=cap, run_window_days=1.0 / 86400)
+    _time.sleep(2.1)
+    SiteTask(short, ASKED).fit(global_weights(), run_id="run-4", round=1)
+    assert [e["run_id"] for e in read_entries(site.layout.ledger_file)] == ["run-1", "run-4"]

@@ -110,7 +110,11 @@ def _check_ledgers(fed: Federation, run: dict) -> None:
         trained = [r["round"] for r in run["rounds"] if site.site_id in r["fit"]]
         entries = [e for e in fed.ledger(site) if e["run_id"] == run["run_id"]]
         # one signed entry per round the site trained; a declined round leaves the ledger as it was
-        assert [e["round"] for e in entries] == trained, site.site_id
+        assert [e["round"] for e in entries if e["kind"] == "federated"] == trained, site.site_id
+        # and one per evaluation it released (the last round only, by default), charged like the training
+        last = max(r["round"] for r in run["rounds"])
+        evaluated = [last] if site.site_id in next(r for r in run["rounds"] if r["round"] == last)["evaluate"] else []
+        assert [e["round"] for e in entries if e["kind"] == "evaluation"] == evaluated, site.site_id
 
 
 @pytest.mark.slow
@@ -155,9 +159,10 @@ def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
     all_sites = {s.site_id for s in fed.sites}
     for r in run["rounds"]:
         assert set(r["budget"]) <= all_sites, "a site that is not enrolled took part"
-        # only the sites that trained the round evaluate it: the one out of budget is asked nothing more
-        assert set(r["evaluate"]) == _sites_in(run, r["round"], "fit")
-        assert all("balanced_accuracy" in m for m in r["evaluate"].values())
+        # only the last round is evaluated, and only by the sites that trained it: the one out of budget is asked
+        # nothing more
+        assert set(r["evaluate"]) == (_sites_in(run, r["round"], "fit") if r["round"] == 2 else set())
+        assert all("balanced_accuracy" in m and m["evaluation_release"] == 1.0 for m in r["evaluate"].values())
         assert all(v["ledger_head_verified"] is True for v in r["budget"].values())
     # site-2 can afford one round in its life: it trains at most once, then declines, and the run goes on
     declined = [r["round"] for r in run["rounds"] if "site-2" in r["declined"]]

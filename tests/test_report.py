@@ -31,8 +31,8 @@ def sample_report() -> dict:
     """A report with the structure server/demo.py writes: 2 sites, 2 rounds, one declined round."""
     rng = np.random.default_rng(0)
     sites = ["site-a", "site-b"]
-    evaluate = {s: {"balanced_accuracy": 0.6, "auroc": 0.7, "num_examples": 4} for s in sites}
-    rounds = [{"round": r, "evaluate": evaluate, "aggregate": {"balanced_accuracy": 0.6 + 0.1 * r, "auroc_mean": 0.7},
+    evaluate = {s: {"balanced_accuracy": 0.6, "accuracy": 0.7, "patients": 4.2} for s in sites}
+    rounds = [{"round": r, "evaluate": evaluate, "aggregate": {"balanced_accuracy": 0.6 + 0.1 * r, "accuracy": 0.7},
                "fit": {s: {"epsilon_spent": 1.0 * r} for s in sites},
                "declined": {"site-b": "training refused before any step: ... above this site's maximum"} if r == 2 else {}}
               for r in (1, 2)]

@@ -23,7 +23,6 @@ from semiofed.common.learning.weights import get_weights
 from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.federation.run_config import FederationConfig
 from semiofed.server.federation.server_app import secure_fit_workflow
-from semiofed.server.federation.strategy import pooled_metrics
 
 CONFIG = FederationConfig(temporal="attn", hidden=8, embed_dim=8, n_segments=4, stcnn_dim=16, rounds=1, min_sites=3,
                           round_timeout=120.0)
@@ -126,36 +125,3 @@ def test_secaggplus_aggregate_is_the_weighted_mean():
         assert all(np.allclose(p, a, rtol=0, atol=1e-9) for p, a in zip(params, aggregate))
         for update in updates:
             assert max(float(np.abs(p - u).max()) for p, u in zip(params, update)) > 0.1
-
-
-def test_pooled_metrics_weights_by_seizures_and_pools_the_confusion_counts():
-    per_site = {
-        "hospital-a": {"num_examples": 10, "loss": 0.5, "accuracy": 0.8, "balanced_accuracy": 0.75, "f1_macro": 0.7,
-                       "auroc": 0.9, "ece": 0.1, "tp": 3.0, "fn": 1.0, "fp": 1.0, "tn": 5.0},
-        # AUROC undefined at this site (one class in its test set): reported as -1, left out of the mean
-        "hospital-b": {"num_examples": 30, "loss": 0.3, "accuracy": 0.6, "balanced_accuracy": 0.55, "f1_macro": 0.5,
-                       "auroc": -1.0, "ece": 0.2, "tp": 10.0, "fn": 5.0, "fp": 3.0, "tn": 12.0},
-    }
-    out = pooled_metrics(per_site)
-
-    assert out["num_examples"] == 40 and out["sites"] == 2
-    assert out["loss"] == pytest.approx((0.5 * 10 + 0.3 * 30) / 40)
-    assert out["ece"] == pytest.approx((0.1 * 10 + 0.2 * 30) / 40)
-    assert out["f1_macro_mean"] == pytest.approx((0.7 * 10 + 0.5 * 30) / 40)
-    assert out["auroc_mean"] == pytest.approx(0.9)
-    # accuracy and balanced accuracy come from the pooled matrix, not from the sites' own figures
-    tp, fn, fp, tn = 13.0, 6.0, 4.0, 17.0
-    assert (out["tp"], out["fn"], out["fp"], out["tn"]) == (tp, fn, fp, tn)
-    assert out["accuracy"] == pytest.approx((tp + tn) / 40)
-    assert out["sensitivity"] == pytest.approx(tp / (tp + fn)) and out["specificity"] == pytest.approx(tn / (tn + fp))
-    assert out["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
-
-
-def test_pooled_metrics_without_confusion_counts_or_sites():
-    assert pooled_metrics({}) == {}
-    multiclass = {"a": {"num_examples": 4, "accuracy": 0.5, "balanced_accuracy": 0.4},
-                  "b": {"num_examples": 12, "accuracy": 0.75, "balanced_accuracy": 0.6}}
-    out = pooled_metrics(multiclass)
-    assert out["accuracy"] == pytest.approx((0.5 * 4 + 0.75 * 12) / 16)
-    assert out["balanced_accuracy"] == pytest.approx((0.4 * 4 + 0.6 * 12) / 16)
-    assert "sensitivity" not in out and "tp" not in out

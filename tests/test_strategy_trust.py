@@ -68,7 +68,7 @@ def federation(tmp_path: Path):
     sites = {name: init_site(tmp_path / name, name) for name in ("hospital_a", "hospital_b", "hospital_c")}
     for name, site in sites.items():  # enrolled: the coordinator holds each site's public key
         shutil.copy(site.layout.public_key, keys / f"{name}.pub")
-    config = FederationConfig(min_sites=1, site_keys_dir=str(keys), secure_aggregation=False)
+    config = FederationConfig(min_sites=1, site_keys_dir=str(keys), secure_aggregation=False, evaluate_every=1)
     strategy = SiteAwareStrategy(build_inner_strategy(config, ndarrays_to_parameters([np.zeros(2, np.float32)])),
                                  config, RunLog(tmp_path / "run", run_id="r1", config={}), run_id="r1",
                                  save_checkpoint=lambda *a: "")
@@ -97,7 +97,7 @@ def test_a_reply_is_booked_to_the_site_its_node_enrolled_as(federation):
     node = FakeSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})
     manager = Manager([node])
     strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager)
-    reply = EvaluateRes(Status(Code.OK, ""), 0.5, 3, {KEY_SITE_ID: "hospital_b", "accuracy": 1.0})
+    reply = EvaluateRes(Status(Code.OK, ""), 0.0, 0, {KEY_SITE_ID: "hospital_b", "cm_0_0": 1.0, "cm_1_1": 1.0})
     strategy.aggregate_evaluate(1, [(node, reply)], [])
     assert set(strategy.run_log.data["rounds"][-1]["evaluate"]) == {"hospital_a"}  # not hospital_b, as it claimed
 
@@ -108,3 +108,18 @@ def test_when_no_round_could_run_no_site_is_evaluated(federation):
                                       KEY_LEDGER_HEAD: _head(sites["hospital_a"])})])
     assert strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager) == []
     assert strategy.configure_evaluate(1, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager) == []
+
+
+def test_only_the_rounds_the_run_evaluates_ask_the_sites(tmp_path, federation):
+    _, sites = federation
+    config = FederationConfig(min_sites=1, rounds=3, site_keys_dir=federation[0].config.site_keys_dir,
+                              secure_aggregation=False)  # evaluate-every 0: the last round only
+    strategy = SiteAwareStrategy(build_inner_strategy(config, ndarrays_to_parameters([np.zeros(2, np.float32)])),
+                                 config, RunLog(tmp_path / "run-2", run_id="r2", config={}), run_id="r2",
+                                 save_checkpoint=lambda *a: "")
+    manager = Manager([FakeSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})])
+    asked = {}
+    for round_ in (1, 2, 3):
+        strategy.configure_fit(round_, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager)
+        asked[round_] = [p.cid for p, _ in strategy.configure_evaluate(round_, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager)]
+    assert asked == {1: [], 2: [], 3: ["1"]}

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 NODE_SITE_DIR = "site-dir"
 NODE_RUN_EPSILON = "run-epsilon"
+NODE_RUN_WINDOW = "run-window-days"
 
 
 def site_settings(node_config: dict[str, Any]) -> Any:
@@ -60,7 +61,8 @@ def site_settings(node_config: dict[str, Any]) -> Any:
 
     if NODE_SITE_DIR not in node_config:
         raise SemiofedError("this SuperNode has no site directory", 'start it with `semiofed site join --site-dir DIR` (node config site-dir="DIR")')
-    return SiteSettings(site_dir=Path(str(node_config[NODE_SITE_DIR])), run_epsilon=float(node_config.get(NODE_RUN_EPSILON, 0.0)))
+    return SiteSettings(site_dir=Path(str(node_config[NODE_SITE_DIR])), run_epsilon=float(node_config.get(NODE_RUN_EPSILON, 0.0)),
+                        run_window_days=float(node_config.get(NODE_RUN_WINDOW, SiteSettings.run_window_days)))
 
 
 def run_config(context: Context) -> FederationConfig:
@@ -119,10 +121,18 @@ class SiteClient(Client):
         return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, {**metrics, **self._identity(task)})
 
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
-        """Evaluate the global model on this site's held-out patients."""
-        task = self._task()
-        loss, n, metrics = task.evaluate(parameters_to_ndarrays(ins.parameters))
-        return EvaluateRes(Status(Code.OK, ""), loss, n, {**metrics, KEY_SITE_ID: task.site.site_id})
+        """Evaluate the global model on this site's held-out patients: the one release of
+        common/federation/evaluation.py (no loss, no example count), or a decline with the site's reason."""
+        from semiofed.client.training.federated_round import RoundDeclined
+
+        round_ = int(ins.config.get(CFG_ROUND, 0))
+        try:
+            task = self._task()
+            metrics = task.evaluate(parameters_to_ndarrays(ins.parameters), run_id=self.run_id, round=round_)
+        except RoundDeclined as exc:
+            log.warning("%s", exc)
+            return EvaluateRes(Status(Code.EVALUATE_NOT_IMPLEMENTED, f"declined: {str(exc)[:900]}"), 0.0, 0, {})
+        return EvaluateRes(Status(Code.OK, ""), 0.0, 0, {**metrics, KEY_SITE_ID: task.site.site_id})
 
 
 @lru_cache(maxsize=4)
@@ -154,32 +164,47 @@ def client_fn(context: Context) -> Client:
 
 
 class SecureAggregationRefused(RuntimeError):
-    """A distributed-DP run asked this site for an update that SecAgg+ would not hide among enough sites."""
+    """The coordinator asked for an update that SecAgg+ would not hide as the site's policy requires."""
 
 
 def distributed_dp_problem(msg: Any, config: FederationConfig, settings: Any) -> str | None:
-    """Why this train message must not be answered in a distributed-DP run, or None.
+    """Why this train message must not be answered under the site's SecAgg+ rules, or None.
 
-    In such a run the site's update carries only part of the noise, so it may leave only masked by SecAgg+ and
-    only in a sum of at least the site's own K sites: the Shamir threshold this site uses for its own secrets
-    (which the coordinator sets in the setup stage) must be at least K, so no sum of fewer sites can be unmasked.
+    A distributed-DP update carries only part of the noise, so it may leave only masked by SecAgg+ and only in a
+    sum of at least the site's own K sites: the Shamir threshold the coordinator sets in the setup stage must be at
+    least K. A site whose policy requires SecAgg+ refuses a plain train message and a threshold below its minimum.
+    Every site refuses an unmask stage naming a node both alive and dropped: the coordinator would get both of that
+    node's secrets and could unmask its update alone.
     """
-    if not config.distributed:
-        return None
     from semiofed.client.site import SiteLayout
     from semiofed.common.privacy.policy import load_policy
 
-    sites = load_policy(SiteLayout(Path(settings.site_dir)).policy_file).distributed_dp_sites
-    if not sites:
-        return "this site takes part in local-DP runs only (its policy's distributed_dp_sites is 0)"
-    if SECAGG_CONFIGS not in msg.content.config_records:
-        return "a distributed-DP update may leave this site only masked by SecAgg+, and this train message has no SecAgg+"
-    configs = msg.content.config_records[SECAGG_CONFIGS]
-    if configs.get(SecAggKey.STAGE) == SecAggStage.SETUP:
+    policy = load_policy(SiteLayout(Path(settings.site_dir)).policy_file)
+    least = 0
+    if config.distributed:
+        if not policy.distributed_dp_sites:
+            return "this site takes part in local-DP runs only (its policy's distributed_dp_sites is 0)"
+        least = policy.distributed_dp_sites
+    if policy.require_secure_aggregation:
+        least = max(least, policy.min_secure_aggregation_threshold)
+    configs = msg.content.config_records.get(SECAGG_CONFIGS)
+    if configs is None:
+        if config.distributed:
+            return "a distributed-DP update may leave this site only masked by SecAgg+, and this train message has no SecAgg+"
+        if policy.require_secure_aggregation:
+            return "this site's policy lets an update leave only masked by SecAgg+, and this train message has no SecAgg+"
+        return None
+    stage = configs.get(SecAggKey.STAGE)
+    if stage == SecAggStage.SETUP and least:
         threshold = configs.get(SecAggKey.THRESHOLD)
-        if not isinstance(threshold, int) or threshold < sites:
-            return (f"the SecAgg+ reconstruction threshold is {threshold}: a sum of fewer than the {sites} sites this "
-                    "site's distributed DP needs could be unmasked")
+        if not isinstance(threshold, int) or threshold < least:
+            return (f"the SecAgg+ reconstruction threshold is {threshold}: a sum of fewer than the {least} sites this "
+                    "site's policy needs could be unmasked")
+    if stage == SecAggStage.UNMASK:
+        alive = set(configs.get(SecAggKey.ACTIVE_NODE_ID_LIST, []) or [])
+        dropped = set(configs.get(SecAggKey.DEAD_NODE_ID_LIST, []) or [])
+        if alive & dropped or msg.metadata.dst_node_id in dropped:
+            return "the unmask stage names a node both alive and dropped (or this site as dropped): its update would be unmasked"
     return None
 
 
@@ -193,8 +218,8 @@ def make_secure_aggregation_mod(run_of: Callable[[Context], tuple[FederationConf
         if msg.metadata.message_type == "train":
             problem = distributed_dp_problem(msg, *run_of(context))
             if problem is not None:
-                log.error("refused a distributed-DP train message: %s", problem)
-                raise SecureAggregationRefused(f"distributed DP refused: {problem}")
+                log.error("refused a train message: %s", problem)
+                raise SecureAggregationRefused(f"secure aggregation refused: {problem}")
             if SECAGG_CONFIGS in msg.content.config_records:
                 return secaggplus_mod(msg, context, call_next)
         return call_next(msg, context)

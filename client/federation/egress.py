@@ -182,7 +182,9 @@ def _decoded_problems(message_type: str, content: Any, spec: EgressSpec) -> list
         count, status = res.num_examples, res.status
     elif message_type == MSG_EVALUATE:
         res = compat.recorddict_to_evaluateres(content)
-        problems += _scalar_problems("loss", res.loss)
+        # the evaluation's one release is its metrics vector: the loss and the count of held-out seizures stay here
+        if res.loss != 0.0 or res.num_examples != 0:
+            problems.append("an evaluation reply carries a loss or an example count (only the release vector may leave)")
         problems += _metric_problems(res.metrics, EVAL_METRICS, spec)
         count, status = res.num_examples, res.status
     else:

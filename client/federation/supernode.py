@@ -8,6 +8,7 @@ site's runtime secret (keys/runtime.secret, owner-only)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -58,11 +59,11 @@ def check_ca(path: Path) -> Path:
 
 
 def supernode_command(site: Site, *, superlink: str, ca: Path, clientapp_port: int, run_epsilon: float = 0.0,
-                      secret_file: Path | None = None) -> list[str]:
+                      run_window_days: float = 30.0, secret_file: Path | None = None) -> list[str]:
     """The flower-supernode command line for this site (process isolation: the site worker runs each message)."""
     node_config = f'site-dir="{site.layout.root.resolve()}"'
     if run_epsilon > 0:
-        node_config += f" run-epsilon={float(run_epsilon)}"
+        node_config += f" run-epsilon={float(run_epsilon)} run-window-days={float(run_window_days)}"
     return [
         processes.flower_bin("flower-supernode"),
         "--superlink", check_superlink_address(superlink),
@@ -75,34 +76,46 @@ def supernode_command(site: Site, *, superlink: str, ca: Path, clientapp_port: i
 
 
 def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = DEFAULT_RUNTIME_PORT, run_epsilon: float = 0.0,
-         background: bool = False) -> int:
+         run_window_days: float = 30.0, background: bool = False) -> int:
     """Start this site's worker and SuperNode: in the foreground (a service) or detached with a pid file;
     returns the pid or exit code."""
-    import subprocess
-
     from semiofed.client.federation import worker
 
     site = open_site(site_dir)
-    if processes.is_running(processes.read_pid(site.layout.root / PID_FILE), expect=WORKER):
+    if _worker_running(processes.read_pid(site.layout.root / PID_FILE)):
         raise SemiofedError(f"site {site.site_id} already runs a SuperNode (pid file {site.layout.root / PID_FILE})",
                             "stop it with `semiofed site leave --site-dir DIR` first")
     check_superlink_address(superlink)
     check_ca(ca)
+    if not run_window_days > 0:
+        raise SemiofedError(f"--run-window-days {run_window_days} is not positive", "give the window in days, e.g. 30")
     if not processes.port_free("127.0.0.1", clientapp_port):
         if clientapp_port != DEFAULT_RUNTIME_PORT:
             raise SemiofedError(f"local port {clientapp_port} (the SuperNode's Runtime API) is in use",
                                 "choose another --clientapp-port, or leave it out to take a free one")
         clientapp_port = processes.free_port("127.0.0.1")  # another site's SuperNode on this machine (a trial) has 9094
     supernode_key(site)
-    command = worker.command(site.layout.root, superlink=superlink, ca=ca, runtime_port=clientapp_port, run_epsilon=run_epsilon)
     if background:
+        command = worker.command(site.layout.root, superlink=superlink, ca=ca, runtime_port=clientapp_port,
+                                 run_epsilon=run_epsilon, run_window_days=run_window_days)
         return processes.start_detached(command, log_file=site.layout.root / "logs" / LOG_FILE,
                                         pid_file=site.layout.root / PID_FILE)
-    return subprocess.call(command, env=processes.flower_env())
+    # in the foreground (a service): this process is the worker, and SIGINT or SIGTERM stops it and its SuperNode
+    write_bytes_atomic(site.layout.root / PID_FILE, f"{os.getpid()}\n".encode(), mode=0o644)
+    try:
+        return worker.run(site.layout.root, superlink=superlink, ca=ca, runtime_port=clientapp_port, run_epsilon=run_epsilon,
+                          run_window_days=run_window_days)
+    finally:
+        (site.layout.root / PID_FILE).unlink(missing_ok=True)
 
 
 def leave(site_dir: Path) -> bool:
     """Stop the site's background SuperNode; True if one was running."""
     site = open_site(site_dir)
     pid = processes.read_pid(site.layout.root / PID_FILE)
-    return processes.stop(pid) if processes.is_running(pid, expect=WORKER) else False
+    return processes.stop(pid) if processes.is_running(pid, expect=WORKER) else False  # a foreground one: its service manager
+
+
+def _worker_running(pid: int | None) -> bool:
+    """The site's worker runs: detached (`python -m ...worker`) or in the foreground (`semiofed site join`)."""
+    return processes.is_running(pid, expect=WORKER) or processes.is_running(pid, expect="join")

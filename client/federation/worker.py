@@ -78,8 +78,13 @@ def runtime_secret(keys_dir: Path) -> Path:
     return path
 
 
-class TaskCancelled(Exception):
-    """The SuperNode cancelled the running task (its heartbeat was refused)."""
+def _retry_invoker() -> Any:
+    """Retry transport errors briefly; an HTTP error answer is final (Flower's own invoker SIGINTs the process on a
+    401, which would stop the whole worker for one stale task token)."""
+    import httpx
+    from flwr.supercore.retry import RetryInvoker, exponential
+
+    return RetryInvoker(lambda: exponential(max_delay=2.0), httpx.TransportError, max_tries=6, max_time=30.0)
 
 
 class SiteWorker:
@@ -95,7 +100,6 @@ class SiteWorker:
 
     def _client(self, token: str | None = None) -> Any:
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
-        from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
 
         if token is None:
@@ -106,7 +110,7 @@ class SiteWorker:
         else:
             interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)]
         return RuntimeHttpClient.from_server_address(server_address=self.runtime_address, insecure=True, root_certificates=None,
-                                                     interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+                                                     interceptors=interceptors, retry_invoker=_retry_invoker())
 
     def serve(self, stop: threading.Event) -> None:
         """Take and run tasks until `stop` is set."""
@@ -201,7 +205,8 @@ def _wait_listening(host: str, port: int, supernode: subprocess.Popen, timeout: 
     raise SystemExit(f"the SuperNode's Runtime API did not listen on {host}:{port} within {timeout:.0f} s")
 
 
-def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0) -> int:
+def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0,
+        run_window_days: float = 30.0) -> int:
     """Start the site's SuperNode (process isolation) and serve its tasks until either stops; returns an exit code."""
     from semiofed.client.federation.supernode import supernode_command
     from semiofed.client.site import open_site
@@ -210,7 +215,7 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
     site = open_site(site_dir)
     secret_file = runtime_secret(site.layout.keys_dir)
     command = supernode_command(site, superlink=superlink, ca=ca, clientapp_port=runtime_port, run_epsilon=run_epsilon,
-                                secret_file=secret_file)
+                                run_window_days=run_window_days, secret_file=secret_file)
     stop = threading.Event()
     supernode = subprocess.Popen(command, env=processes.flower_env())
 
@@ -245,10 +250,12 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
     return 0 if supernode.returncode in (0, -signal.SIGTERM) else int(supernode.returncode or 1)
 
 
-def command(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0) -> list[str]:
+def command(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0,
+            run_window_days: float = 30.0) -> list[str]:
     """The command line that runs the worker (and its SuperNode) for a site."""
     return [sys.executable, "-m", __name__, "--site-dir", str(Path(site_dir).resolve()), "--superlink", superlink,
-            "--ca", str(Path(ca).resolve()), "--runtime-port", str(runtime_port), "--run-epsilon", repr(float(run_epsilon))]
+            "--ca", str(Path(ca).resolve()), "--runtime-port", str(runtime_port), "--run-epsilon", repr(float(run_epsilon)),
+            "--run-window-days", repr(float(run_window_days))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ca", required=True, type=Path)
     parser.add_argument("--runtime-port", required=True, type=int)
     parser.add_argument("--run-epsilon", type=float, default=0.0)
+    parser.add_argument("--run-window-days", type=float, default=30.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -265,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(args.site_dir, superlink=args.superlink, ca=args.ca, runtime_port=args.runtime_port,
-                   run_epsilon=args.run_epsilon)
+                   run_epsilon=args.run_epsilon, run_window_days=args.run_window_days)
     except SemiofedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

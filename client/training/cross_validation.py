@@ -166,7 +166,7 @@ def cross_validate(
     plan = [(base.sample_rate(len(train)), base.steps(len(train))) for train, _, _ in splits]
     options.class_weights_for(splits[0][0])  # a wrong number of weights is refused before the budget is touched
 
-    accountant = SiteAccountant(site.layout.privacy_dir, policy) if options.dp else None
+    accountant = site.privacy.accountant() if options.dp else None  # never behind the signed ledger
     sigma: float | None = None
     before = planned = None
     if accountant is not None:

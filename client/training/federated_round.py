@@ -22,20 +22,22 @@ from typing import Any, Sequence
 import numpy as np
 
 from semiofed.client.site import Site, open_site
-from semiofed.client.training.local import common_extractor, group_patients, load_site_records, split_patients
+from semiofed.client.training.federated_evaluation import count_evaluation, evaluations_so_far, gaussian_noise, release_vector
+from semiofed.client.training.site_split import split_site_patients
+from semiofed.client.training.local import common_extractor, group_patients, load_site_records
 from semiofed.common.constants import needs_stcnn
 from semiofed.common.errors import SemiofedError
 from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.files import make_private_dir, write_json_atomic
-from semiofed.common.learning.calibration import fit_temperature
+from semiofed.common.federation.evaluation import KEY_NOISE, KEY_RELEASE, RELEASE_CODES, to_metrics
 from semiofed.common.learning.classifier import SeizureClassifier, build_classifier, classifier_config
-from semiofed.common.learning.metrics import classification_report, softmax
-from semiofed.common.learning.trainer import TrainConfig, Trainer, predict_logits
+from semiofed.common.learning.trainer import TrainConfig, Trainer
 from semiofed.common.learning.weights import get_weights, set_weights
-from semiofed.common.privacy.accountant import PlannedRun, PrivacyBudgetError, SiteAccountant
-from semiofed.common.privacy.budgeted_run import budgeted_run
+from semiofed.common.privacy.accountant import PlannedRun, PrivacyBudgetError, SiteAccountant, release_epsilon
+from semiofed.common.privacy.budgeted_run import budget_lock, budgeted_run
 from semiofed.common.privacy.keys import load_site_private_key
-from semiofed.common.privacy.ledger import KIND_FEDERATED
+from semiofed.common.privacy.ledger import KIND_EVALUATION, KIND_FEDERATED
+from semiofed.common.privacy.policy import EVALUATION_EXACT, EVALUATION_NONE, EVALUATION_NOISY
 from semiofed.common.privacy.ledger_writer import ledger_head
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,12 @@ class SiteSettings:
     """Site-only settings (from the SuperNode's --node-config); never sent by the server."""
 
     site_dir: Path
-    # the most this site spends in one federated run; 0: whatever its policy has left
+    # the most this site spends on federated runs in any window of `run_window_days` (all its releases in that
+    # window count, however many runs they belong to); 0: whatever its policy has left
     run_epsilon: float = 0.0
+    run_window_days: float = 30.0
+    # another placement of the site's patients in its own folds (client/training/site_split.py); site-only
+    split_seed: int = 0
 
 
 class SiteTask:
@@ -87,8 +93,10 @@ class SiteTask:
                         config.folds)
             raise RoundDeclined(f"site {self.site.site_id} has fewer patients than the run's {config.folds} folds",
                                 "prepare more records, or run with fewer --folds")
-        self.train, self.validation, self.test = split_patients(patients, config.folds, config.test_fold, config.seed,
-                                                                validation=config.validation)
+        # the site's own folds (site_split.py): the coordinator's seed moves no patient
+        self.train, self.validation, self.test = split_site_patients(self.site, patients, config.folds, config.test_fold,
+                                                                     validation=config.validation,
+                                                                     split_seed=settings.split_seed)
         if config.distributed:
             # one plain SGD step of lr 1: the update is the global weights minus this site's noisy mean gradient, so
             # FedAvg's patient-weighted mean of the updates is one DP-SGD step on every site's patients together
@@ -151,8 +159,15 @@ class SiteTask:
             )
         accountant = self.accountant()
         spent = accountant.epsilon_spent()
-        caps = [policy.max_epsilon - spent] + [e for e in (self.config.site_epsilon, self.settings.run_epsilon) if e > 0]
+        caps = [policy.max_epsilon - spent]
+        if self.config.site_epsilon > 0:  # the coordinator's request: this run only
+            caps.append(self.config.site_epsilon)
+        if self.settings.run_epsilon > 0:  # the site's own cap: everything spent in the current window
+            caps.append(self.settings.run_epsilon - (spent - self.window_base()))
         allowance = min(caps)
+        # the run's noisy evaluations are set aside first: training gets what is left (a conservative sum)
+        reserve = self.evaluations_planned() * self.evaluation_epsilon()
+        allowance -= reserve
         if requested:
             sigma = requested
         else:
@@ -164,26 +179,61 @@ class SiteTask:
         write_json_atomic(path, {"run_id": run_id, "noise_multiplier": sigma, "sample_rate": self.sample_rate,
                                  "steps_per_round": self.steps_per_round, "rounds": self.config.rounds,
                                  "epsilon_before": spent, "epsilon_allowance": allowance,
+                                 "epsilon_evaluation_reserve": reserve,
                                  "chosen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         log.info("site %s: noise multiplier %.3f for run %s (%d rounds x %d steps, allowance %.3f)",
                  self.site.site_id, sigma, run_id, self.config.rounds, self.steps_per_round, allowance)
         return sigma
 
-    def run_cap(self) -> float:
-        """The most this site spends in one run (its --run-epsilon and the server's request); 0: no cap but the lifetime budget."""
-        caps = [e for e in (self.config.site_epsilon, self.settings.run_epsilon) if e > 0]
-        return min(caps) if caps else 0.0
+    def evaluations_planned(self) -> int:
+        """The noisy evaluations this run may make at this site (its schedule, capped by the site's policy)."""
+        policy = self.site.policy
+        if policy.evaluation_release != EVALUATION_NOISY:
+            return 0
+        return min(policy.max_evaluations_per_run, self.config.evaluation_rounds)
+
+    def evaluation_epsilon(self) -> float:
+        """The epsilon of one noisy evaluation on its own (Gaussian mechanism, sensitivity 1, one release)."""
+        return release_epsilon(self.evaluation_plan(), self.site.policy.target_delta)
+
+    def evaluation_plan(self) -> PlannedRun:
+        return PlannedRun(self.site.policy.evaluation_noise_multiplier, 1.0, 1)
+
+    def window_base(self) -> float:
+        """The site's cumulative epsilon just before the current `run_window_days` window (0 if it began earlier)."""
+        from datetime import datetime, timedelta, timezone
+
+        from semiofed.common.privacy.ledger import read_entries
+
+        start = datetime.now(timezone.utc) - timedelta(days=self.settings.run_window_days)
+        base = 0.0
+        for entry in read_entries(self.site.layout.ledger_file):
+            if datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")) < start:
+                base = float(entry["epsilon_cumulative"])
+        return base
 
     def check_round(self, accountant: SiteAccountant, planned: PlannedRun, run_id: str) -> float:
-        """The projected lifetime epsilon after this round; RoundDeclined/PrivacyBudgetError if the site's limits say no."""
+        """The projected lifetime epsilon after this release; RoundDeclined/PrivacyBudgetError if the site's limits say no.
+
+        Two caps besides the lifetime budget: the coordinator's `site-epsilon` for this run (from where the run
+        started), and the site's `--run-epsilon` for its current window (from where the window started, so that
+        many runs share one allowance)."""
         projected = accountant.check(planned)
-        cap = self.run_cap()
-        if cap > 0:
+        if self.config.site_epsilon > 0:
             before = float(json.loads(self._run_file(run_id).read_text(encoding="utf-8"))["epsilon_before"])
-            if projected - before > cap + EPS_SLACK:
+            if projected - before > self.config.site_epsilon + EPS_SLACK:
                 raise RoundDeclined(
                     f"this round would bring the run's spending at site {self.site.site_id} to epsilon "
-                    f"{projected - before:.3f}, above the {cap:g} the site allows one run; the site's policy wins",
+                    f"{projected - before:.3f}, above the {self.config.site_epsilon:g} the run asked for",
+                    "the run goes on with the other sites; this site's budget is unchanged",
+                )
+        if self.settings.run_epsilon > 0:
+            base = self.window_base()
+            if projected - base > self.settings.run_epsilon + EPS_SLACK:
+                raise RoundDeclined(
+                    f"this round would bring site {self.site.site_id}'s federated spending in its "
+                    f"{self.settings.run_window_days:g}-day window to epsilon {projected - base:.3f}, above the "
+                    f"{self.settings.run_epsilon:g} the site allows; the site's policy wins",
                     "the run goes on with the other sites; this site's budget is unchanged",
                 )
         return projected
@@ -258,30 +308,61 @@ class SiteTask:
             "epsilon_round": float(entry["epsilon"]),
             "epsilon_spent": spent, "epsilon_max": self.site.policy.max_epsilon, "delta": self.site.policy.target_delta,
             "noise_multiplier": sigma, "site_noise_multiplier": own_sigma, "sample_rate": self.sample_rate, "steps": float(self.steps_per_round),
-            "train_patients": float(len(self.train)), "clipped_fraction": float(last.get("clipped_fraction", 0.0)),
-            "seconds": time.monotonic() - started,
+            "train_patients": float(len(self.train)), "seconds": time.monotonic() - started,
         }
+        # the share of clipped per-patient gradients is a statistic of private gradients: it stays in the site's log
+        log.info("site %s round %d: clipped fraction %.3f", self.site.site_id, round, float(last.get("clipped_fraction", 0.0)))
         # FedAvg weights by patients, the privacy unit (not seizures: a patient's count is private)
         return new_weights, len(self.train), metrics
 
-    def evaluate(self, weights: Sequence[np.ndarray]) -> tuple[float, int, dict[str, float]]:
-        """Metrics of the global model on this site's held-out test patients; temperature fitted on validation."""
-        model = self.build_model(weights)
-        n = self.config.n_segments
-        val = [s for p in self.validation for s in p.seizures]
-        temperature = fit_temperature(predict_logits(model, val, n_segments=n), np.array([s.label for s in val])) if val else 1.0
-        test = [s for p in self.test for s in p.seizures]
-        logits = predict_logits(model, test, n_segments=n)
-        y = np.array([s.label for s in test])
-        probs = softmax(logits, temperature)
-        report = classification_report(y, probs)
-        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
-        cm = np.asarray(report["confusion_matrix"])
-        metrics = {key: float(report[key]) for key in ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece")}
-        metrics.update({"loss": loss, "temperature": float(temperature), "test_patients": float(len(self.test))})
-        if cm.shape == (2, 2):  # binary task: the confusion counts (TCS positive) for the pooled matrix
-            metrics.update({"tp": float(cm[1, 1]), "fn": float(cm[1, 0]), "fp": float(cm[0, 1]), "tn": float(cm[0, 0])})
-        return loss, len(test), {k: (v if math.isfinite(v) else -1.0) for k, v in metrics.items()}
+    def evaluate(self, weights: Sequence[np.ndarray], *, run_id: str, round: int = 0) -> dict[str, float]:
+        """The release of one evaluation of `weights` on this site's held-out patients (see federated_evaluation.py),
+        or RoundDeclined when the site's policy says no: nothing is released then and nothing is spent."""
+        policy, site_id = self.site.policy, self.site.site_id
+        if policy.evaluation_release == EVALUATION_NONE:
+            raise RoundDeclined(f"site {site_id}'s policy releases no evaluation", "the run's figures come from other sites")
+        if len(self.test) < policy.min_evaluation_patients:
+            # how many it holds stays here: the coordinator learns only that the fold is below the site's minimum
+            log.warning("site %s: %d test patients in fold %d, below the policy's %d", site_id, len(self.test),
+                        self.config.test_fold, policy.min_evaluation_patients)
+            raise RoundDeclined(f"site {site_id} holds out fewer test patients in this fold than its policy needs "
+                                "for an evaluation", "run with fewer --folds")
+        run_file = self._run_file(run_id)
+
+        def within_cap() -> None:
+            if evaluations_so_far(run_file) >= policy.max_evaluations_per_run:
+                raise RoundDeclined(f"site {site_id} has made the {policy.max_evaluations_per_run} evaluation(s) of "
+                                    f"run {run_id} its policy allows", "evaluate less often (--evaluate-every)")
+
+        within_cap()
+        vector = release_vector(self.build_model(weights), self.validation, self.test,
+                                n_segments=self.config.n_segments, n_classes=len(self.config.labels))
+        if policy.evaluation_release == EVALUATION_EXACT:  # public by the site's policy: counted, not charged
+            with budget_lock(self.site.layout.privacy_dir):
+                within_cap()
+                count_evaluation(run_file, run_id)
+            return {**to_metrics(vector, len(self.config.labels)), KEY_RELEASE: RELEASE_CODES[EVALUATION_EXACT], KEY_NOISE: 0.0}
+
+        self.noise_for_run(run_id)  # the run's cap is measured from where the run started
+        planned = self.evaluation_plan()
+
+        def check(accountant: SiteAccountant) -> None:  # under the budget lock
+            within_cap()
+            try:
+                self.check_round(accountant, planned, run_id)
+            except PrivacyBudgetError as exc:
+                raise RoundDeclined(f"site {site_id} declines to evaluate round {round}: {exc.what}",
+                                    "the run goes on with the other sites; this site's budget is unchanged") from None
+
+        self.site.privacy.check_appendable()
+        with budgeted_run(self.site.privacy, planned, kind=KIND_EVALUATION, run_id=run_id, round=round,
+                          note=f"evaluation {run_id} round {round}", check=check) as run:
+            released = vector + gaussian_noise(vector.size, planned.noise_multiplier)
+            run.step(noise_multiplier=planned.noise_multiplier, sample_rate=planned.sample_rate)
+            run.release([released])
+            count_evaluation(run_file, run_id)
+        return {**to_metrics(released, len(self.config.labels)), KEY_RELEASE: RELEASE_CODES[EVALUATION_NOISY],
+                KEY_NOISE: planned.noise_multiplier}
 
 
 def _reason(exc: SemiofedError) -> str:

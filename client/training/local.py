@@ -20,7 +20,8 @@ from semiofed.common.learning.metrics import classification_report, patient_grou
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec
 from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, balanced_class_weights, predict_logits
 from semiofed.common.learning.weights import get_weights
-from semiofed.common.privacy.accountant import PlannedRun, SiteAccountant
+from semiofed.common.privacy.accountant import PlannedRun
+from semiofed.client.training.site_split import split_site_patients
 from semiofed.common.privacy.budgeted_run import budgeted_run
 from semiofed.common.privacy.ledger import KIND_LOCAL
 from semiofed.common.privacy.policy import NEIGHBOURING_RELATION, PRIVACY_UNIT
@@ -218,8 +219,9 @@ def train_site(
     if len(patients) < options.folds:
         raise SemiofedError(f"{len(patients)} patients cannot fill {options.folds} patient folds",
                             f"use --folds {len(patients)} or fewer, or add patients")
-    train, val, test = split_patients(patients, options.folds, options.test_fold, options.seed,
-                                      validation=options.validation)
+    # the site's own folds (the same patients a federated run holds out at this seed): site_split.py
+    train, val, test = split_site_patients(site, patients, options.folds, options.test_fold,
+                                           validation=options.validation, split_seed=options.seed)
     weights = options.class_weights_for(train)
 
     config = TrainConfig(epochs=options.epochs, batch_patients=options.batch_patients, lr=options.lr,
@@ -228,7 +230,7 @@ def train_site(
     q, steps = config.sample_rate(len(train)), config.steps(len(train))
     planned: PlannedRun | None = None
     if options.dp:
-        accountant = SiteAccountant(site.layout.privacy_dir, policy)
+        accountant = site.privacy.accountant()  # never behind the signed ledger
         if options.epsilon is not None:
             sigma = accountant.noise_for(target_epsilon=options.epsilon, sample_rate=q, steps=steps)
         else:
@@ -282,7 +284,7 @@ def train_site(
 def site_budget(site_dir: Path) -> dict[str, Any]:
     """Spent and remaining epsilon of a site."""
     site = open_site(site_dir)
-    return SiteAccountant(site.layout.privacy_dir, site.policy).summary()
+    return site.privacy.accountant().summary()
 
 
 __all__ = ["LocalTrainingOptions", "TrainResult", "train_site", "site_budget", "load_site_records", "group_patients",

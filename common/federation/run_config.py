@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from semiofed.common.federation.evaluation import release_keys
 from semiofed.common.constants import OPTIMIZERS, STCNN_INPUT_PATIENT, STCNN_INPUTS, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec, parse_descriptors
@@ -45,9 +46,9 @@ KEY_VERSION = "semiofed_version"
 KEY_FEATURE_SHA = "feature_extractor_sha256"
 FIT_METRICS = ("epsilon_round", "epsilon_spent", "epsilon_max", "delta", "noise_multiplier", "site_noise_multiplier",
                "sample_rate", "steps",
-               "train_patients", "clipped_fraction", "seconds")
-EVAL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece", "loss", "temperature", "test_patients",
-                "tp", "fn", "fp", "tn")
+               "train_patients", "seconds")
+# an evaluation releases one vector per site (common/federation/evaluation.py), never metrics of its patients
+EVAL_METRICS = release_keys()
 BUDGET_METRICS = ("epsilon_spent", "epsilon_max", "epsilon_remaining", "epsilon_projected", "delta")
 # Strings a site may send, each checked by value by the egress policy.
 TEXT_KEYS = (KEY_SITE_ID, KEY_LEDGER_HEAD, KEY_DECLINE_REASON, KEY_VERSION, KEY_FEATURE_SHA)
@@ -81,6 +82,7 @@ class FederationConfig:
     test_fold: int = 0
     validation: bool = True  # False: no validation fold (temperature 1), every other patient trains
     seed: int = 0
+    evaluate_every: int = 0  # evaluate the global model every k rounds and after the last; 0: after the last only
     secure_aggregation: bool = True
     dp_mode: str = DP_LOCAL
     min_sites: int = 2
@@ -117,6 +119,8 @@ class FederationConfig:
         for name in ("lr", "round_timeout", "server_lr"):
             if not (float(getattr(self, name)) > 0 and math.isfinite(float(getattr(self, name)))):
                 raise SemiofedError(f"run config {name}={getattr(self, name)} must be a positive number")
+        if self.evaluate_every < 0:
+            raise SemiofedError(f"run config evaluate-every={self.evaluate_every} is negative", "use 0 (the last round only) or k >= 1")
         for name in ("proximal_mu", "site_epsilon", "noise_multiplier"):
             if float(getattr(self, name)) < 0:
                 raise SemiofedError(f"run config {name}={getattr(self, name)} must not be negative")
@@ -125,6 +129,15 @@ class FederationConfig:
             raise SemiofedError(f"folds={self.folds}, test_fold={self.test_fold}",
                                 f"use folds >= {least} and 0 <= test_fold < folds")
         self.model_spec  # the descriptor names are checked
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether the global model of `server_round` is evaluated at the sites."""
+        return server_round == self.rounds or (self.evaluate_every > 0 and server_round % self.evaluate_every == 0)
+
+    @property
+    def evaluation_rounds(self) -> int:
+        """How many rounds of the run are evaluated."""
+        return sum(self.evaluates(r) for r in range(1, self.rounds + 1))
 
     @property
     def distributed(self) -> bool:

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -46,12 +47,42 @@ class SitePrivacy:
     private_key: Path
 
     def accountant(self) -> SiteAccountant:
-        """The site's lifetime accountant, read from disk now (another process may have stepped it)."""
-        return SiteAccountant(self.privacy_dir, self.policy)
+        """The site's lifetime accountant, read from disk now (another process may have stepped it), and never
+        behind the signed ledger: every release the ledger records is in its history (rebuilt from the ledger
+        when accountant.json was deleted, replaced by an older copy or edited)."""
+        accountant = SiteAccountant(self.privacy_dir, self.policy)
+        missing = _ledger_releases_missing(accountant, self.ledger_file)
+        if missing:
+            log.warning("site %s: %d ledger release(s) missing from %s: the accountant is rebuilt from the signed ledger",
+                        self.site_id, len(missing), accountant.path)
+            accountant.history = accountant.history + missing
+            accountant.runs.append({"note": f"{len(missing)} release(s) restored from the signed ledger",
+                                    "restored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            accountant.save()
+        return accountant
 
     def check_appendable(self) -> None:
         """Raise LedgerError now, before any training, if the ledger could not take the next entry."""
         check_appendable(self.ledger_file, load_site_private_key(self.private_key).public_key())
+
+
+def _ledger_releases_missing(accountant: SiteAccountant, ledger_file: Path) -> list[tuple[float, float, int]]:
+    """The ledger's (sigma, q, steps) releases that the accountant's history does not hold (as a multiset)."""
+    from collections import Counter
+
+    from semiofed.common.privacy.ledger import read_entries
+
+    if not Path(ledger_file).exists():
+        return []
+    held = Counter(accountant.history)
+    missing = []
+    for entry in read_entries(ledger_file):
+        release = (float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
+        if held[release] > 0:
+            held[release] -= 1
+        else:
+            missing.append(release)
+    return missing
 
 
 def record_release(
@@ -99,7 +130,7 @@ class BudgetedRun:
 
 
 @contextlib.contextmanager
-def _exclusive(privacy_dir: Path) -> Iterator[None]:
+def budget_lock(privacy_dir: Path) -> Iterator[None]:
     """Hold the site's budget lock: one budgeted run at a time per site, across processes."""
     path = make_private_dir(Path(privacy_dir)) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -130,7 +161,7 @@ def budgeted_run(
     """
     from semiofed.common.learning.weights import update_sha256
 
-    with _exclusive(site.privacy_dir):
+    with budget_lock(site.privacy_dir):
         accountant = site.accountant()
         if check is not None:
             check(accountant)
@@ -151,4 +182,4 @@ def budgeted_run(
         log.info("signed %s release %s round %d (%d steps)", kind, run_id, round, run.steps_taken)
 
 
-__all__ = ["SitePrivacy", "BudgetedRun", "budgeted_run", "record_release"]
+__all__ = ["SitePrivacy", "BudgetedRun", "budgeted_run", "budget_lock", "record_release"]

@@ -43,7 +43,8 @@ HEAD_CONTEXT = b"semiofed-ledger-head-v1\x00"
 ACCOUNTANT_PRV = "opacus-prv"
 KIND_LOCAL = "local"
 KIND_FEDERATED = "federated"
-KINDS = (KIND_LOCAL, KIND_FEDERATED)
+KIND_EVALUATION = "evaluation"  # a noisy evaluation of a global model on the site's held-out patients
+KINDS = (KIND_LOCAL, KIND_FEDERATED, KIND_EVALUATION)
 
 POLICY_FIELDS = ("max_epsilon", "target_delta", "min_noise_multiplier", "clipping_norm")
 RELEASE_FIELDS = (
@@ -381,5 +382,5 @@ __all__ = [
     "LedgerError", "LedgerProblem", "LedgerScan", "LedgerLine", "read_entries", "scan_ledger", "scan_bytes",
     "read_ledger_bytes", "verify_head", "chain_problems", "release_fields", "release_field_errors", "entry_hash",
     "distributed_terms",
-    "canonical_bytes", "GENESIS_HASH", "KIND_LOCAL", "KIND_FEDERATED", "ACCOUNTANT_PRV",
+    "canonical_bytes", "GENESIS_HASH", "KIND_LOCAL", "KIND_FEDERATED", "KIND_EVALUATION", "ACCOUNTANT_PRV",
 ]

@@ -13,6 +13,9 @@ from semiofed.common.files import write_json_atomic
 
 PRIVACY_UNIT = "patient"
 NEIGHBOURING_RELATION = "add/remove all seizures of one patient"
+EVALUATION_NOISY, EVALUATION_EXACT, EVALUATION_NONE = "noisy", "exact", "none"
+EVALUATION_RELEASES = (EVALUATION_NOISY, EVALUATION_EXACT, EVALUATION_NONE)
+_RELEASE_ORDER = {EVALUATION_NONE: 0, EVALUATION_NOISY: 1, EVALUATION_EXACT: 2}  # what each lets out, least first
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,20 @@ class PrivacyPolicy:
     # how many of the other sites in such a round may collude with the coordinator (reveal their own noise)
     # while the sum still carries the full sigma
     distributed_dp_colluders: int = 1
+    # What a federated evaluation of the global model on this site's held-out patients may release:
+    #   "noisy" (default): per-patient confusion shares and validation losses with Gaussian noise, charged to the
+    #           budget and signed in the ledger like a training release (docs/privacy.md, "Evaluation");
+    #   "exact": exact metrics, declared public by this policy (not covered by the DP guarantee);
+    #   "none":  the site evaluates nothing for the coordinator.
+    evaluation_release: str = "noisy"
+    evaluation_noise_multiplier: float = 5.0  # sensitivity 1 (one patient): epsilon about 0.74 per evaluation at delta 1e-5
+    max_evaluations_per_run: int = 2
+    min_evaluation_patients: int = 2  # the least test patients an evaluation may describe
+    # SecAgg+ guard: with require_secure_aggregation the site answers a train message only inside SecAgg+ with a
+    # reconstruction threshold of at least min_secure_aggregation_threshold (and at least 2); every site, whatever
+    # its policy, refuses an unmask stage that names a node both alive and dropped (that would unmask its update)
+    require_secure_aggregation: bool = False
+    min_secure_aggregation_threshold: int = 2
 
     def __post_init__(self) -> None:
         if not (0.0 < self.target_delta < 1.0):
@@ -52,6 +69,17 @@ class PrivacyPolicy:
             raise SiteError(f"policy distributed_dp_sites {self.distributed_dp_sites} with distributed_dp_colluders "
                             f"{self.distributed_dp_colluders} is not a valid trust assumption",
                             "use 0 (local DP only) or at least 2 sites, more than the colluders tolerated")
+        if self.evaluation_release not in EVALUATION_RELEASES:
+            raise SiteError(f"policy evaluation_release '{self.evaluation_release}' is not known",
+                            f"use one of {', '.join(EVALUATION_RELEASES)}")
+        if not (self.evaluation_noise_multiplier > 0.0 and math.isfinite(self.evaluation_noise_multiplier)):
+            raise SiteError(f"policy evaluation_noise_multiplier {self.evaluation_noise_multiplier} is not positive", "use e.g. 5.0")
+        if self.max_evaluations_per_run < 0 or self.min_evaluation_patients < 1:
+            raise SiteError(f"policy max_evaluations_per_run {self.max_evaluations_per_run} / min_evaluation_patients "
+                            f"{self.min_evaluation_patients} is out of range", "use e.g. 2 and 2")
+        if self.min_secure_aggregation_threshold < 2:
+            raise SiteError(f"policy min_secure_aggregation_threshold {self.min_secure_aggregation_threshold} is below 2",
+                            "use 2 or more (a threshold of 1 lets the coordinator unmask one site alone)")
         if self.privacy_unit != PRIVACY_UNIT:
             raise SiteError(f"policy privacy_unit '{self.privacy_unit}' is not supported", f"use '{PRIVACY_UNIT}'")
 
@@ -70,6 +98,12 @@ class PrivacyPolicy:
             new.max_epsilon <= self.max_epsilon
             and new.target_delta <= self.target_delta
             and new.min_noise_multiplier >= self.min_noise_multiplier
+            and _RELEASE_ORDER[new.evaluation_release] <= _RELEASE_ORDER[self.evaluation_release]
+            and new.evaluation_noise_multiplier >= self.evaluation_noise_multiplier
+            and new.max_evaluations_per_run <= self.max_evaluations_per_run
+            and new.min_evaluation_patients >= self.min_evaluation_patients
+            and (new.require_secure_aggregation or not self.require_secure_aggregation)
+            and new.min_secure_aggregation_threshold >= self.min_secure_aggregation_threshold
             # distributed DP puts less noise on each update this site releases: it may be made stricter or turned
             # off, never turned on or loosened
             and (new.distributed_dp_sites == 0 or (self.distributed_dp_sites > 0

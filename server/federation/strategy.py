@@ -33,6 +33,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from semiofed.common.federation import evaluation
 from semiofed.common.federation.run_config import (
     CFG_QUERY,
     CFG_ROUND,
@@ -99,7 +100,7 @@ class SiteAwareStrategy(Strategy):
         self.verify = HeadVerifier(config.site_keys_dir)
         self.site_of: dict[str, str] = {}  # Flower node id -> site id (from budget answers whose ledger head verified)
         self.trained: set[str] = set()  # node ids of the latest round's accepted sites: the only ones evaluated
-        self.temperatures: dict[str, tuple[float, int]] = {}
+        self.pooled_temperature = 1.0
         self.extractor_sha: dict[str, str] = {}
         self.latest: list[np.ndarray] | None = None
 
@@ -195,24 +196,32 @@ class SiteAwareStrategy(Strategy):
 
     # --- evaluate ----------------------------------------------------------
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """Only the sites that trained this round are evaluated: a site that declined (out of budget, another
-        policy) or failed its head check is asked nothing more."""
+        """The rounds the run evaluates (every --evaluate-every and the last) ask only the sites that trained them:
+        a site that declined (out of budget, another policy) or failed its head check is asked nothing more."""
+        if not self.config.evaluates(server_round):
+            return []
         return [(proxy, EvaluateIns(parameters, {CFG_ROUND: server_round, CFG_RUN_ID: self.run_id}))
                 for proxy in client_manager.all().values() if proxy.cid in self.trained]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
                            failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
-        per_site = {}
+        """Each site's released vector, read as figures (common/federation/evaluation.py); pooled over the sites."""
+        released, per_site, declined = {}, {}, {}
         for proxy, res in results:
             site = self._site(proxy, res.metrics)
-            per_site[site] = {k: float(v) for k, v in res.metrics.items() if isinstance(v, (int, float))}
-            per_site[site]["num_examples"] = res.num_examples
-            if "temperature" in res.metrics:
-                self.temperatures[site] = (float(res.metrics["temperature"]), res.num_examples)
-        aggregate = pooled_metrics(per_site)
-        self.run_log.update(server_round, evaluate=per_site, aggregate=aggregate)
-        loss = aggregate.get("loss")
-        return (float(loss) if loss is not None else None), {k: v for k, v in aggregate.items() if isinstance(v, (int, float))}
+            released[site] = {k: float(v) for k, v in res.metrics.items() if isinstance(v, (int, float))}
+            per_site[site] = {**evaluation.read([released[site]]), evaluation.KEY_RELEASE: released[site].get(evaluation.KEY_RELEASE, 0.0)}
+        for failure in failures:
+            if isinstance(failure, tuple):
+                proxy, res = failure
+                declined[self.site_of.get(proxy.cid, f"node-{proxy.cid}")] = str(res.status.message)[:300]
+        aggregate = evaluation.read(list(released.values()))
+        if aggregate:
+            aggregate["sites"] = float(len(released))
+            # without validation patients the loss rows are noise only: the model stays uncalibrated (T = 1)
+            self.pooled_temperature = aggregate["temperature"] if self.config.validation else 1.0
+        self.run_log.update(server_round, evaluate=per_site, evaluation_declined=declined, aggregate=aggregate)
+        return None, {k: v for k, v in aggregate.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         return None  # no central data: evaluation happens at the sites
@@ -226,27 +235,6 @@ class SiteAwareStrategy(Strategy):
                 "input": self.config.stcnn_input}
 
     def temperature(self) -> float:
-        """Calibration temperature for the final model: the sites' fitted temperatures, geometric mean weighted by test seizures."""
-        total = sum(n for _, n in self.temperatures.values())
-        if not total:
-            return 1.0
-        return float(math.exp(sum(math.log(max(t, 1e-3)) * n for t, n in self.temperatures.values()) / total))
-
-
-def pooled_metrics(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Seizure-weighted means over the sites, and accuracy/balanced accuracy from the pooled confusion counts."""
-    n = sum(m.get("num_examples", 0) for m in per_site.values())
-    if not n:
-        return {}
-    out = {"num_examples": float(n), "sites": float(len(per_site))}
-    for key in ("loss", "accuracy", "balanced_accuracy", "f1_macro", "auroc", "ece"):
-        values = [(m[key], m["num_examples"]) for m in per_site.values() if key in m and m[key] >= 0]
-        if values:
-            out[key + ("_mean" if key in ("auroc", "f1_macro") else "")] = sum(v * w for v, w in values) / max(sum(w for _, w in values), 1)
-    counts = {k: sum(m.get(k, 0.0) for m in per_site.values()) for k in ("tp", "fn", "fp", "tn")}
-    if sum(counts.values()) > 0:
-        sens = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
-        spec = counts["tn"] / max(counts["tn"] + counts["fp"], 1)
-        out.update({"accuracy": (counts["tp"] + counts["tn"]) / sum(counts.values()), "balanced_accuracy": (sens + spec) / 2,
-                    "sensitivity": sens, "specificity": spec, **counts})
-    return out
+        """Calibration temperature for the final model: the grid temperature of least loss on every evaluated site's
+        validation patients together, from their released (noisy) sums; 1 when no site evaluated."""
+        return float(self.pooled_temperature)

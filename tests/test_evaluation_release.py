@@ -1,0 +1,204 @@
+"""Evaluation is not an oracle: a curious coordinator that chooses the weights, the seed, the folds and the test
+fold gets one noisy release per evaluation, charged to the site's budget and signed, about a set of patients the
+site chose and the coordinator cannot compute; a site evaluates a run at most as often as its policy allows and
+never a test fold of fewer patients than its minimum.
+
+Real SiteTask on real site directories (synthetic records), real ledgers and the real auditor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from dp_synthetic import populate
+from semiofed.client.site import init_site
+from semiofed.client.training.federated_evaluation import release_vector
+from semiofed.client.training.site_split import assign_folds, split_key
+from semiofed.client.training.federated_round import RoundDeclined, SiteSettings, SiteTask
+from semiofed.common.audit.verify import verify_ledger
+from semiofed.common.federation import evaluation
+from semiofed.common.federation.run_config import FederationConfig
+from semiofed.common.learning.classifier import build_classifier, classifier_config
+from semiofed.common.learning.weights import get_weights, set_weights
+from semiofed.common.privacy.accountant import release_epsilon
+from semiofed.common.privacy.keys import load_public_key
+from semiofed.common.privacy.ledger import KIND_EVALUATION, read_entries
+from semiofed.common.privacy.policy import PrivacyPolicy
+from semiofed.common.version import semiofed_version
+
+SMALL = FederationConfig(rounds=2, local_epochs=1, batch_patients=3, temporal="attn", hidden=8, embed_dim=8, n_segments=4,
+                         stcnn_dim=16, noise_multiplier=1.0, semiofed_version=semiofed_version())
+
+
+def _site(root, name="hospital-a", n_patients=10, **policy):
+    site = init_site(root / name, name, PrivacyPolicy(max_epsilon=100.0, **policy))
+    populate(site.layout.records_dir, n_patients=n_patients, dim=16, n_snippets=12, seed=0)
+    return site
+
+
+def _weights(seed: int = 0):
+    return get_weights(build_classifier(classifier_config(SMALL), seed=seed))
+
+
+def _names(patients):
+    return sorted(p.pseudonym for p in patients)
+
+
+def test_the_coordinators_seed_does_not_choose_the_held_out_patients(tmp_path):
+    site = _site(tmp_path)
+    settings = SiteSettings(site.layout.root)
+    base = SiteTask(settings, SMALL)
+    for seed in (1, 7, 12345):
+        other = SiteTask(settings, replace(SMALL, seed=seed))
+        assert _names(other.test) == _names(base.test) and _names(other.validation) == _names(base.validation)
+    # balanced and stratified: 10 patients of alternating class in 5 folds, 2 per fold, one of each class
+    assert len(base.test) == len(base.validation) == 2 and len(base.train) == 6
+    assert sorted(int(np.bincount([s.label for s in p.seizures]).argmax()) for p in base.test) == [0, 1]
+
+
+def test_a_patient_added_later_moves_no_one(tmp_path):
+    site = _site(tmp_path)
+    settings = SiteSettings(site.layout.root)
+    task = SiteTask(settings, SMALL)
+    key = split_key(site.pseudonym_secret())
+    before = assign_folds(task.train + task.validation + task.test, SMALL.folds, key)
+    populate(site.layout.records_dir, n_patients=13, dim=16, n_snippets=12, seed=0)  # three more patients
+    after_task = SiteTask(settings, SMALL)
+    everyone = after_task.train + after_task.validation + after_task.test
+    assert len(everyone) == 13
+    import json
+    kept = json.loads((site.layout.privacy_dir / "patient-folds.json").read_text())[str(SMALL.folds)]
+    assert {p: kept[p] for p in before} == before
+    assert set(_names(task.test)) <= set(_names(after_task.test))
+    # another site's key places the same pseudonyms differently: the placement is not a public function
+    other_key = split_key(b"another site's pseudonym secret")
+    assert assign_folds(everyone, SMALL.folds, other_key) != assign_folds(everyone, SMALL.folds, key)
+
+
+def test_one_patient_moves_the_release_by_at_most_one(tmp_path):
+    """The sensitivity the charge assumes: removing any one patient changes the vector by L2 norm <= 1."""
+    site = _site(tmp_path)
+    task = SiteTask(SiteSettings(site.layout.root), SMALL)
+    model = build_classifier(classifier_config(SMALL), seed=0)
+    set_weights(model, _weights(3))
+    full = release_vector(model, task.validation, task.test, n_segments=SMALL.n_segments, n_classes=2)
+    for held in ("validation", "test"):
+        patients = getattr(task, held)
+        for i in range(len(patients)):
+            rest = patients[:i] + patients[i + 1:]
+            val, test = (rest, task.test) if held == "validation" else (task.validation, rest)
+            without = release_vector(model, val, test, n_segments=SMALL.n_segments, n_classes=2)
+            assert 0 < np.linalg.norm(full - without) <= 1.0 + 1e-9
+
+
+def test_each_evaluation_is_noisy_charged_signed_and_capped(tmp_path):
+    site = _site(tmp_path)
+    task = SiteTask(SiteSettings(site.layout.root), SMALL)
+    weights = _weights()
+    spent = task.accountant().epsilon_spent()
+
+    first = task.evaluate(weights, run_id="run-1", round=1)
+    second = task.evaluate(weights, run_id="run-1", round=2)
+
+    # the same weights asked twice: fresh noise each time (OS entropy), so repeating the query does not average it away
+    assert first != second and first[evaluation.KEY_NOISE] == 5.0
+    entries = [e for e in read_entries(site.layout.ledger_file) if e["kind"] == KIND_EVALUATION]
+    assert [(e["round"], e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries] == [(1, 5.0, 1.0, 1), (2, 5.0, 1.0, 1)]
+    assert task.accountant().epsilon_spent() > spent + release_epsilon(task.evaluation_plan(), 1e-5)
+    assert verify_ledger(site.layout.ledger_file, load_public_key(site.layout.public_key)).ok
+    # the policy's cap (2 per run): the third query is declined, and nothing more is spent or signed
+    ledger = site.layout.ledger_file.read_bytes()
+    with pytest.raises(RoundDeclined, match="evaluation"):
+        task.evaluate(weights, run_id="run-1", round=3)
+    assert site.layout.ledger_file.read_bytes() == ledger
+    task.evaluate(weights, run_id="run-2", round=1)  # another run has its own allowance, and pays for it
+
+
+def test_a_test_fold_smaller_than_the_policy_minimum_is_not_evaluated(tmp_path):
+    site = _site(tmp_path, n_patients=10)
+    # ten folds of ten patients: one patient per test fold, i.e. each query would describe one patient
+    config = replace(SMALL, folds=10)
+    for test_fold in range(10):
+        task = SiteTask(SiteSettings(site.layout.root), replace(config, test_fold=test_fold))
+        assert len(task.test) == 1
+        with pytest.raises(RoundDeclined, match="fewer test patients") as declined:
+            task.evaluate(_weights(), run_id="run-1", round=1)
+        assert "1" not in str(declined.value).split("fold")[0]  # the count stays at the site
+    assert read_entries(site.layout.ledger_file) == []
+
+
+def test_exact_and_no_evaluation_by_policy(tmp_path):
+    exact = _site(tmp_path, "hospital-exact", evaluation_release="exact")
+    task = SiteTask(SiteSettings(exact.layout.root), SMALL)
+    model = build_classifier(classifier_config(SMALL), seed=0)
+    set_weights(model, _weights())
+    released = task.evaluate(_weights(), run_id="run-1", round=1)
+    vector = release_vector(model, task.validation, task.test, n_segments=SMALL.n_segments, n_classes=2)
+    assert {k: v for k, v in released.items() if k.startswith(("cm_", "nll_"))} == evaluation.to_metrics(vector, 2)
+    assert released[evaluation.KEY_RELEASE] == 2.0 and read_entries(exact.layout.ledger_file) == []  # public by policy
+    task.evaluate(_weights(), run_id="run-1", round=2)
+    with pytest.raises(RoundDeclined, match="evaluation"):  # still capped
+        task.evaluate(_weights(), run_id="run-1", round=3)
+
+    none = _site(tmp_path, "hospital-none", evaluation_release="none")
+    with pytest.raises(RoundDeclined, match="releases no evaluation"):
+        SiteTask(SiteSettings(none.layout.root), SMALL).evaluate(_weights(), run_id="run-1", round=1)
+
+
+def test_the_run_sets_its_evaluations_aside_before_choosing_the_noise(tmp_path):
+    site = _site(tmp_path)
+    config = replace(SMALL, noise_multiplier=0.0, site_epsilon=4.0, rounds=4, evaluate_every=2)
+    task = SiteTask(SiteSettings(site.layout.root), config)
+    assert config.evaluation_rounds == 2 and task.evaluations_planned() == 2
+    task.noise_for_run("run-1")
+    import json
+    chosen = json.loads((site.layout.privacy_dir / "federated-runs" / "run-1.json").read_text())
+    assert chosen["epsilon_evaluation_reserve"] == pytest.approx(2 * task.evaluation_epsilon())
+    assert chosen["epsilon_allowance"] == pytest.approx(4.0 - 2 * task.evaluation_epsilon())
+
+
+def test_the_coordinator_reads_pooled_figures_from_the_releases():
+    grid = evaluation.TEMPERATURE_GRID
+    # site a: 3 of 4 class-0 patients right, 2 of 2 class-1; site b: 1 of 2, 3 of 4; least loss at grid[3]
+    a = {"cm_0_0": 3.0, "cm_0_1": 1.0, "cm_1_0": 0.0, "cm_1_1": 2.0} | {f"nll_t{g}": abs(g - 3) + 1.0 for g in range(len(grid))}
+    b = {"cm_0_0": 1.0, "cm_0_1": 1.0, "cm_1_0": 1.0, "cm_1_1": 3.0} | {f"nll_t{g}": abs(g - 3) + 0.5 for g in range(len(grid))}
+    out = evaluation.read([a, b])
+    assert out["accuracy"] == pytest.approx(9 / 12) and out["patients"] == pytest.approx(12)
+    assert out["balanced_accuracy"] == pytest.approx((4 / 6 + 5 / 6) / 2)
+    assert out["temperature"] == grid[3]
+    # noise can push a share below zero: it is read as zero, never as a negative count
+    assert evaluation.read([{**a, "cm_1_0": -2.0}])["balanced_accuracy"] == pytest.approx((3 / 4 + 1.0) / 2)
+    assert evaluation.read([]) == {}
+
+
+def test_the_strategy_evaluates_only_the_rounds_the_run_evaluates():
+    config = FederationConfig(rounds=5, evaluate_every=2)
+    assert [r for r in range(1, 6) if config.evaluates(r)] == [2, 4, 5]
+    assert [r for r in range(1, 6) if FederationConfig(rounds=5).evaluates(r)] == [5]
+
+
+def test_site_train_holds_out_the_patients_a_federated_run_holds_out(tmp_path):
+    """The demo's and the benchmarks' local-only baselines are scored on the federation's held-out patients."""
+    from unittest import mock
+
+    from semiofed.client.training import local
+    from semiofed.client.training.local import LocalTrainingOptions, train_site
+
+    site = _site(tmp_path)
+    seen = {}
+    real = local.split_site_patients
+
+    def spy(*args, **kwargs):
+        seen["split"] = real(*args, **kwargs)
+        return seen["split"]
+
+    with mock.patch.object(local, "split_site_patients", spy):
+        train_site(site.layout.root, LocalTrainingOptions(noise_multiplier=2.0, folds=5, test_fold=1, temporal="attn",
+                                                          hidden=8, n_segments=4, batch_patients=3, epochs=1,
+                                                          streams=("keypoints",)))
+    federated = SiteTask(SiteSettings(site.layout.root), replace(SMALL, test_fold=1, streams=("keypoints",)))
+    train, val, test = seen["split"]
+    assert _names(test) == _names(federated.test) and _names(val) == _names(federated.validation)
