@@ -123,6 +123,7 @@ def run(
     descriptors: str = descriptors_option(),
     dp_mode: str = dp_mode_option(),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
+    wait_for_sites: float = typer.Option(60.0, "--wait-for-sites", help="Seconds to wait for --min-sites enrolled sites to be online before the run starts; then it fails naming the missing ones."),
     evaluate_every: int = typer.Option(0, "--evaluate-every", help="Evaluate at the sites every k rounds and after the last (0: after the last only); each evaluation is a DP release a site charges to its budget."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
     output_format: OutputFormat = format_option(),
@@ -144,7 +145,8 @@ def run(
                               temporal=temporal, hidden=hidden, n_segments=segments, descriptors=descriptors, dp_mode=dp_mode, folds=folds,
                               evaluate_every=evaluate_every, resume_from=resume_from)
     err = Console(stderr=True)
-    result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None)
+    result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None,
+                             wait_for_sites=wait_for_sites)
     emit(output_format, result, lambda: Console().print(_run_table(result)), sort_keys=True)
     if result.get("status") != "finished":
         raise typer.Exit(1)

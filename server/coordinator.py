@@ -262,12 +262,31 @@ class Coordinator:
         write_bytes_atomic(self.app_dir / "pyproject.toml", ("\n".join(lines) + "\n").encode("utf-8"), mode=0o644)
         return self.app_dir
 
-    def run(self, config: FederationConfig, *, on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Launch a federated run on the running SuperLink, stream its log, return its run.json."""
+    def check_sites_online(self, min_sites: int, *, wait: float = 60.0,
+                           on_line: Callable[[str], None] | None = None) -> dict[str, str]:
+        """The enrolled sites' status, after waiting up to `wait` s for `min_sites` of them to be online; a one-line
+        CoordinatorError naming the missing sites when too few are."""
+        status = self.wait_for_sites(min_sites, timeout=wait)
+        online = sorted(s for s, v in status.items() if v == "online")
+        missing = sorted(set(status) - set(online))
+        if on_line is not None:
+            on_line(f"sites online: {', '.join(online) or 'none'}" + (f"; not online: {', '.join(missing)}" if missing else ""))
+        if len(online) < min_sites:
+            raise CoordinatorError(
+                f"only {len(online)} of {len(status)} enrolled sites are online after {wait:.0f} s "
+                f"({', '.join(missing) or 'none enrolled'} not), fewer than --min-sites {min_sites}",
+                "start the missing sites (`semiofed site join`), or run with a lower --min-sites")
+        return status
+
+    def run(self, config: FederationConfig, *, on_line: Callable[[str], None] | None = None, timeout: float | None = None,
+            wait_for_sites: float = 60.0) -> dict[str, Any]:
+        """Launch a federated run on the running SuperLink (once at least `min_sites` enrolled sites are online),
+        stream its log, return its run.json."""
         from semiofed.server.run_log import read_run
 
         if not self.running():
             raise CoordinatorError(f"the SuperLink of {self.root} is not running", "start it with `semiofed coordinator start --dir DIR`")
+        self.check_sites_online(config.min_sites, wait=wait_for_sites, on_line=on_line)
         config = FederationConfig(**{**asdict(config), "checkpoints_dir": str(self.checkpoints_dir),
                                      "site_keys_dir": str(self.sites_dir), "semiofed_version": semiofed_version()})
         app = self.write_app(config)

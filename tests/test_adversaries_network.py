@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,8 @@ class Deployment:
         self.site = init_site(root / "site-a", "site-a", PrivacyPolicy(max_epsilon=10.0))
         populate(self.site.layout.records_dir, n_patients=6, dim=16, n_snippets=8, seed=3)
         self.coordinator.enroll(self.site.layout.public_key, name="site-a")
+        offline = init_site(root / "site-b", "site-b", PrivacyPolicy(max_epsilon=10.0))  # enrolled, never joins
+        self.coordinator.enroll(offline.layout.public_key, name="site-b")
 
     @property
     def site_address(self) -> str:
@@ -91,9 +94,9 @@ def test_a_site_cannot_use_the_control_api(deployment, tmp_path):
     rogue = init_site(tmp_path / "rogue", "rogue", PrivacyPolicy(max_epsilon=10.0))
     register = dep.flwr_as_site(["supernode", "register", str(rogue.layout.public_key), "c", "--format", "json"], tmp_path)
     assert '"success": false' in register.stdout and "403" in register.stdout, register.stdout + register.stderr
-    # ... and the coordinator, on loopback, still knows only its enrolled site
+    # ... and the coordinator, on loopback, still knows only its two enrolled sites
     listed = dep.coordinator._flwr(["supernode", "ls", CONNECTION, "--format", "json"])
-    assert len(json.loads(listed.stdout[listed.stdout.find("{"):])["nodes"]) == 1, listed.stdout
+    assert len(json.loads(listed.stdout[listed.stdout.find("{"):])["nodes"]) == 2, listed.stdout
 
     with httpx.Client(base_url=f"https://{dep.site_address}", verify=str(dep.coordinator.tls.ca_certificate)) as client:
         for method, path in [("POST", "/v1/control/list-runs"), ("POST", "/v1/control/stop-run"),
@@ -229,3 +232,14 @@ def test_a_local_process_without_the_runtime_secret_cannot_take_the_sites_tasks(
     finally:
         intruder.close()
     assert (dep.site.layout.keys_dir / "runtime.secret").stat().st_mode & 0o077 == 0
+
+
+def test_a_run_that_cannot_reach_min_sites_fails_at_once_naming_the_missing_sites(deployment):
+    from semiofed.server.coordinator import CoordinatorError
+
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(CoordinatorError, match=r"only 1 of 2 enrolled sites are online .*site-b not.*--min-sites 2"):
+        deployment.coordinator.run(FederationConfig(min_sites=2), wait_for_sites=3.0, on_line=lines.append)
+    assert time.monotonic() - started < 60
+    assert lines == ["sites online: site-a; not online: site-b"]

@@ -35,9 +35,11 @@ def test_quick_demo_federates_audits_and_reports(tmp_path: Path, model_dir: Path
     assert ("real local deployment" if engine == "--deployment" else "simulation engine") in report["federation_mode"]
     assert all(s["records"] == 4 for s in report["sites"])  # the quick cohort: 4 patients per site, one seizure each
     for site, audit in report["audit"].items():
-        # a local-only run and one entry per federated round the site trained, within the site's budget
+        # a local-only run, one entry per federated round the site trained and one per evaluation it released
+        # (the last round only, by default), within the site's budget
         trained = sum(site in r["fit"] for r in report["run"]["rounds"])
-        assert audit["entries"] == 1 + trained and audit["epsilon"][-1]["epsilon_cumulative"] <= audit["epsilon_max"] * 1.01
+        evaluated = sum(site in r.get("evaluate", {}) for r in report["run"]["rounds"])
+        assert evaluated <= 1 and audit["entries"] == 1 + trained + evaluated and audit["epsilon"][-1]["epsilon_cumulative"] <= audit["epsilon_max"] * 1.01
     assert set(report["federated"]["sites"]) == set(report["audit"]) == set(report["centralised"]["sites"])
     page = Path(summary["report_html"]).read_text()
     assert page.count("<svg") >= 4 and "https://" not in page

@@ -219,7 +219,9 @@ class SiteAwareStrategy(Strategy):
         if aggregate:
             aggregate["sites"] = float(len(released))
             # without validation patients the loss rows are noise only: the model stays uncalibrated (T = 1)
-            self.pooled_temperature = aggregate["temperature"] if self.config.validation else 1.0
+            if not self.config.validation:
+                aggregate["temperature"] = 1.0
+            self.pooled_temperature = aggregate["temperature"]
         self.run_log.update(server_round, evaluate=per_site, evaluation_declined=declined, aggregate=aggregate)
         return None, {k: v for k, v in aggregate.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 

@@ -1,0 +1,86 @@
+"""Seconds per federated round of a real deployment on 127.0.0.1 with the site worker (one warm process per site).
+
+Usage: python bench/bench_round_time.py [--rounds 3] [--write]
+
+The same deployment and small model as bench_federation.py's overhead part
+(federation_deploy.deployment_run: coordinator with the Fleet-only gateway and
+the SuperLink on loopback, three sites x 10 synthetic patients, each a site
+worker with its SuperNode in process isolation), run with FedAvg and with
+SecAgg+, evaluating every round (as the earlier measurement did) and the last
+round only (the default now). Per-round overhead = (run s - the sites' fit
+seconds / P) / rounds with P = 2 (three sites on 2 cores), as in
+bench_federation.py; steady = median span between consecutive round starts in
+run.json (1-s resolution). The section `federation-rounds` of
+docs/benchmarks.md is written with --write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # dp_synthetic: the synthetic site records
+
+from federation_deploy import deployment_run  # noqa: E402
+from federation_overhead import overhead_per_round, steady_round  # noqa: E402
+from federation_runs import BENCH_DIR, make_sites, sim_config, with_load  # noqa: E402
+from report import write_section  # noqa: E402
+
+PARALLEL = 2
+ROWS = (("FedAvg", False, 1), ("FedAvg", False, 0), ("SecAgg+", True, 1), ("SecAgg+", True, 0))
+
+
+def measure(rounds: int, timeout: float) -> list[dict[str, Any]]:
+    sites_dir = BENCH_DIR / "sites-3x10"
+    out = []
+    for name, secure, every in ROWS:
+        make_sites(sites_dir, 3, n_patients=10, dim=16)  # fresh ledgers and accountants: every run starts alike
+        config = sim_config(f"rounds-{name}-{every}", rounds, secure, evaluate_every=every)
+        result = with_load(lambda: deployment_run(sites_dir, config, timeout=timeout))
+        result.update(row=name, secure=secure, evaluate_every=every,
+                      overhead_per_round_s=overhead_per_round(result, PARALLEL, rounds),
+                      steady=steady_round(result, PARALLEL, rounds))
+        print(json.dumps({k: v for k, v in result.items() if k != "fit_seconds"}, default=str), flush=True)
+        out.append(result)
+    return out
+
+
+def render(rows: list[dict[str, Any]], rounds: int) -> str:
+    head = ("| aggregation | evaluated rounds | status | run s | sites' fit s, sum | **overhead per round s** | "
+            "round s, steady (median) | load 1-min before / after |")
+    lines = [head, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        steady, _ = r["steady"]
+        lines.append(f"| {r['row']} | {'every round' if r['evaluate_every'] else 'the last'} | {r.get('status')} | "
+                     f"{r['run_s']:.1f} | {sum(r['fit_seconds']):.1f} | **{r['overhead_per_round_s']:.1f}** | {steady:.0f} | "
+                     f"{r['load_1min'][0]:.1f} / {r['load_1min'][1]:.1f} |")
+    return "\n".join([
+        f"`python bench/bench_round_time.py --rounds {rounds}`. Real deployment on 127.0.0.1: gateway + SuperLink "
+        "(TLS, site authentication), three sites x 10 synthetic patients, each a site worker (one process, torch "
+        "imported once) with its SuperNode in process isolation; the small model of bench_federation.py. Overhead per "
+        f"round = (run s - sites' fit s / {PARALLEL}) / rounds.", "", *lines, "",
+        "Before the site worker (bench_federation.py, same model and machine class): 59-82 s steady per round, "
+        "a new `flwr-clientapp` process per message.",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--write", action="store_true", help="write the section into docs/benchmarks.md")
+    args = parser.parse_args()
+    rows = measure(args.rounds, args.timeout)
+    body = render(rows, args.rounds)
+    print(body)
+    (BENCH_DIR / "round_time.json").write_text(json.dumps(rows, indent=1, default=str))
+    if args.write:
+        print("written to", write_section("federation-rounds", "Federation: seconds per round with the site worker", body))
+
+
+if __name__ == "__main__":
+    main()
