@@ -28,6 +28,7 @@ CONFIG = FederationConfig(temporal="attn", hidden=8, embed_dim=8, n_segments=4, 
                           round_timeout=120.0)
 SHAPES = [w.shape for w in get_weights(build_classifier(classifier_config(CONFIG), seed=0))]
 TRAIN_PATIENTS = (6, 9, 23)  # each site's FedAvg weight: its training patients, as SiteTask.fit reports them
+MANY_SITES = 11  # above 2*ceil(log2 n)+1 = 9 neighbours: the sparse share graph of server_app.secagg_shape
 
 
 def site_update(site: int) -> list[np.ndarray]:
@@ -43,7 +44,11 @@ class FixedSite(NumPyClient):
         self.site = site
 
     def fit(self, parameters, config):
-        return site_update(self.site), TRAIN_PATIENTS[self.site], {}
+        return site_update(self.site), patients_of(self.site), {}
+
+
+def patients_of(site: int) -> int:
+    return TRAIN_PATIENTS[site] if site < len(TRAIN_PATIENTS) else 5 + 3 * site
 
 
 def client_fn(context: Context):
@@ -65,17 +70,19 @@ class CapturingFedAvg(FedAvg):
         return parameters, metrics
 
 
-def make_server_app(seen: dict) -> ServerApp:
+def make_server_app(seen: dict, n_sites: int = 3) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         initial = ndarrays_to_parameters([np.zeros(shape, np.float32) for shape in SHAPES])
-        strategy = CapturingFedAvg(seen, fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=3, min_available_clients=3,
-                                   initial_parameters=initial)
+        strategy = CapturingFedAvg(seen, fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n_sites,
+                                   min_available_clients=n_sites, initial_parameters=initial)
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1, round_timeout=CONFIG.round_timeout),
                                strategy=strategy)
-        DefaultWorkflow(fit_workflow=secure_fit_workflow(CONFIG))(grid, legacy)
+        workflow = secure_fit_workflow(CONFIG, n_sites)
+        seen["num_shares"] = workflow.num_shares
+        DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
 
     return app
 
@@ -91,7 +98,7 @@ def quantisation_tolerance(counts: tuple[int, ...]) -> float:
     Note the division by sum(r_i) ~ sum(n_i) / max_weight: with few patients per site the error is
     max_weight / sum(n_i) times one quantisation level, far above one level.
     """
-    workflow = secure_fit_workflow(CONFIG)
+    workflow = secure_fit_workflow(CONFIG, len(counts))
     levels, clip, max_weight = workflow.quantization_range, workflow.clipping_range, workflow.max_weight
     ratios = [round(n / max_weight * levels) / levels for n in counts]
     # float32 updates resolve the shifted range [0, 2 * clip) no finer than 2 * clip * eps32: a level cannot be finer
@@ -100,24 +107,28 @@ def quantisation_tolerance(counts: tuple[int, ...]) -> float:
     return (len(counts) * level + 2 * largest * len(counts) / (2 * levels)) / sum(ratios) + 1e-9
 
 
-def test_secaggplus_aggregate_is_the_weighted_mean():
+@pytest.mark.parametrize("n_sites", [3, MANY_SITES])
+def test_secaggplus_aggregate_is_the_weighted_mean(n_sites):
     seen: dict = {}
     client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
-    run_simulation(server_app=make_server_app(seen), client_app=client_app, num_supernodes=3,
+    run_simulation(server_app=make_server_app(seen, n_sites), client_app=client_app, num_supernodes=n_sites,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "num_gpus": 0, "logging_level": "ERROR"}})
 
     assert "aggregate" in seen, "the round did not reach aggregation"
     assert seen["failures"] == []
+    # 3 sites: the complete graph; 11: each site shares its keys with 9 neighbours only (server_app.secagg_shape)
+    assert seen["num_shares"] == (1.0 if n_sites == 3 else 9)
     counts = tuple(n for n, _ in seen["results"])
-    assert sorted(counts) == sorted(TRAIN_PATIENTS)  # the patient counts travel in plain, the updates do not
-    updates = [site_update(site) for site in range(3)]
-    exact = [sum(n * u[i].astype(np.float64) for n, u in zip(TRAIN_PATIENTS, updates)) / sum(TRAIN_PATIENTS)
+    expected_counts = tuple(patients_of(site) for site in range(n_sites))
+    assert sorted(counts) == sorted(expected_counts)  # the patient counts travel in plain, the updates do not
+    updates = [site_update(site) for site in range(n_sites)]
+    exact = [sum(n * u[i].astype(np.float64) for n, u in zip(expected_counts, updates)) / sum(expected_counts)
              for i in range(len(SHAPES))]
     aggregate = seen["aggregate"]
     assert [a.shape for a in aggregate] == SHAPES
     error = max(float(np.abs(a - e).max()) for a, e in zip(aggregate, exact))
-    assert error <= quantisation_tolerance(TRAIN_PATIENTS), (error, quantisation_tolerance(TRAIN_PATIENTS))
+    assert error <= quantisation_tolerance(expected_counts), (error, quantisation_tolerance(expected_counts))
     assert error > 0  # it did go through quantisation (a plain FedAvg would be exact to float precision)
 
     # the strategy never saw a site's own update: every result carries the unmasked sum only

@@ -65,3 +65,20 @@ def test_the_requirement_can_be_tightened_never_loosened(tmp_path):
     assert PrivacyPolicy().allows_change_to(strict)
     with pytest.raises(SiteError, match="below 2"):
         PrivacyPolicy(min_secure_aggregation_threshold=1)
+
+
+def test_the_share_graph_is_sparse_and_the_sum_never_wraps_at_any_number_of_sites():
+    from semiofed.server.federation.server_app import SECAGG_MODULUS, secagg_shape
+
+    for n in (3, 5, 10, 50, 200, 500, 2000):
+        shape = secagg_shape(LOCAL, n)
+        assert n * shape["quantization_range"] < SECAGG_MODULUS  # n sites' quantised values sum without wrapping
+        if isinstance(shape["num_shares"], int):
+            k, t = shape["num_shares"], shape["reconstruction_threshold"]
+            assert k < n and k <= 2 * (n - 1).bit_length() + 1 and k // 2 < t <= k  # above half of the neighbours
+        else:
+            assert shape["num_shares"] == 1.0 and n <= 2 * (n - 1).bit_length() + 1  # small: the complete graph
+    assert secagg_shape(LOCAL, 500)["num_shares"] == 19 and secagg_shape(LOCAL, 500)["reconstruction_threshold"] == 10
+    assert secagg_shape(LOCAL, 3) == {"num_shares": 1.0, "reconstruction_threshold": 0.5, "quantization_range": 2**24}
+    # distributed DP keeps the complete graph and the threshold each site checks against its own K
+    assert secagg_shape(RUN, 500)["reconstruction_threshold"] == RUN.min_sites and secagg_shape(RUN, 500)["num_shares"] == 1.0

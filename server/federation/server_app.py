@@ -9,6 +9,7 @@ sees only the weighted sum of the sites' updates.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,44 @@ class TimeoutGrid:
         return getattr(self._grid, name)
 
 
-def secure_fit_workflow(config: FederationConfig) -> SecAggPlusWorkflow:
+SECAGG_MODULUS = 2**32  # Flower's mask modulus; the sum of every site's quantised update must stay below it
+
+
+def secagg_shape(config: FederationConfig, n_sites: int | None) -> dict[str, Any]:
+    """num_shares, reconstruction_threshold and quantization_range of the run's SecAgg+ for `n_sites` sites (None: not
+    known, the complete graph).
+
+    Local DP: a sparse share graph of 2*ceil(log2 n)+1 neighbours, threshold above half of them (Bell et al. 2020),
+    so that the key shares and the unmasking grow as n log n, not n^2; the complete graph where that is not smaller.
+    Distributed DP: the complete graph with threshold min-sites (each site checks it against its own K).
+    Quantisation: n sites' values, each below quantization_range, must sum below the modulus (no wrap-around)."""
+    n = max(int(n_sites or 0), 0)
+    quantization = SECAGG_QUANTIZATION if n == 0 else min(SECAGG_QUANTIZATION, SECAGG_MODULUS // (n + 1))
+    if config.distributed or n == 0:
+        return {"num_shares": 1.0, "reconstruction_threshold": config.min_sites if config.distributed else 0.5,
+                "quantization_range": quantization}
+    neighbours = 2 * math.ceil(math.log2(max(n, 2))) + 1
+    if neighbours >= n:
+        return {"num_shares": 1.0, "reconstruction_threshold": 0.5, "quantization_range": quantization}
+    return {"num_shares": neighbours, "reconstruction_threshold": neighbours // 2 + 1, "quantization_range": quantization}
+
+
+def secure_fit_workflow(config: FederationConfig, n_sites: int | None = None) -> SecAggPlusWorkflow:
     """SecAgg+ for the fit stage; a site that drops out after sharing its keys does not hang or spoil the round."""
     # Distributed DP: no sum of fewer than min-sites updates may be unmasked, so that it carries the noise every site
     # accounted (each site checks this threshold before it shares anything: client/federation/client_app.py)
-    threshold = config.min_sites if config.distributed else 0.5
-    return SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold, clipping_range=SECAGG_CLIPPING_RANGE,
-                              max_weight=SECAGG_MAX_WEIGHT,
-                              quantization_range=SECAGG_QUANTIZATION, timeout=config.round_timeout)
+    return SecAggPlusWorkflow(**secagg_shape(config, n_sites), clipping_range=SECAGG_CLIPPING_RANGE,
+                              max_weight=SECAGG_MAX_WEIGHT, modulus_range=SECAGG_MODULUS, timeout=config.round_timeout)
+
+
+def expected_sites(config: FederationConfig, grid: Any) -> int | None:
+    """How many sites the run may sum: the enrolled keys, or the nodes connected now, whichever is larger."""
+    enrolled = len(list(Path(config.site_keys_dir).glob("*.pub"))) if config.site_keys_dir else 0
+    try:
+        connected = len(list(grid.get_node_ids()))
+    except Exception:  # noqa: BLE001 - a grid that cannot list its nodes yet: rely on the enrolment
+        connected = 0
+    return max(enrolled, connected) or None
 
 
 def initial_weights(config: FederationConfig) -> list[np.ndarray]:
@@ -127,7 +158,7 @@ def run_federation(grid: Grid, context: Context, config: FederationConfig) -> Pa
         strategy = SiteAwareStrategy(build_inner_strategy(config, initial), config, run_log, run_id=run_id, save_checkpoint=save_round)
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds, round_timeout=config.round_timeout),
                                strategy=strategy)
-        fit = secure_fit_workflow(config) if config.secure_aggregation else None
+        fit = secure_fit_workflow(config, expected_sites(config, grid)) if config.secure_aggregation else None
         DefaultWorkflow(fit_workflow=fit)(TimeoutGrid(grid, config.round_timeout), legacy)
         if strategy.latest is None:
             raise SemiofedError("no round produced a global model (every round was skipped or failed)",
