@@ -167,7 +167,7 @@ class SecureAggregationRefused(RuntimeError):
     """The coordinator asked for an update that SecAgg+ would not hide as the site's policy requires."""
 
 
-def distributed_dp_problem(msg: Any, config: FederationConfig, settings: Any) -> str | None:
+def secure_aggregation_problem(msg: Any, config: FederationConfig, settings: Any) -> str | None:
     """Why this train message must not be answered under the site's SecAgg+ rules, or None.
 
     A distributed-DP update carries only part of the noise, so it may leave only masked by SecAgg+ and only in a
@@ -216,7 +216,7 @@ def make_secure_aggregation_mod(run_of: Callable[[Context], tuple[FederationConf
 
     def secure_aggregation_mod(msg: Any, context: Context, call_next: Any) -> Any:
         if msg.metadata.message_type == "train":
-            problem = distributed_dp_problem(msg, *run_of(context))
+            problem = secure_aggregation_problem(msg, *run_of(context))
             if problem is not None:
                 log.error("refused a train message: %s", problem)
                 raise SecureAggregationRefused(f"secure aggregation refused: {problem}")

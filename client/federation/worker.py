@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -190,25 +189,10 @@ class SiteWorker:
         return ok
 
 
-def _wait_listening(host: str, port: int, supernode: subprocess.Popen, timeout: float) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if supernode.poll() is not None:
-            raise SystemExit(f"the SuperNode exited while starting (exit {supernode.returncode}); read the site's supernode log")
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the SuperNode's Runtime API did not listen on {host}:{port} within {timeout:.0f} s")
-
-
 def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0,
         run_window_days: float = 30.0) -> int:
     """Start the site's SuperNode (process isolation) and serve its tasks until either stops; returns an exit code."""
-    from semiofed.client.federation.supernode import supernode_command
+    from semiofed.client.federation.supernode import LOG_FILE, supernode_command
     from semiofed.client.site import open_site
     from semiofed.common.federation import processes
 
@@ -224,7 +208,8 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        _wait_listening("127.0.0.1", runtime_port, supernode, timeout=60.0)
+        processes.wait_listening("127.0.0.1", runtime_port, pid=supernode.pid, timeout=60.0,
+                                 log_file=site.layout.root / "logs" / LOG_FILE)
         worker = SiteWorker(f"127.0.0.1:{runtime_port}", secret_file.read_bytes())
         watcher = threading.Thread(target=lambda: (supernode.wait(), stop.set()), daemon=True)
         watcher.start()

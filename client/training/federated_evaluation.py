@@ -23,24 +23,36 @@ from semiofed.common.federation.evaluation import NLL_CAP, TEMPERATURE_GRID
 from semiofed.common.learning.metrics import softmax
 from semiofed.common.learning.trainer import predict_logits
 
+
 def release_vector(model: Any, validation: Sequence[Any], test: Sequence[Any], *, n_segments: int,
                    n_classes: int) -> np.ndarray:
     """Sum over patients of their contributions (each of L2 norm at most 1): confusion shares, then grid losses."""
     k, grid = n_classes, np.asarray(TEMPERATURE_GRID)
     vector = np.zeros(k * k + len(grid))
-    for patient in test:
-        logits = predict_logits(model, patient.seizures, n_segments=n_segments)
+    for patient, logits in _per_patient_logits(model, test, n_segments):
         for seizure, predicted in zip(patient.seizures, np.argmax(logits, axis=1)):
             vector[int(seizure.label) * k + int(predicted)] += 1.0 / len(patient.seizures)
     scale = NLL_CAP * math.sqrt(len(grid))
-    for patient in validation:
-        logits = predict_logits(model, patient.seizures, n_segments=n_segments)
+    for patient, logits in _per_patient_logits(model, validation, n_segments):
         labels = np.array([s.label for s in patient.seizures])
         for g, temperature in enumerate(grid):
             probs = softmax(logits, float(temperature))
             nll = float(np.mean(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
             vector[k * k + g] += min(max(nll, 0.0), NLL_CAP) / scale
     return vector
+
+
+def _per_patient_logits(model: Any, patients: Sequence[Any], n_segments: int) -> list[tuple[Any, np.ndarray]]:
+    """Each patient with the logits of its seizures, from one pass of the model over all of them."""
+    seizures = [s for p in patients for s in p.seizures]
+    if not seizures:
+        return []
+    logits = predict_logits(model, seizures, n_segments=n_segments)
+    out, start = [], 0
+    for patient in patients:
+        out.append((patient, logits[start:start + len(patient.seizures)]))
+        start += len(patient.seizures)
+    return out
 
 
 def gaussian_noise(size: int, sigma: float) -> np.ndarray:
@@ -62,5 +74,4 @@ def evaluations_so_far(run_file: Path) -> int:
     return int(json.loads(run_file.read_text(encoding="utf-8")).get("evaluations", 0)) if run_file.is_file() else 0
 
 
-__all__ = ["release_vector", "gaussian_noise", "count_evaluation",
-           "evaluations_so_far"]
+__all__ = ["release_vector", "gaussian_noise", "count_evaluation", "evaluations_so_far"]

@@ -203,11 +203,13 @@ class SiteTask:
         """The site's cumulative epsilon just before the current `run_window_days` window (0 if it began earlier)."""
         from datetime import datetime, timedelta, timezone
 
-        from semiofed.common.privacy.ledger import read_entries
+        from semiofed.common.privacy.ledger import read_entries_cached
 
+        if not self.site.layout.ledger_file.exists():
+            return 0.0
         start = datetime.now(timezone.utc) - timedelta(days=self.settings.run_window_days)
         base = 0.0
-        for entry in read_entries(self.site.layout.ledger_file):
+        for entry in read_entries_cached(self.site.layout.ledger_file):
             if datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")) < start:
                 base = float(entry["epsilon_cumulative"])
         return base

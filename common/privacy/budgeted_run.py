@@ -70,13 +70,13 @@ def _ledger_releases_missing(accountant: SiteAccountant, ledger_file: Path) -> l
     """The ledger's (sigma, q, steps) releases that the accountant's history does not hold (as a multiset)."""
     from collections import Counter
 
-    from semiofed.common.privacy.ledger import read_entries
+    from semiofed.common.privacy.ledger import read_entries_cached
 
     if not Path(ledger_file).exists():
         return []
     held = Counter(accountant.history)
     missing = []
-    for entry in read_entries(ledger_file):
+    for entry in read_entries_cached(ledger_file):
         release = (float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
         if held[release] > 0:
             held[release] -= 1

@@ -22,6 +22,7 @@ auditor's full check (epsilon recomputed independently) is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -246,6 +247,18 @@ def scan_bytes(data: bytes) -> LedgerScan:
 def scan_ledger(path: Path) -> LedgerScan:
     """Read and split a ledger file without judging it (LedgerError only if it cannot be read)."""
     return scan_bytes(read_ledger_bytes(path))
+
+
+def read_entries_cached(path: Path) -> tuple[dict[str, Any], ...]:
+    """`read_entries`, parsed once per version of the file (its size and modification time): a site asks for its
+    ledger's releases several times per message. The entries are shared: read them, do not change them."""
+    stat = Path(path).stat()
+    return _entries_of_version(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _entries_of_version(path: str, size: int, mtime_ns: int) -> tuple[dict[str, Any], ...]:
+    return tuple(read_entries(Path(path)))
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:
