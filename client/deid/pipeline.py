@@ -1,10 +1,16 @@
-"""Turn one video into de-identified arrays: decode -> ROI crop -> rotation -> landmarks + STCNN features.
+"""Turn one video into de-identified arrays: decode -> ROI crop -> patient search -> rotation -> landmarks + STCNN.
 
 The one de-identification pipeline, used by `site prepare`, `predict` and
 the tests. Frames go through it window by window (`VideoPipeline`): crop to
-the ROI, choose and apply the rotation, then the pose, hand and face streams
-and the STCNN on the upright frames (by default each window as one clip,
-cropped to the patient the pose found: client/deid/patient_crop.py). Stages run concurrently, one
+the manifest's ROI; find the patient (client/deid/patient_search.py: the
+contrast enhancement, the region of the frame and the detection thresholds
+under which the pose is found, searched on the first window and again when
+the patient is lost); choose and apply the rotation; then the pose, hand and
+face streams on the patient's region (their landmarks mapped back to the
+frame) and the STCNN on the upright frames (by default each window as one
+clip, cropped to the patient the pose found: client/deid/patient_crop.py).
+Implausible poses are dropped and left/right flips repaired at the end
+(client/deid/landmark_quality.py). Stages run concurrently, one
 single-worker executor each (pose and rotation, hands, face, STCNN), chained
 per window with futures, so the time per video approaches the slowest stage
 rather than the sum. Nothing is written here; the caller builds and stores
@@ -17,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +31,26 @@ import numpy as np
 from semiofed.client.deid.landmarks import (
     STREAM_CLASSES,
     Arrays,
+    PoseStream,
     VideoStream,
     check_frames,
     detection_rate,
     empty_arrays,
 )
+from semiofed.client.deid.landmark_quality import clean_pose, quality
 from semiofed.client.deid.patient_crop import PatientCropper
+from semiofed.client.deid.patient_search import (
+    LENIENT,
+    WHOLE,
+    Box,
+    RegionTracker,
+    View,
+    crop_box,
+    landmark_box,
+    search,
+    to_frame,
+    unturn,
+)
 from semiofed.client.deid.rotation import PoseProbe, RotationTracker, crop_roi, rotate
 from semiofed.client.deid.video import DEFAULT_MAX_SIDE, iter_frames, probe
 from semiofed.common.constants import (
@@ -74,6 +94,9 @@ class DeidentifyConfig:
     # STCNN is loaded and the snippet features have width 0; a dropped
     # landmark stream gives zeros and False masks.
     streams: tuple[str, ...] = DEFAULT_DEID_STREAMS  # the face only when asked for (it is biometric)
+    # Finding the patient (client/deid/patient_search.py): try the contrast enhancement, and regions of the frame
+    enhance: bool = True
+    find_patient: bool = True
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.snippet_frames < 1 or self.snippets_per_window < 1:
@@ -112,6 +135,8 @@ class DeidentifiedVideo:
     models: dict[str, str] = field(default_factory=dict)
     stcnn: str = ""  # the STCNN that made the snippet features; "" when none was computed
     stcnn_input: str = ""  # how it saw the frames (STCNN_INPUTS); "" when none was computed
+    capture: dict[str, object] = field(default_factory=dict)  # how the patient was found (enhancement, region)
+    quality: dict[str, dict[str, object]] = field(default_factory=dict)  # per stream (landmark_quality.quality)
 
 
 @dataclass
@@ -119,7 +144,7 @@ class Window:
     """One processed window of consecutive frames."""
 
     times: np.ndarray  # [N] float64 seconds
-    frames: np.ndarray  # [N, H, W, 3] after ROI crop and rotation: what the landmarks refer to
+    frames: np.ndarray  # [N, H, W, 3] after ROI crop, enhancement and rotation: what the landmarks refer to
     arrays: Arrays  # every landmark schema key and ROTATION, one row per frame
     features: np.ndarray  # [N // snippet_frames, D] float32 STCNN features (D = 0 without the STCNN)
 
@@ -137,7 +162,8 @@ class _PendingWindow:
 
     def result(self) -> Window:
         """Wait for every stage of the window."""
-        frames, arrays = self._pose.result()
+        seen = self._pose.result()
+        frames, arrays = seen.upright, dict(seen.arrays)
         for name in LANDMARK_STREAMS[1:]:
             future = self._others.get(name)
             arrays.update(future.result() if future else empty_arrays(name, len(frames)))
@@ -150,22 +176,52 @@ class _PendingWindow:
         return [f for f in futures if not f.cancel()]
 
 
+@dataclass(frozen=True)
+class _PoseResult:
+    """What the pose stage hands on: the frames each later stage sees, and the pose in frame coordinates."""
+
+    upright: np.ndarray  # [N, H, W, 3] the (enhanced) frame turned upright: what the landmarks refer to
+    patient: np.ndarray  # [N, h, w, 3] the patient's region of it, where the landmarkers look
+    region: Box
+    rotation: int
+    arrays: Arrays
+
+
 class VideoPipeline:
-    """Fresh landmarkers and rotation state for one video; its windows go in, in order, one after another."""
+    """Fresh landmarkers, patient search and rotation state for one video; its windows go in, in order."""
+
+    # windows between searches while the patient has not been found (the first ones are searched one after another)
+    SEARCH_RETRY_WINDOWS = 4
+    EAGER_SEARCHES = 3
+    # a window whose pose is kept in fewer frames than this is tried at the lenient thresholds (at most LENIENT_TRIALS
+    # times a video); they are kept when they find at least LENIENT_GAIN more of the window's frames
+    POOR_WINDOW = 0.5
+    LENIENT_TRIALS = 3
+    LENIENT_GAIN = 0.1
 
     def __init__(self, deidentifier: Deidentifier, *, roi: Sequence[float] | None = None, rotation: int = 0) -> None:
         self._config = deidentifier.config
         self._executors = deidentifier.executors
         self._encoder = deidentifier.encoder
+        self._model_dir = deidentifier.model_dir
         self.roi = tuple(roi) if roi is not None else None
         self.tracker = RotationTracker(None, rotation)
         self._crop = PatientCropper()
         self.frame_size = (0, 0)  # width, height of the latest window after the ROI crop
         self._streams: dict[str, VideoStream] = {}
+        self._lenient_probe: PoseProbe | None = None
+        self.view = View()
+        self._found = False  # whether the current view has found the patient
+        self._searches = 0
+        self._search_in = 0  # windows until the next search (0: this one)
+        self._regions: RegionTracker | None = None
+        self._lenient = False
+        self._lenient_trials = 0
         try:
             for name in self._config.landmark_streams:
                 self._streams[name] = STREAM_CLASSES[name](deidentifier.model_dir)
             self.tracker.probe = PoseProbe(deidentifier.model_dir)
+            self._lenient_probe = PoseProbe(deidentifier.model_dir, min_confidence=LENIENT)
         except Exception:
             self.close()
             raise
@@ -187,20 +243,99 @@ class VideoPipeline:
         """Run one window through every stage and wait for it."""
         return self.submit(frames, times_s).result()
 
-    def _pose_step(self, frames: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, Arrays]:
-        rotation = self.tracker.choose(frames)
-        upright = rotate(frames, rotation)
-        arrays = self._streams[STREAM_POSE].process(upright, stamps)
-        self.tracker.observe(arrays, upright.shape[2], upright.shape[1])
+    def _look_for_patient(self, frames: np.ndarray, stamps: np.ndarray) -> None:
+        """Run the patient search on this window if it is due; keep its view if it found the patient."""
+        if self._search_in > 0:
+            self._search_in -= 1
+            return
+        view = search(frames, self._lenient_probe, rotation=self.tracker.rotation, enhance=self._config.enhance,
+                      find_region=self._config.find_patient)
+        self._searches += 1
+        if view.found:
+            view = self._best_tracked(view, frames, stamps)
+        if view.found or not self._found:
+            if view.found:
+                self.tracker.rotation = view.rotation
+            self.view, self._found = view, bool(view.found)
+        if view.found:
+            self._search_in = -1  # until the patient is lost
+        else:
+            self._search_in = 0 if self._searches < self.EAGER_SEARCHES else self.SEARCH_RETRY_WINDOWS
+
+    def _best_tracked(self, view: View, frames: np.ndarray, stamps: np.ndarray) -> View:
+        """Of the view and its simpler neighbours, the one the pose stream tracks in most of the window's frames."""
+        options = view.alternatives()
+        if len(options) == 1:
+            return view
+        rates = []
+        for option in options:
+            seen = rotate(crop_box(option.enhance(frames), option.region), option.rotation)
+            with PoseStream(self._model_dir) as trial:
+                rates.append(float(trial.process(seen, stamps)[rec.POSE_MASK].mean()))
+        if max(rates) == 0.0:
+            return view  # the stream found no one either way: the search's judgement stands
+        best = options[int(np.argmax(rates))]  # the first of equals: the simplest
+        log.info("pose tracked in %s of the window for %s", [f"{r:.0%}" for r in rates],
+                 [(o.enhancement_name, o.region == WHOLE) for o in options])
+        return best
+
+    def _detect_pose(self, frames: np.ndarray, stamps: np.ndarray) -> Arrays:
+        """The pose stream on upright frames; a poorly tracked window is tried again at the lenient thresholds."""
+        arrays = self._streams[STREAM_POSE].process(frames, stamps)
+        rate = float(arrays[rec.POSE_MASK].mean()) if len(frames) else 1.0
+        if self._lenient or not self._found or rate >= self.POOR_WINDOW or self._lenient_trials >= self.LENIENT_TRIALS:
+            return arrays
+        self._lenient_trials += 1
+        trial = PoseStream(self._model_dir, min_detection_confidence=LENIENT, min_presence_confidence=LENIENT,
+                           min_tracking_confidence=LENIENT)
+        lenient = trial.process(frames, stamps)
+        if float(lenient[rec.POSE_MASK].mean()) < rate + self.LENIENT_GAIN:
+            trial.close()
+            return arrays
+        log.info("pose kept in %.0f%% of a window's frames: lenient detection thresholds from here on", 100 * rate)
+        self._streams[STREAM_POSE].close()
+        self._streams[STREAM_POSE], self._lenient = trial, True
+        return lenient
+
+    def _pose_step(self, frames: np.ndarray, stamps: np.ndarray) -> _PoseResult:
+        if self._search_in >= 0:
+            self._look_for_patient(frames, stamps)
+        view = self.view
+        enhanced = view.enhance(frames)
+        region = view.region
+        patient = crop_box(enhanced, region) if region != WHOLE else enhanced
+        rotation = self.tracker.choose(patient)
+        upright_patient = rotate(patient, rotation)
+        arrays = self._detect_pose(upright_patient, stamps)
+        self.tracker.observe(arrays, upright_patient.shape[2], upright_patient.shape[1])
         arrays[rec.ROTATION] = np.full(len(frames), rotation, dtype=np.int16)
-        return upright, arrays
+        upright = rotate(enhanced, rotation) if region != WHOLE else upright_patient
+        arrays = to_frame(arrays, region, rotation)
+        self._follow(arrays, rotation, frames.shape[2] / frames.shape[1])
+        return _PoseResult(upright, upright_patient, region, rotation, arrays)
+
+    def _follow(self, arrays: Arrays, rotation: int, aspect: float) -> None:
+        """Move the region with the patient; search again when the patient has been lost for a while."""
+        if not self._found or self._search_in >= 0:
+            return
+        if self._regions is None:
+            self._regions = RegionTracker(aspect)
+        found = arrays[rec.POSE][arrays[rec.POSE_MASK]]
+        box = landmark_box(unturn(found, rotation)) if len(found) else None
+        region, again = self._regions.update(self.view.region, box)
+        if region != self.view.region:
+            self.view = replace(self.view, region=region)
+        if again:
+            self._search_in = 0
 
     @staticmethod
     def _stream_step(stream: VideoStream, pose: Future, stamps: np.ndarray) -> Arrays:
-        return stream.process(pose.result()[0], stamps)
+        seen: _PoseResult = pose.result()
+        return to_frame(stream.process(seen.patient, stamps), seen.region, seen.rotation)
 
     def _stcnn_step(self, encoder: SnippetEncoder, pose: Future) -> np.ndarray:
-        upright, arrays = pose.result()
+        seen: _PoseResult = pose.result()
+        upright, arrays = seen.upright, seen.arrays
         snippet = self._config.snippet_frames
         whole = (len(upright) // snippet) * snippet
         if whole == 0:
@@ -210,12 +345,26 @@ class VideoPipeline:
         # the patient's square from the whole window's pose (the crop the STCNN sees is of the frames used)
         return encoder.encode_window(self._crop(upright[:whole], arrays), whole // snippet)
 
+    def capture(self) -> dict[str, object]:
+        """How the patient was looked for and seen, for the record's provenance."""
+        view = self.view
+        return {
+            "enhancement": view.enhancement.to_json() if view.enhancement else {"name": view.enhancement_name},
+            "exposure": view.exposure.to_json() if view.exposure else None,
+            "region": [round(v, 4) for v in view.region],
+            "region_moves": self._regions.moves if self._regions else 0,
+            "thresholds": "lenient" if self._lenient else "default",
+            "searches": self._searches,
+            "found_in_search": [view.found, view.samples],
+        }
+
     def close(self) -> None:
         """Release every landmarker."""
         for stream in self._streams.values():
             stream.close()
-        if self.tracker.probe is not None:
-            self.tracker.probe.close()
+        for pose_probe in (self.tracker.probe, self._lenient_probe):
+            if pose_probe is not None:
+                pose_probe.close()
 
     def __enter__(self) -> VideoPipeline:
         return self
@@ -308,10 +457,11 @@ class Deidentifier:
                 # the landmarkers close on leaving: no stage may still be using them
                 wait([future for window in pending for future in window.cancel()])
             frame_size = video.frame_size
-        return self._assemble(windows, duration_s, frame_size, source)
+            capture = video.capture()
+        return self._assemble(windows, duration_s, frame_size, source, capture)
 
     def _assemble(self, windows: list[Window], duration_s: float, frame_size: tuple[int, int],
-                  source: str) -> DeidentifiedVideo:
+                  source: str, capture: dict[str, object]) -> DeidentifiedVideo:
         snippet, fps = self.config.snippet_frames, self.config.fps
         if not windows:
             raise VideoError(f"{source} has no frames", "re-export the video")
@@ -321,6 +471,9 @@ class Deidentifier:
                 "use a recording of at least one second",
             )
         arrays = {key: np.concatenate([w.arrays[key] for w in windows]) for key in windows[0].arrays}
+        pose_quality = clean_pose(arrays, *frame_size)
+        streams = self.config.landmark_streams
+        stream_quality = {s: q for s, q in quality(arrays, pose_quality).items() if s in streams}
         arrays[rec.FRAME_TIMES] = np.concatenate([w.times for w in windows]).astype(np.float32)
         features = np.concatenate([w.features for w in windows]).astype(np.float32)
         starts = np.arange(len(features), dtype=np.float32) * snippet / fps
@@ -336,4 +489,6 @@ class Deidentifier:
             models=dict(self.models),
             stcnn=self.encoder.name if self.encoder else "",
             stcnn_input=self.config.stcnn_input if self.encoder else "",
+            capture=capture,
+            quality=stream_quality,
         )

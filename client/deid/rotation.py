@@ -88,20 +88,27 @@ class ProbeResult:
 class PoseProbe:
     """An IMAGE-mode pose landmarker (PoseStream's model) for trying rotations without disturbing the VIDEO streams."""
 
-    def __init__(self, model_dir: Path | str | None = None) -> None:
+    def __init__(self, model_dir: Path | str | None = None, *, min_confidence: float = 0.5) -> None:
         options = vision.PoseLandmarkerOptions(
             base_options=base_options(PoseStream.model_key, model_dir),
             running_mode=vision.RunningMode.IMAGE,
             num_poses=1,
+            min_pose_detection_confidence=min_confidence,
+            min_pose_presence_confidence=min_confidence,
+            min_tracking_confidence=min_confidence,
         )
         self._landmarker = create_landmarker(vision.PoseLandmarker, options, PoseStream.model_key)
 
+    def pose(self, frame: np.ndarray) -> np.ndarray | None:
+        """The pose [33, 4] of the one person found in a single RGB frame [H, W, 3], or None."""
+        result = self._landmarker.detect(mp_image(frame))
+        return pose_array(result.pose_landmarks[0]) if result.pose_landmarks else None
+
     def probe(self, frame: np.ndarray) -> ProbeResult:
         """Look for one person in a single RGB frame [H, W, 3]."""
-        result = self._landmarker.detect(mp_image(frame))
-        if not result.pose_landmarks:
+        pose = self.pose(frame)
+        if pose is None:
             return ProbeResult(found=False)
-        pose = pose_array(result.pose_landmarks[0])
         return ProbeResult(True, float(pose[:, 3].mean()), uprightness(pose, frame.shape[1], frame.shape[0]))
 
     def close(self) -> None:
