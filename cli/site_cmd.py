@@ -13,6 +13,7 @@ from rich.table import Table
 
 from semiofed.cli.output import OutputFormat, emit, format_option
 from semiofed.cli.progress import progress_bar
+from semiofed.client.deid.landmark_quality import POOR_TRACKING
 from semiofed.client.site import init_site, open_site, tighten_policy
 from semiofed.client.store import list_records
 from semiofed.common.constants import DEFAULT_DEID_STREAMS, DEID_STREAMS, STCNN_INPUT_PATIENT
@@ -84,7 +85,8 @@ def _summary(outcomes: list) -> Table:
         table.add_row(
             str(o.line), o.record_id or "-", f"[{colour}]{o.status}[/]",
             *(f"{rate[s]:.0%}" if s in rate else "" for s in ("pose", "hands", "face")),
-            "" if o.n_snippets is None else str(o.n_snippets), o.error or "",
+            "" if o.n_snippets is None else str(o.n_snippets),
+            o.error or (f"[yellow]{o.warning}[/]" if o.warning else ""),
         )
     return table
 
@@ -162,8 +164,15 @@ def show(
             table.add_row(r["record_id"], r["status"], r.get("label") or "",
                           "" if r.get("duration_s") is None else f"{r['duration_s']:.1f}",
                           *(f"{rate[s]:.0%}" if s in rate else "" for s in ("pose", "hands", "face")),
-                          "" if r.get("n_snippets") is None else str(r["n_snippets"]), r.get("error") or "")
-        Console().print(table)
+                          "" if r.get("n_snippets") is None else str(r["n_snippets"]),
+                          r.get("error") or (f"[yellow]{r['warning']}[/]" if r.get("warning") else ""))
+        console = Console()
+        console.print(table)
+        made = [r for r in rows if r["status"] != "failed"]
+        poor = [r for r in made if r.get("warning")]
+        if poor:
+            console.print(f"[yellow]{len(poor)} of {len(made)} records track poorly (pose in fewer than "
+                          f"{POOR_TRACKING:.0%} of frames): check the camera view, or give the bed region as a roi[/]")
 
     emit(output_format, rows, print_table)
 

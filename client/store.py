@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from semiofed.client.deid.landmark_quality import tracking_warning
 from semiofed.client.site import SiteLayout
 from semiofed.common.errors import RecordError
 from semiofed.common.files import write_json_atomic
 from semiofed.common.records.schema import META_FILE, STATUS_FAILED, read_meta
 
 SHOW_FIELDS = ("record_id", "status", "error", "label", "patient_pseudonym", "n_frames", "fps",
-               "duration_s", "detection_rate", "n_snippets", "feature_dim")
+               "duration_s", "detection_rate", "quality", "capture", "n_snippets", "feature_dim", "warning")
 
 
 def is_finished(layout: SiteLayout, record_id: str) -> bool:
@@ -56,5 +57,6 @@ def list_records(layout: SiteLayout) -> list[dict[str, Any]]:
                 rows[record_dir.name] = {key: None for key in SHOW_FIELDS} | {
                     "record_id": record_dir.name, "status": STATUS_FAILED, "error": str(exc)}
                 continue
-            rows[record_dir.name] = {key: meta.get(key) for key in SHOW_FIELDS} | {"error": None}
+            rows[record_dir.name] = {key: meta.get(key) for key in SHOW_FIELDS} | {
+                "error": None, "warning": tracking_warning(meta.get("detection_rate") or {})}
     return [rows[k] for k in sorted(rows)]

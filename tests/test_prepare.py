@@ -98,8 +98,11 @@ def test_prepare_fails_the_batch_but_makes_every_good_record(hospital: dict) -> 
     run, outcomes = hospital["run"], hospital["outcomes"]
     assert run.returncode == 1  # some records failed
     assert [outcomes[line]["status"] for line in (2, 3, 4, 5)] == ["done"] * 4
+    # no one in the room: a record all the same (its STCNN stream needs no skeleton), with a warning
+    assert outcomes[10]["status"] == "done" and "no skeleton found" in outcomes[10]["warning"]
+    assert all(outcomes[line]["warning"] is None for line in (2, 3, 4, 5))
     expected = {6: "empty", 7: "not a readable video", 8: "not a readable video", 9: "codec",
-                10: "no person was detected", 11: "does not exist", 12: "outside the video root",
+                11: "does not exist", 12: "outside the video root",
                 13: "more than once", 14: "more than once"}
     for line, words in expected.items():
         assert outcomes[line]["status"] == "failed", line
@@ -142,15 +145,42 @@ def test_show_lists_ok_and_failed_records(hospital: dict) -> None:
                           capture_output=True, text=True, check=True)
     rows = json.loads(show.stdout)
     statuses = sorted(r["status"] for r in rows)
-    assert statuses.count("ok") == 4 and statuses.count("failed") == 8  # the duplicated pair shares one id
+    assert statuses.count("ok") == 5 and statuses.count("failed") == 7  # the duplicated pair shares one id
     for row in rows:
         for key in ("record_id", "status", "error", "n_frames", "fps", "duration_s", "detection_rate",
                     "n_snippets", "feature_dim"):
             assert key in row
         if row["status"] == "ok":
             assert set(row["detection_rate"]) == {"pose", "hands"} and row["error"] is None
+            assert set(row["quality"]) == {"pose", "hands"} and row["capture"]["enhancement"]["name"] == "none"
+            assert (row["warning"] is None) == (row["detection_rate"]["pose"] >= 0.5)
         else:
             assert row["error"]
+    table = subprocess.run([*CLI, "site", "show", "--site-dir", str(hospital["site"].layout.root)],
+                           capture_output=True, text=True, check=True, env=hospital["env"] | {"COLUMNS": "200"})
+    assert "1 of 5 records track poorly" in table.stdout and "no skeleton found" in table.stdout
+
+
+def test_a_record_without_a_skeleton_is_classified_from_its_stcnn_stream(hospital: dict, tmp_path: Path,
+                                                                        model_dir: Path) -> None:
+    """The empty room's record: keypoint windows all invalid, I3D features real; the model reads it like any other."""
+    from semiofed.client.training.predict import predict_record
+    from semiofed.common.learning.checkpoint import load_checkpoint, save_checkpoint
+    from semiofed.common.learning.classifier import ClassifierConfig, build_classifier
+    from semiofed.common.records.features import KEYPOINT_DIM, feature_extractor_of, keypoint_snippet_features
+
+    record = rec.read_record(hospital["site"].layout.records_dir / hospital["outcomes"][10]["record_id"])
+    assert not record.arrays[rec.POSE_MASK].any() and record.arrays[rec.SNIPPET_FEATURES].std() > 0
+    assert record.quality["pose"]["detected"] == 0.0 and record.capture["searches"] >= 1
+    keypoints = keypoint_snippet_features(record)
+    assert keypoints.shape == (record.n_snippets, KEYPOINT_DIM) and not keypoints[:, -1].any()  # every window invalid
+    model = build_classifier(ClassifierConfig(streams=("stcnn", "keypoints"), stcnn_dim=1024, embed_dim=8, hidden=6,
+                                              temporal="blstm"), seed=0)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", model, {"feature_extractor": feature_extractor_of(record),
+                                                            "temperature": 1.0})
+    prediction = predict_record(load_checkpoint(checkpoint), record)
+    assert abs(sum(prediction.probabilities.values()) - 1) < 1e-6
+    assert np.isfinite(prediction.snippet_probabilities).all()
 
 
 def test_store_holds_no_frame_name_id_or_date(hospital: dict) -> None:
@@ -161,7 +191,7 @@ def test_store_holds_no_frame_name_id_or_date(hospital: dict) -> None:
     forbidden += list(DATES) + ["ward-2024-03-15", str(hospital["root"])]
     date_re = re.compile(rb"(19|20)\d\d-?[01]\d-?[0-3]\d")
     files = [p for p in layout.store.rglob("*") if p.is_file()]
-    assert len(files) == 4 * 2 + 8  # 4 records of 2 files, 8 failure notes (the duplicated pair shares one id)
+    assert len(files) == 5 * 2 + 7  # 5 records of 2 files, 7 failure notes (the duplicated pair shares one id)
     for path in files:
         data = path.read_bytes()
         for word in forbidden:
@@ -195,7 +225,7 @@ def test_rerun_skips_finished_records(hospital: dict) -> None:
     run = subprocess.run([*CLI, "site", "prepare", "--site-dir", str(site_dir), "--manifest", str(hospital["manifest"]),
                           "--format", "json"], capture_output=True, text=True, env=hospital["env"])
     outcomes = {o["line"]: o for o in json.loads(run.stdout)}
-    assert [outcomes[line]["status"] for line in (2, 3, 4, 5)] == ["skipped"] * 4
+    assert [outcomes[line]["status"] for line in (2, 3, 4, 5, 10)] == ["skipped"] * 5
     assert {p: p.stat().st_mtime_ns for p in hospital["site"].layout.records_dir.rglob("*.npz")} == before
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from semiofed.client.deid.pipeline import Deidentifier, DeidentifyConfig
+from semiofed.client.deid.pipeline import DeidentifiedVideo, Deidentifier, DeidentifyConfig
+from semiofed.client.deid.landmark_quality import tracking_warning
 from semiofed.client.deid.manifest import ManifestRow, RowError, near_duplicate_ids, near_duplicate_message, read_manifest
 from semiofed.client.deid.pseudonym import patient_pseudonym, record_id
 from semiofed.client.site import Site
@@ -42,6 +43,7 @@ class Outcome:
     detection_rate: dict[str, float] | None = None
     n_snippets: int | None = None
     duration_s: float | None = None
+    warning: str | None = None  # a record made, but one that tracks poorly (landmark_quality.tracking_warning)
 
 
 def _sanitise(message: str, row: ManifestRow) -> str:
@@ -98,14 +100,24 @@ def _update_linkage(site: Site, rows: list[ManifestRow], secret: bytes, video_ro
     write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
+def no_skeleton_problem(result: DeidentifiedVideo, video: Path) -> str | None:
+    """Why a video without any pose is useless, or None: it is useful while it has STCNN features."""
+    if result.detection_rate.get("pose", 0.0) > 0.0 or result.stcnn:
+        return None
+    return f"no person was detected in any frame of video {video} and this site computes no STCNN features"
+
+
 def make_record(deidentifier: Deidentifier, row: ManifestRow, secret: bytes) -> SeizureRecord:
-    """De-identify one manifest row's video into a record (in memory)."""
+    """De-identify one manifest row's video into a record (in memory).
+
+    A video where no pose is found still becomes a record: its STCNN stream
+    (GESTURES' only stream) needs no skeleton, and its keypoint stream is all
+    masked. Only a keypoints-only site refuses it, having nothing to keep."""
     result = deidentifier.run(row.video, roi=row.roi)
-    if result.detection_rate.get("pose", 0.0) == 0.0:
-        raise SemiofedError(
-            f"no person was detected in any frame of video {row.video} (all rotations tried)",
-            "check the video shows the patient; give the bed region with the manifest's roi column",
-        )
+    problem = no_skeleton_problem(result, row.video)
+    if problem:
+        raise SemiofedError(problem, "check the video shows the patient; give the bed region with the manifest's "
+                                     "roi column, or prepare with the stcnn stream")
     return SeizureRecord(
         record_id=record_id(secret, row.patient_id, row.seizure_id),
         patient_pseudonym=patient_pseudonym(secret, row.patient_id),
@@ -123,6 +135,8 @@ def make_record(deidentifier: Deidentifier, row: ManifestRow, secret: bytes) -> 
         models=result.models,
         detection_rate=result.detection_rate,
         frame_size=result.frame_size,
+        capture=result.capture,
+        quality=result.quality,
     )
 
 
@@ -141,7 +155,8 @@ def deidentify_video(
         record_id="r-prediction", patient_pseudonym="p-prediction", label="", fps=result.fps,
         duration_s=result.duration_s, arrays=result.arrays, stcnn=result.stcnn, stcnn_input=result.stcnn_input,
         snippet_frames=deidentifier.config.snippet_frames, models=result.models,
-        detection_rate=result.detection_rate, frame_size=result.frame_size,
+        detection_rate=result.detection_rate, frame_size=result.frame_size, capture=result.capture,
+        quality=result.quality,
     )
 
 
@@ -161,7 +176,8 @@ def process_row(deidentifier: Deidentifier, site: Site, row: ManifestRow, secret
         return Outcome(row.line, rid, "failed", message)
     clear_failed(site.layout, rid)
     return Outcome(row.line, rid, "done", detection_rate=record.detection_rate,
-                   n_snippets=record.n_snippets, duration_s=record.duration_s)
+                   n_snippets=record.n_snippets, duration_s=record.duration_s,
+                   warning=tracking_warning(record.detection_rate))
 
 
 # Worker processes keep one Deidentifier (models loaded once per process).

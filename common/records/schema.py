@@ -86,6 +86,10 @@ class SeizureRecord:
     detection_rate: dict[str, float] = field(default_factory=dict)
     # width, height of the frame the landmarks refer to, before rotation
     frame_size: tuple[int, int] | None = None
+    # how the patient was found (client/deid/patient_search.py: enhancement, exposure, region, thresholds)
+    capture: dict[str, Any] = field(default_factory=dict)
+    # per landmark stream: the share of frames detected; for the pose also kept as plausible (landmark_quality.py)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:
@@ -125,6 +129,8 @@ class SeizureRecord:
             "models": dict(sorted(self.models.items())),
             "detection_rate": dict(sorted(self.detection_rate.items())),
             "frame_size": list(self.frame_size) if self.frame_size else None,
+            "capture": self.capture,
+            "quality": self.quality,
         }
 
 
@@ -207,4 +213,6 @@ def read_record(record_dir: Path) -> SeizureRecord:
         models=meta.get("models", {}),
         detection_rate=meta.get("detection_rate", {}),
         frame_size=tuple(meta["frame_size"]) if meta.get("frame_size") else None,
+        capture=meta.get("capture", {}),
+        quality=meta.get("quality", {}),
     )
