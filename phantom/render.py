@@ -154,7 +154,12 @@ class Renderer:
         self._box(img, (-half_l, 0.08, -half_w), (half_l, BED_TOP - 0.12, half_w), (110, 110, 115))
         self._box(img, (-half_l, BED_TOP - 0.12, -half_w), (half_l, BED_TOP, half_w), bedding)
         self._box(img, (half_l, 0.08, -half_w), (half_l + 0.06, 1.1, half_w), (90, 95, 100))
-        if self.scene.posture == "supine":
+        if self.scene.kind.startswith("ward"):  # bed rails along both sides
+            for z in (-half_w - 0.03, half_w):
+                self._box(img, (-0.6, BED_TOP + 0.28, z), (0.8, BED_TOP + 0.33, z + 0.03), (150, 150, 155))
+                for x in (-0.6, 0.1, 0.77):
+                    self._box(img, (x, BED_TOP, z), (x + 0.03, BED_TOP + 0.3, z + 0.03), (150, 150, 155))
+        if self.scene.posture in ("supine", "side_lying"):
             self._box(img, (0.62, BED_TOP, -0.3), (0.98, BED_TOP + 0.1, 0.3), _shade(bedding, 1.03))
         else:
             beta = np.radians(self.scene.recline_deg)
@@ -300,6 +305,8 @@ class Renderer:
     def _blanket(self, img: np.ndarray, i: int) -> None:
         j3 = self.ep.joints_3d[i]
         names = ["left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_foot_index", "right_foot_index"]
+        if self.scene.kind.startswith("ward"):  # a ward blanket reaches the chest
+            names += ["left_shoulder", "right_shoulder"]
         pts = j3[[JI[n] for n in names]]
         centre = pts.mean(axis=0)
         up = np.array([0.0, 1.0, 0.0])
@@ -344,6 +351,12 @@ class Renderer:
             legs = [JI[n] for n in ("left_knee", "right_knee", "left_ankle", "right_ankle")]
             parts.append((float(depth[legs].min()) - 0.12, 4, None))
         parts.sort(key=lambda p: -p[0])
+        if self.scene.kind.startswith("ward"):
+            # a blanket to the chest: legs and trunk under it, head, arms and hands on top, whatever the depth
+            def under(part: tuple) -> bool:
+                return part[1] == 1 or (part[1] == 0 and not self.capsules[part[2]][0].endswith(("shoulder", "elbow", "neck")))
+            parts = [p for p in parts if p[1] != 4 and under(p)] + [p for p in parts if p[1] == 4] + \
+                [p for p in parts if p[1] != 4 and not under(p)]
         for _, kind, arg in parts:
             if kind == 0:
                 a, b = ends[arg]

@@ -14,7 +14,9 @@ from semiofed.phantom.body import JOINT_INDEX, NUM_JOINTS
 from semiofed.phantom.camera import Camera
 
 SCENES = ("bed_side", "ceiling", "bed_sitting", "chair")
-POSTURE = {"bed_side": "supine", "ceiling": "supine", "bed_sitting": "sitting_bed", "chair": "chair"}
+POSTURE = {"bed_side": "supine", "ceiling": "supine", "bed_sitting": "sitting_bed", "chair": "chair",
+           # the hard ward scenes of phantom/ward.py (never drawn for a cohort): a ceiling-corner camera, bed rails
+           "ward_supine": "supine", "ward_side": "side_lying"}
 BED_TOP = 0.55
 BED_LENGTH, BED_WIDTH = 2.0, 0.95
 
@@ -130,7 +132,17 @@ def resting_pose(scene: SceneSpec, height_m: float) -> tuple[np.ndarray, np.ndar
         put(f"{name}_knee", 0, 0.08)
         put(f"{name}_ankle", 0, -0.1)
     beta = np.radians(scene.recline_deg)
-    if scene.posture == "supine":
+    if scene.posture == "side_lying":
+        # curled on the left side, facing the bed's +z edge: hips and knees flexed, arms drawn in, head bowed
+        rot = _basis(np.array([1.0, 0, 0]), np.array([0, 0, 1.0]))
+        pelvis = np.array([0.0 - 0.05 * (height_m - 1.7), BED_TOP + 0.17, 0.0])
+        for name in ("left", "right"):
+            put(f"{name}_hip", 0, -1.1)
+            put(f"{name}_knee", 0, 1.3)
+            put(f"{name}_shoulder", 0, -0.9)
+            put(f"{name}_elbow", 0, -1.3)
+        put("neck", 0, 0.35)
+    elif scene.posture == "supine":
         rot = _basis(np.array([1.0, 0, 0]), np.array([0, 1.0, 0]))
         pelvis = np.array([0.0 - 0.05 * (height_m - 1.7), BED_TOP + 0.11, 0.0])
         put("neck", 0, 0.25)  # head on the pillow

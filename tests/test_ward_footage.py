@@ -186,3 +186,31 @@ def test_the_enhancement_is_offered_to_dim_or_infrared_footage_only_and_is_the_s
     assert ex.measure(enhanced).contrast > 2 * exposure.contrast and ex.measure(enhanced).mean > exposure.mean + 30
     np.testing.assert_array_equal(contrast(night[:1]), enhanced[:1])  # a frame's result does not depend on the others
     assert night.dtype == enhanced.dtype and night.shape == enhanced.shape
+
+
+def test_the_hard_ward_phantom_hides_the_patient_until_the_search_finds_their_region(model_dir, tmp_path) -> None:
+    """phantom/ward.py: a ceiling-corner camera at 1920x1080 over a railed bed, a blanket to the chest (daylight)."""
+    from dataclasses import replace as dc_replace
+
+    from semiofed.phantom.body import sample_anthropometry
+    from semiofed.phantom.encode import write_mp4
+    from semiofed.phantom.episode import EpisodeSpec, simulate
+    from semiofed.phantom.render import Renderer
+    from semiofed.phantom.semiology import plan_seizure, sample_traits
+    from semiofed.phantom.ward import WARD_SIZE, ward_scene
+
+    rng = np.random.default_rng([300, 15])
+    body, traits = sample_anthropometry(rng), sample_traits(rng, 0.5)
+    plan = plan_seizure(traits, "FOS", (4.0, 4.0), rng)
+    scene = ward_scene("ward_supine", rng, ir_night=False)
+    spec = EpisodeSpec("P001", "P001-S1", body, traits, dc_replace(plan, video_s=4.0), scene, 30.0, 300)
+    episode = simulate(spec)
+    assert spec.size == WARD_SIZE
+    uv = episode.joints_2d
+    assert (uv[..., 0].max() - uv[..., 0].min()) < 0.35 * WARD_SIZE[0]  # the patient is small in the frame
+    path = tmp_path / "ward.mp4"
+    write_mp4(path, Renderer(episode).frames(), spec.fps, spec.size, spec.scene.crf)
+    with Deidentifier(NO_SEARCH, model_dir) as plain, Deidentifier(KEYPOINTS, model_dir) as searching:
+        before, after = plain.run(path), searching.run(path)
+    assert before.detection_rate["pose"] < 0.5 and after.detection_rate["pose"] >= 0.8, (before.detection_rate, after.detection_rate)
+    assert after.capture["region"] != [0.0, 0.0, 1.0, 1.0]
