@@ -19,7 +19,8 @@ from semiofed.phantom.encode import video_codec, write_mp4
 from semiofed.phantom.episode import EpisodeSpec, simulate
 from semiofed.phantom.render import Renderer
 from semiofed.phantom.scene import SCENES, SiteStyle, roi_fraction, sample_scene
-from semiofed.phantom.semiology import DEFAULT_LEAD_S, DEFAULT_TAIL_S, FOS, MIN_SEIZURE_S, TCS, plan_seizure, sample_traits
+from semiofed.phantom.semiology import (DEFAULT_LEAD_S, DEFAULT_TAIL_S, FOS, MIN_SEIZURE_S, TCS, UNUSUAL_LABELS, plan_seizure,
+                                       sample_traits)
 from semiofed.phantom.truth import write_truth
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class GenerateConfig:
     min_patients_per_site: int = 1
     fps: float = 15.0
     size: tuple[int, int] = (320, 240)
+    # share of seizures replaced by a semiology no model trains on (hypermotor, non-epileptic): held-out test cohorts
+    # for the unusual-seizure score; 0 leaves every other draw of the dataset unchanged
+    unusual_fraction: float = 0.0
 
     def validate(self) -> None:
         """Raise PhantomError naming the first bad setting."""
@@ -91,6 +95,8 @@ class GenerateConfig:
         for name, (a, b) in (("lead", self.lead_s), ("tail", self.tail_s)):
             if not 1.0 <= a <= b <= 60:
                 raise PhantomError(f"{name} {a:g}-{b:g} s is outside 1-60 s or not increasing", "write it as e.g. 3-12")
+        if not 0.0 <= self.unusual_fraction <= 1.0:
+            raise PhantomError(f"unusual fraction {self.unusual_fraction:g} is outside 0-1", "give a share such as 0.3")
         if not 5 <= self.fps <= 60:
             raise PhantomError(f"--fps {self.fps:g} is outside 5-60", "use e.g. 15")
         w, h = self.size
@@ -159,6 +165,10 @@ def plan_dataset(config: GenerateConfig) -> tuple[list[SiteProfile], list[Planne
                 seed = episode_seed(config.seed, patient_no, seizure_no)
                 rng = np.random.default_rng([seed, 0])
                 label = TCS if rng.random() < traits.tcs_probability else FOS
+                if config.unusual_fraction > 0:  # its own stream, so the other draws stay as without it
+                    urng = np.random.default_rng([seed, 5])
+                    if urng.random() < config.unusual_fraction:
+                        label = UNUSUAL_LABELS[int(urng.integers(len(UNUSUAL_LABELS)))]
                 plan = plan_seizure(traits, label, config.duration_s, rng, lead_s=config.lead_s, tail_s=config.tail_s)
                 kind = home_scene if rng.random() < 0.7 else kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
                 scene = sample_scene(kind, profile.style, config.size, plan.video_s, rng)
@@ -171,7 +181,7 @@ def plan_dataset(config: GenerateConfig) -> tuple[list[SiteProfile], list[Planne
 
 def _ensure_both_labels(site_videos: list[PlannedVideo], config: GenerateConfig) -> list[PlannedVideo]:
     """Give a site with two or more seizures at least one of each label (trainers need both classes)."""
-    labels = {v.spec.plan.label for v in site_videos}
+    labels = {v.spec.plan.label for v in site_videos} & {FOS, TCS}
     if len(site_videos) < 2 or len(labels) == 2:
         return site_videos
     missing = TCS if FOS in labels else FOS
@@ -256,7 +266,8 @@ def write_dataset_summary(out: Path, config: GenerateConfig, profiles: list[Site
             "profile": asdict(profile),
             "patients": sorted({v.spec.patient_id for v in mine}),
             "videos": len(mine),
-            "labels": {label: sum(v.spec.plan.label == label for v in mine) for label in (FOS, TCS)},
+            "labels": {label: sum(v.spec.plan.label == label for v in mine) for label in (FOS, TCS) + UNUSUAL_LABELS
+                       if label in (FOS, TCS) or any(v.spec.plan.label == label for v in mine)},
             "views": {kind: sum(v.spec.scene.kind == kind for v in mine) for kind in SCENES},
         })
     summary = {"generator": "semiofed.phantom", "config": asdict(config), "codec": video_codec(), "sites": sites}

@@ -16,6 +16,11 @@ from semiofed.phantom.body import JOINT_INDEX, NUM_JOINTS
 FOS = "FOS"
 TCS = "TCS"
 LABELS = (FOS, TCS)
+# Semiologies no model is trained on, for the unusual-seizure check (issue 17): a frontal hyperkinetic (hypermotor)
+# seizure and a psychogenic non-epileptic event. Each is one phase of its own name over the whole event.
+HYPERMOTOR = "hypermotor"
+PNES = "pnes"
+UNUSUAL_LABELS = (HYPERMOTOR, PNES)
 FOCAL_SIGNS = ("arrest", "head_version", "clonic_arm", "clonic_face", "manual_automatism",
                "oral_automatism", "dystonic_hand", "pedal_automatism", "hemiclonic")
 MIN_SEIZURE_S = 10.0  # a TCS needs room for focal onset, tonic and clonic phases
@@ -109,8 +114,10 @@ def plan_seizure(traits: PatientTraits, label: str, duration_range_s: tuple[floa
             side = other if name == "dystonic_hand" and rng.random() < 0.3 else traits.side
             phases.append(Phase(name, round(onset + start, 3), round(onset + end, 3), side))
         return SeizurePlan(FOS, video_s, onset, offset, None, tuple(phases))
+    if label in UNUSUAL_LABELS:
+        return SeizurePlan(label, video_s, onset, offset, None, (Phase(label, onset, offset, None),))
     if label != TCS:
-        raise ValueError(f"unknown label {label!r}; use one of {LABELS}")
+        raise ValueError(f"unknown label {label!r}; use one of {LABELS + UNUSUAL_LABELS}")
     focal = max(2.0, duration * float(rng.uniform(0.1, 0.5)))
     rest = duration - focal
     tonic = float(np.clip(rest * rng.uniform(0.15, 0.3), 3.0, 20.0))
@@ -366,6 +373,48 @@ def _generalised(m: Motion, t: np.ndarray, tonic: Phase, clonic: Phase, fps: flo
     m.root[:, 1] += 0.015 * common * smooth_noise(rng, steps, fps, 2.0)
 
 
+def _hypermotor(m: Motion, t: np.ndarray, start: float, end: float, fps: float, traits: PatientTraits,
+                rng: np.random.Generator) -> None:
+    """Frontal hyperkinetic seizure: abrupt, violent, proximal and irregular movement of the whole body (thrashing,
+    rocking, bicycling), 0.5-2 Hz, no slowing and no tonic or clonic phase; ends abruptly, with little postictal."""
+    steps = len(t)
+    env = window(t, start, end, 0.3)  # abrupt onset and offset
+    a = traits.amplitude * rng.uniform(1.0, 1.4)
+    for side in ("left", "right"):
+        m.shoulder(side, flex=a * (0.6 + 0.8 * smooth_noise(rng, steps, fps, 1.2)) * env,
+                   abd=a * 0.6 * smooth_noise(rng, steps, fps, 1.0) * env)
+        m.elbow(side, flex=a * (0.8 + 0.7 * smooth_noise(rng, steps, fps, 1.5)) * env)
+        m.hip(side, flex=a * (0.5 + 0.5 * smooth_noise(rng, steps, fps, 1.0)) * env,
+              abd=0.2 * a * smooth_noise(rng, steps, fps, 0.8) * env)
+        m.knee(side, flex=a * (0.8 + 0.7 * smooth_noise(rng, steps, fps, 1.0)) * env)
+    m.trunk(flex=0.25 * a * smooth_noise(rng, steps, fps, 0.8) * env, turn_left=0.35 * a * smooth_noise(rng, steps, fps, 0.7) * env)
+    m.head(turn_left=0.5 * a * smooth_noise(rng, steps, fps, 1.0) * env, flex=0.2 * smooth_noise(rng, steps, fps, 1.0) * env)
+    m.root[:, 1] += 0.12 * a * smooth_noise(rng, steps, fps, 0.6) * env  # rocking, turning in bed
+    m.root[:, 0] += 0.06 * a * smooth_noise(rng, steps, fps, 0.8) * env
+
+
+def _non_epileptic(m: Motion, t: np.ndarray, start: float, end: float, fps: float, traits: PatientTraits,
+                   rng: np.random.Generator) -> None:
+    """Psychogenic non-epileptic event: side-to-side ('no-no') head movement, out-of-phase shaking of the limbs at a
+    steady 3-5 Hz that never slows, pelvic thrusting, all waxing and waning with pauses; eyes closed."""
+    steps = len(t)
+    env = window(t, start, end, 1.5)
+    wax = np.clip(0.55 + 0.6 * smooth_noise(rng, steps, fps, 0.12), 0.0, 1.0) * env  # waxing and waning, pauses
+    f = rng.uniform(3.0, 5.0)
+    a = traits.amplitude * rng.uniform(0.8, 1.1)
+    for k, side in enumerate(("left", "right")):
+        phase = k * np.pi + rng.uniform(-0.3, 0.3)  # the two sides out of phase
+        shake = np.sin(2 * np.pi * f * t + phase)
+        m.shoulder(side, flex=0.3 * a * env + 0.12 * a * shake * wax)
+        m.elbow(side, flex=0.7 * a * env + 0.35 * a * shake * wax)
+        m.wrist(side, flex=0.25 * shake * wax)
+        legs = np.sin(2 * np.pi * f * t + phase + np.pi / 2)
+        m.hip(side, flex=0.12 * a * legs * wax)
+        m.knee(side, flex=0.25 * a * legs * wax)
+    m.head(turn_left=0.45 * a * np.sin(2 * np.pi * rng.uniform(0.6, 1.2) * t) * wax)
+    m.root[:, 0] += 0.04 * a * np.sin(2 * np.pi * rng.uniform(0.8, 1.5) * t) * wax  # pelvic thrusting
+
+
 def motion_program(plan: SeizurePlan, traits: PatientTraits, fps: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Return (angle offsets [T,J,3], root angle offsets [T,3]) for a planned seizure."""
     steps = int(round(plan.video_s * fps))
@@ -385,6 +434,10 @@ def motion_program(plan: SeizurePlan, traits: PatientTraits, fps: float, rng: np
     for phase in plan.phases:
         if phase.name in FOCAL_SIGNS:
             _focal_sign(m, phase.name, phase.side or traits.side, t, phase.start_s, phase.end_s, fps, traits, rng)
+    if plan.label == HYPERMOTOR:
+        _hypermotor(m, t, plan.onset_s, plan.offset_s, fps, traits, rng)
+    elif plan.label == PNES:
+        _non_epileptic(m, t, plan.onset_s, plan.offset_s, fps, traits, rng)
     if plan.label == TCS:
         _generalised(m, t, by_name["tonic"], by_name["clonic"], fps, traits, rng)
         # Postictal: stillness with slow, deep (stertorous) breathing.
