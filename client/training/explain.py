@@ -1,0 +1,138 @@
+"""Why the model decided as it did: per-region and per-time attributions, and how stable the decision is.
+
+- Per region (occlusion): each body region of common/records/regions.py is
+  held still in the record's pose track, the model inputs are recomputed and
+  the model re-run. A region's attribution is the occlusion sensitivity: the
+  mean over the snippets of how far the per-snippet log-odds of the predicted
+  class move when the region is still (how much the model's reading of the
+  seizure rests on that region's movement). Its direction is the change of
+  the seizure-level log-odds: positive, the region's movement spoke for the
+  decision; negative, against it. Log-odds, not probability points: a
+  confident decision would saturate the probability and hide every region.
+  Over the snippets the same differences give a region x time map. A region the model does not read (its
+  inputs do not change when it is held still) is reported as not read, with 0.
+- Per time (exact): the seizure logits are the pooled snippet logits, so each
+  snippet's share of the seizure-level log-odds of the predicted class is its
+  pooling weight times its own log-odds.
+- Interval: the model was trained on n_segments snippets drawn with jitter
+  (GESTURES); the 5-95% range of the calibrated probability over such draws of
+  this seizure says how much the decision depends on which moments are read.
+
+Everything here is inference on one record at the site: nothing leaves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from semiofed.common.learning.checkpoint import Checkpoint
+from semiofed.common.learning.classifier import AttentionMLP
+from semiofed.common.learning.metrics import softmax
+from semiofed.common.learning.trainer import snippet_logits
+from semiofed.common.records.features import STCNN_STREAMS, record_inputs, segment_indices
+from semiofed.common.records.regions import REGIONS, held_still
+from semiofed.common.records.schema import SeizureRecord
+
+INTERVAL_DRAWS = 200
+INTERVAL = (5.0, 95.0)
+# A region whose input changes by less than this (max abs, on the descriptors' [-3, 3] scale) is not read.
+_UNCHANGED = 1e-4
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Attributions of one prediction."""
+
+    label: str  # the predicted class the attributions are for
+    regions: dict[str, float]  # region name -> mean |change| of the snippets' log-odds of `label` when held still
+    direction: dict[str, float]  # region name -> fall of the seizure's log-odds of `label` when held still
+    region_read: dict[str, bool]  # whether the model's inputs depend on the region at all
+    region_timeline: np.ndarray  # [R, S] fall of the snippet's log-odds of `label`, regions in REGIONS order
+    snippet_contributions: np.ndarray  # [S] each snippet's share of the seizure log-odds of `label`
+    interval: tuple[float, float]  # 5-95% of the calibrated P(label) over jittered segment draws
+    covers: str  # what the region attributions cover ("keypoint stream" or a note on STCNN streams)
+
+    @property
+    def top_region(self) -> str | None:
+        """The read region the model's reading depends on most, or None."""
+        read = [(abs(v), k) for k, v in self.regions.items() if self.region_read.get(k)]
+        return max(read)[1] if read and max(read)[0] > 0 else None
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready values (without the per-snippet arrays)."""
+        return {"label": self.label, "regions": {k: round(v, 4) for k, v in self.regions.items()},
+                "regions_direction": {k: round(v, 4) for k, v in self.direction.items()},
+                "regions_read": self.region_read, "top_region": self.top_region,
+                "interval": [round(self.interval[0], 4), round(self.interval[1], 4)], "covers": self.covers}
+
+
+def _log_odds(logits: np.ndarray, c: int, temperature: float) -> np.ndarray:
+    """log P(c) - log(1 - P(c)) of calibrated logits [..., C]."""
+    p = softmax(np.atleast_2d(logits), temperature)[:, c]
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def pooling_weights(checkpoint: Checkpoint, inputs: np.ndarray) -> np.ndarray:
+    """[S] the weight of each snippet's logits in the seizure logits (uniform, or the attention weights)."""
+    model = checkpoint.model
+    if not isinstance(model.temporal, AttentionMLP):
+        return np.full(inputs.shape[0], 1.0 / inputs.shape[0])
+    captured: list[torch.Tensor] = []
+    handle = model.temporal.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        snippet_logits(model, inputs)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        return torch.softmax(model.temporal.score(captured[-1]), dim=1)[0, :, 0].numpy().astype(np.float64)
+
+
+def segment_interval(checkpoint: Checkpoint, inputs: np.ndarray, c: int, *, draws: int = INTERVAL_DRAWS,
+                     seed: int = 0) -> tuple[float, float]:
+    """5-95% of the calibrated P(class c) over `draws` jittered segment samplings of the snippets."""
+    n_segments = checkpoint.config.n_segments
+    rng = np.random.default_rng(seed)  # inference only: a fixed seed makes the page reproducible
+    idx = np.stack([segment_indices(inputs.shape[0], n_segments, train=True, rng=rng) for _ in range(draws)])
+    model = checkpoint.model
+    model.eval()
+    with torch.no_grad():
+        seizure, _ = model(torch.from_numpy(np.ascontiguousarray(inputs[idx], dtype=np.float32)))
+    p = softmax(seizure.numpy(), checkpoint.temperature)[:, c]
+    lo, hi = np.percentile(p, INTERVAL)
+    return float(lo), float(hi)
+
+
+def explain_record(checkpoint: Checkpoint, record: SeizureRecord, label: str | None = None) -> Explanation:
+    """Attributions of the model's decision on one record, for `label` (default: the predicted class)."""
+    checkpoint.check_record(record)
+    config = checkpoint.config
+    t = checkpoint.temperature
+    inputs = record_inputs(record, config.streams)
+    seizure, snippets = snippet_logits(checkpoint.model, inputs)
+    c = int(np.argmax(seizure)) if label is None else config.labels.index(label)
+    odds = float(_log_odds(seizure, c, t)[0])
+    odds_snippets = _log_odds(snippets, c, t)
+    regions: dict[str, float] = {}
+    direction: dict[str, float] = {}
+    read: dict[str, bool] = {}
+    timeline = np.zeros((len(REGIONS), inputs.shape[0]))
+    for k, body_region in enumerate(REGIONS):
+        still = record_inputs(replace(record, arrays=held_still(record.arrays, body_region.name)), config.streams)
+        read[body_region.name] = bool(np.abs(still - inputs).max() > _UNCHANGED) if still.size else False
+        if not read[body_region.name]:
+            regions[body_region.name] = direction[body_region.name] = 0.0
+            continue
+        s_still, sn_still = snippet_logits(checkpoint.model, still)
+        direction[body_region.name] = odds - float(_log_odds(s_still, c, t)[0])
+        timeline[k] = odds_snippets - _log_odds(sn_still, c, t)
+        regions[body_region.name] = float(np.abs(timeline[k]).mean())
+    contributions = pooling_weights(checkpoint, inputs) * odds_snippets
+    covers = "keypoint stream" if not set(config.streams) & set(STCNN_STREAMS) else \
+        "keypoint stream only; the STCNN streams see the whole picture and are not split by region"
+    return Explanation(label=config.labels[c], regions=regions, direction=direction, region_read=read, region_timeline=timeline,
+                       snippet_contributions=contributions, interval=segment_interval(checkpoint, inputs, c),
+                       covers=covers)
