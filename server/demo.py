@@ -348,7 +348,14 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
     local = local_baselines(site_dirs, fed, config.local_epsilon, progress)
     local_pooled = pool_local_only(local, tasks, reference, fed.n_segments)
     t = lap("local_baseline", t)
-    central, _ = centralised_baseline(tasks, fed, reference, progress)
+    central, central_model = centralised_baseline(tasks, fed, reference, progress)
+    from semiofed.client.training.calibrate import reference_records
+    from semiofed.common.learning.unusual import fit_unusual_on_records
+
+    unusual = fit_unusual_on_records(reference_records(config.out / "reference-site", fed.labels)).to_json()
+    # the non-private upper reference, kept beside the federated model for bench/bench_explain.py's comparison
+    save_checkpoint(config.out / "centralised", central_model, {"temperature": 1.0, "calibration": central["calibration"],
+                                                                "unusual": unusual, "trained": "centralised, no DP"})
     t = lap("centralised_baseline", t)
     run = federate(config, site_dirs, fed, on_line)
     t = lap("federation", t)
@@ -360,7 +367,7 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
     calibration = calibrate(final.model, reference, fed.n_segments)
     calibrated = save_checkpoint(Path(run["final_checkpoint"]).parent / "final-calibrated", final.model,
                                  {k: v for k, v in final.meta.items() if k not in CHECKPOINT_OWN_KEYS}
-                                 | {"temperature": 1.0, "calibration": calibration})
+                                 | {"temperature": 1.0, "calibration": calibration, "unusual": unusual})
     federated = evaluate_everywhere(final.model, 1.0, tasks, fed.n_segments) | {"calibration": calibration}
     audit = audit_sites(site_dirs)
     timeline = timeline_example(calibrated, tasks)
