@@ -40,6 +40,7 @@ def _register() -> None:
     app.add_typer(models_cmd.app, name="models")
     app.add_typer(site_cmd.app, name="site")
     app.command("predict")(predict_cmd.predict)
+    app.command("calibrate")(predict_cmd.calibrate)
     app.add_typer(phantom_cmd.app, name="phantom")
     app.command("demo")(demo_cmd.demo)
     app.add_typer(audit_cmd.app, name="audit")

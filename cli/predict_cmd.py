@@ -16,12 +16,15 @@ from semiofed.common.errors import SemiofedError
 def predict(
     video: Path = typer.Argument(..., help="The seizure video to classify (never written anywhere)."),
     model: Path = typer.Option(..., "--model", help="Checkpoint directory written by `semiofed site train`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the timeline PNG (default: the current directory)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the timeline PNG and the HTML page (default: the current directory)."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model files directory (MediaPipe, STCNN)."),
     output_format: OutputFormat = format_option(),
 ) -> None:
-    """Classify a seizure video: calibrated class probabilities and a timeline plot with generalisation time."""
-    from semiofed.client.training.predict import predict_record, write_timeline_png
+    """Classify a seizure video: calibrated probabilities with an interval, the seizure's evolution (onset, phases,
+    generalisation), which body regions drove the decision, and whether the seizure is unusual; writes a timeline PNG
+    and a self-contained HTML page."""
+    from semiofed.client.training.predict import assess_record, write_timeline_png
+    from semiofed.client.training.predict_page import write_assessment_page
     from semiofed.common.learning.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)  # verify the model before the slow de-identification
@@ -32,21 +35,62 @@ def predict(
     extractor = checkpoint.meta.get("feature_extractor", {})
     # a model's records were made as it says; one from before the STCNN input was stored saw GESTURES' centre crop
     stcnn_input = extractor.get("input") or (STCNN_INPUT_FRAME if extractor.get("sha256") else STCNN_INPUT_PATIENT)
-    record = deidentify_video(video, model_dir=model_dir, stcnn=extractor.get("name") or "i3d", stcnn_input=stcnn_input)
-    prediction = predict_record(checkpoint, record)
-    png = write_timeline_png(prediction, (out or Path.cwd()) / f"{video.stem}_timeline.png", title=video.name)
-    report = {"video": str(video), "predicted": prediction.predicted, "confidence": prediction.confidence,
-              "probabilities": prediction.probabilities, "temperature": prediction.temperature,
-              "generalisation_s": prediction.generalisation_s, "timeline_png": str(png)}
+    from semiofed.common.constants import STREAM_POSE, STREAM_STCNN, needs_stcnn
+
+    # only what the model reads: the pose for the motion descriptors, the STCNN when a stream needs it
+    streams = (STREAM_POSE,) + ((STREAM_STCNN,) if needs_stcnn(checkpoint.config.streams) else ())
+    record = deidentify_video(video, model_dir=model_dir, stcnn=extractor.get("name") or "i3d", stcnn_input=stcnn_input,
+                              streams=streams)
+    assessment = assess_record(checkpoint, record)
+    prediction = assessment.prediction
+    folder = out or Path.cwd()
+    png = write_timeline_png(prediction, folder / f"{video.stem}_timeline.png", title=video.name)
+    html = write_assessment_page(assessment, folder / f"{video.stem}_assessment.html", title=video.name,
+                                 model=f"{model} (weights {checkpoint.meta.get('weights_sha256', '')[:12]})")
+    report = {"video": str(video), **assessment.to_json(), "timeline_png": str(png), "html": str(html)}
 
     def print_table() -> None:
         console = Console()
-        console.print(f"{video.name}: [bold]{prediction.predicted}[/] (calibrated confidence {prediction.confidence:.1%}, "
-                      f"temperature {prediction.temperature:.2f})")
+        lo, hi = assessment.explanation.interval
+        if assessment.decision == "review":
+            console.print(f"{video.name}: [bold yellow]unusual seizure, for review[/] (score {assessment.unusual['score']:.2f} "
+                          f"above {assessment.unusual['threshold']:.2f}); the model would say {prediction.predicted}")
+        else:
+            console.print(f"{video.name}: [bold]{prediction.predicted}[/] (calibrated confidence {prediction.confidence:.1%}, "
+                          f"5-95% over segment draws {lo:.1%}-{hi:.1%}, temperature {prediction.temperature:.2f})")
         for label, p in prediction.probabilities.items():
             console.print(f"  P({label}) = {p:.3f}")
-        if prediction.generalisation_s is not None:
-            console.print(f"  estimated generalisation at {prediction.generalisation_s:.1f} s")
-        console.print(f"timeline: {png}")
+        evolution = assessment.evolution
+        if evolution.onset_s is not None:
+            console.print(f"  movement onset at {evolution.onset_s:.1f} s")
+        if evolution.generalisation_s is not None:
+            console.print(f"  estimated generalisation at {evolution.generalisation_s:.1f} s")
+        if assessment.explanation.top_region:
+            console.print(f"  region that mattered most: {assessment.explanation.top_region.replace('_', ' ')}")
+        console.print(f"timeline: {png}\npage: {html}")
 
     emit(output_format, report, print_table)
+
+
+def calibrate(
+    model: Path = typer.Option(..., "--model", help="Checkpoint directory to calibrate (it is not changed)."),
+    reference: Path = typer.Option(..., "--reference", help="Site store of PUBLIC reference seizures (`site init` + `site prepare`)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the calibrated checkpoint."),
+    output_format: OutputFormat = format_option(),
+) -> None:
+    """Calibrate a model on public reference seizures: decision threshold and scale, and the unusual-seizure reference
+    that `predict` flags against. Post-processing on public data: no privacy cost."""
+    from semiofed.client.training.calibrate import calibrate_checkpoint, reference_records
+    from semiofed.common.learning.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(model)
+    if out.resolve() == checkpoint.path.resolve():
+        raise SemiofedError(f"--out {out} is the model itself", "write the calibrated checkpoint to a new directory")
+    records = reference_records(reference, checkpoint.config.labels)
+    written = calibrate_checkpoint(checkpoint, records, out)
+    calibrated = load_checkpoint(written)
+    report = {"checkpoint": str(written), "reference_seizures": len(records),
+              "calibration": calibrated.meta["calibration"], "unusual_threshold": calibrated.meta["unusual"]["threshold"]}
+    emit(output_format, report, lambda: Console().print(
+        f"calibrated on {len(records)} public reference seizures: {written} (unusual-seizure flag above "
+        f"{report['unusual_threshold']:.2f})"))

@@ -46,7 +46,8 @@ def _real_i3d_ckpt(tmp_path, model_dir, sha=None):
 
 
 def test_predict_command_on_a_real_video(tmp_path, model_dir, videos_dir):
-    """The real in-memory de-identification (MediaPipe + I3D) feeds the classifier; nothing is written but the PNG."""
+    """The real in-memory de-identification (MediaPipe + I3D) feeds the classifier; nothing is written but the PNG
+    and the page."""
     ckpt = _real_i3d_ckpt(tmp_path, model_dir)
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "semiofed.cli", "predict", str(videos_dir / "carphone_pristine.mp4"),
@@ -54,7 +55,7 @@ def test_predict_command_on_a_real_video(tmp_path, model_dir, videos_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["predicted"] in ("FOS", "TCS") and abs(sum(report["probabilities"].values()) - 1) < 1e-6
-    assert [p.name for p in out.iterdir()] == ["carphone_pristine_timeline.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["carphone_pristine_assessment.html", "carphone_pristine_timeline.png"]
     assert (out / "carphone_pristine_timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -147,9 +147,14 @@ def deidentify_video(
     roi: tuple[float, float, float, float] | None = None,
     stcnn: str = "i3d",
     stcnn_input: str = STCNN_INPUT_PATIENT,
+    streams: tuple[str, ...] | None = None,
 ) -> SeizureRecord:
-    """De-identify one video in memory (as `site prepare` does, nothing written): for `predict`."""
-    with Deidentifier(DeidentifyConfig(stcnn=stcnn, stcnn_input=stcnn_input), model_dir) as deidentifier:
+    """De-identify one video in memory (as `site prepare` does, nothing written): for `predict`. `streams`: the
+    de-identification streams to compute (default: all)."""
+    config = DeidentifyConfig(stcnn=stcnn, stcnn_input=stcnn_input)
+    if streams is not None:
+        config = replace(config, streams=tuple(streams))
+    with Deidentifier(config, model_dir) as deidentifier:
         result = deidentifier.run(Path(video), roi=roi)
     return SeizureRecord(
         record_id="r-prediction", patient_pseudonym="p-prediction", label="", fps=result.fps,

@@ -1,4 +1,6 @@
-"""Run a trained classifier on one de-identified record: calibrated probabilities and a timeline."""
+"""Run a trained classifier on one de-identified record: calibrated probabilities, a timeline, and what a clinician
+reads with them (`assess_record`): the seizure's evolution, per-region and per-time attributions, and whether the
+seizure is unlike the reference seizures the model was calibrated on."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +18,10 @@ from semiofed.common.records.features import record_inputs
 from semiofed.common.files import write_bytes_atomic
 from semiofed.common.learning.metrics import softmax
 from semiofed.common.records.schema import SNIPPET_TIMES, SeizureRecord
+
+if TYPE_CHECKING:
+    from semiofed.client.training.evolution import Evolution
+    from semiofed.client.training.explain import Explanation
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,54 @@ def predict_record(checkpoint: Checkpoint, record: SeizureRecord) -> Prediction:
     return Prediction(labels=labels, probabilities={l: float(p) for l, p in zip(labels, probs)},
                       predicted=labels[int(probs.argmax())], confidence=float(probs.max()), temperature=t,
                       snippet_times=times, snippet_probabilities=snippet_probs, generalisation_s=generalisation)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A prediction with its evolution, explanation and unusual-seizure check."""
+
+    prediction: Prediction
+    evolution: "Evolution"
+    explanation: "Explanation"
+    unusual: dict[str, object]  # {score, tail, threshold, flag} or {score: None, flag: None, note}
+
+    @property
+    def decision(self) -> str:
+        """The predicted class, or 'review' when the seizure is flagged as unusual (not silently classified)."""
+        return "review" if self.unusual.get("flag") else self.prediction.predicted
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON of `semiofed predict --format json` (without the video and page paths)."""
+        p, e = self.prediction, self.explanation
+        return {"decision": self.decision, "predicted": p.predicted, "confidence": round(p.confidence, 4),
+                "confidence_interval": [round(v, 4) for v in e.interval], "probabilities": p.probabilities,
+                "temperature": p.temperature, "generalization_s": self.evolution.to_json()["generalization_s"],
+                "evolution": self.evolution.to_json(), "regions": e.to_json()["regions"],
+                "regions_read": e.region_read, "top_region": e.top_region, "regions_cover": e.covers,
+                "unusual": self.unusual}
+
+
+def unusual_check(checkpoint: Checkpoint, record: SeizureRecord) -> dict[str, object]:
+    """The checkpoint's unusual-seizure reference applied to the record, or why there is none."""
+    from semiofed.common.learning.unusual import UnusualModel
+
+    raw = checkpoint.meta.get("unusual")
+    if not raw:
+        return {"score": None, "flag": None,
+                "note": "this model has no unusual-seizure reference: calibrate it on public reference seizures "
+                        "(`semiofed calibrate`)"}
+    return UnusualModel.from_json(raw).assess(record)
+
+
+def assess_record(checkpoint: Checkpoint, record: SeizureRecord) -> Assessment:
+    """Prediction, evolution, attributions and the unusual-seizure check of one record."""
+    from semiofed.client.training.evolution import estimate_evolution
+    from semiofed.client.training.explain import explain_record
+
+    prediction = predict_record(checkpoint, record)
+    return Assessment(prediction=prediction, evolution=estimate_evolution(record, prediction.generalisation_s),
+                      explanation=explain_record(checkpoint, record, prediction.predicted),
+                      unusual=unusual_check(checkpoint, record))
 
 
 def write_timeline_png(prediction: Prediction, path: Path, *, title: str = "") -> Path:

@@ -1,0 +1,166 @@
+"""The page a clinician reads for one seizure: decision with its interval, timeline with phases, body diagram.
+
+One self-contained HTML file (common/reporting/html.py: inline CSS and SVG, no
+script, nothing fetched), written next to the timeline PNG by `semiofed predict`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from semiofed.client.training.evolution import CLONIC, FOCAL, INTERICTAL, POSTICTAL, TONIC
+from semiofed.client.training.predict import Assessment
+from semiofed.common.records.regions import REGIONS
+from semiofed.common.reporting.html import (
+    STATUS_INFO,
+    STATUS_OK,
+    STATUS_WARN,
+    Markup,
+    badge,
+    bullet_list,
+    escape,
+    figure,
+    page,
+    paragraph,
+    section,
+    table,
+    write_html,
+)
+
+PHASE_COLOURS = {INTERICTAL: "#f6f8fa", FOCAL: "#fde2b3", TONIC: "#f4a6a6", CLONIC: "#d97a7a", POSTICTAL: "#c9d7f0"}
+_POSITIVE, _NEGATIVE, _NOT_READ = (215, 48, 39), (69, 117, 180), "#d0d7de"
+
+# The body diagram, the patient facing the reader: the patient's right is on the reader's left.
+# region -> (SVG element, its geometry attributes)
+_BODY = {
+    "face_head": ("circle", 'cx="100" cy="40" r="24"'),
+    "trunk": ("rect", 'x="72" y="70" width="56" height="110" rx="10"'),
+    "right_arm": ("line", 'x1="70" y1="80" x2="40" y2="168" stroke-width="16" stroke-linecap="round"'),
+    "left_arm": ("line", 'x1="130" y1="80" x2="160" y2="168" stroke-width="16" stroke-linecap="round"'),
+    "right_hand": ("circle", 'cx="36" cy="186" r="11"'),
+    "left_hand": ("circle", 'cx="164" cy="186" r="11"'),
+    "right_leg": ("line", 'x1="88" y1="186" x2="80" y2="296" stroke-width="18" stroke-linecap="round"'),
+    "left_leg": ("line", 'x1="112" y1="186" x2="120" y2="296" stroke-width="18" stroke-linecap="round"'),
+}
+
+
+def region_colour(score: float, scale: float, read: bool, direction: float = 1.0) -> str:
+    """Deeper for a region the decision rests on more; red when its movement supported the decision, blue when it
+    spoke against it; grey when the model ignores it."""
+    if not read:
+        return _NOT_READ
+    strength = min(abs(score) / scale, 1.0) if scale > 0 else 0.0
+    base = _POSITIVE if direction >= 0 else _NEGATIVE
+    mixed = [round(255 + (c - 255) * (0.15 + 0.85 * strength)) for c in base]
+    return "#{:02x}{:02x}{:02x}".format(*mixed)
+
+
+def body_diagram(regions: dict[str, float], read: dict[str, bool], direction: dict[str, float] | None = None) -> Markup:
+    """Inline SVG of the body, each region coloured by its attribution (element id `region-<name>`)."""
+    direction = direction or {}
+    scale = max([abs(v) for k, v in regions.items() if read.get(k)] or [0.0])
+    parts = ['<svg viewBox="0 0 200 330" width="220" height="363" role="img" aria-label="body regions by attribution">']
+    for name, (tag, geometry) in _BODY.items():
+        colour = region_colour(regions.get(name, 0.0), scale, bool(read.get(name)), direction.get(name, 1.0))
+        paint = f'stroke="{colour}"' if tag == "line" else f'fill="{colour}" stroke="#57606a" stroke-width="1"'
+        title = f"{name.replace('_', ' ')}: {regions.get(name, 0.0):+.3f}" + ("" if read.get(name) else " (not read)")
+        parts.append(f'<{tag} id="region-{name}" data-score="{regions.get(name, 0.0):.4f}" {geometry} {paint}>'
+                     f"<title>{escape(title)}</title></{tag}>")
+    parts.append('<text x="30" y="322" font-size="12">patient\'s right</text>'
+                 '<text x="120" y="322" font-size="12">patient\'s left</text></svg>')
+    return Markup("".join(parts))
+
+
+def timeline_figure(assessment: Assessment):  # -> matplotlib Figure
+    """Per-snippet probabilities over the phase bands, and each snippet's share of the decision below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, e, ev = assessment.prediction, assessment.explanation, assessment.evolution
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 4.2), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    times = p.snippet_times
+    half = float(np.median(np.diff(times))) / 2 if len(times) > 1 else 0.5
+    for seg in ev.segments():
+        top.axvspan(float(seg["start_s"]) - half, float(seg["end_s"]) + half, color=PHASE_COLOURS[str(seg["phase"])],
+                    alpha=0.8, lw=0)
+    for c, label in enumerate(p.labels):
+        top.plot(times, p.snippet_probabilities[:, c], label=f"P({label})")
+    if ev.generalisation_s is not None:
+        top.axvline(ev.generalisation_s, color="k", linestyle="--", label=f"generalisation {ev.generalisation_s:.1f} s")
+    if ev.onset_s is not None:
+        top.axvline(ev.onset_s, color="#57606a", linestyle=":", label=f"onset {ev.onset_s:.1f} s")
+    from matplotlib.patches import Patch
+
+    top.set_ylim(0, 1)
+    top.set_ylabel("probability")
+    top.legend(loc="upper left", fontsize=7, ncol=2)
+    fig.legend(handles=[Patch(color=c, label=k) for k, c in PHASE_COLOURS.items()], loc="upper center", ncol=5,
+               fontsize=7, frameon=False, title="estimated phase", title_fontsize=7)
+    bars = e.snippet_contributions
+    bottom.bar(times, bars, width=2 * half * 0.9, color=["#d73027" if b >= 0 else "#4575b4" for b in bars])
+    bottom.axhline(0, color="#57606a", lw=0.5)
+    bottom.set_ylabel(f"share of\nlog-odds({e.label})", fontsize=7)
+    bottom.set_xlabel("time from video start (s)")
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup:
+    """The whole page for one seizure."""
+    p, e, ev, unusual = assessment.prediction, assessment.explanation, assessment.evolution, assessment.unusual
+    lo, hi = e.interval
+    if unusual.get("flag"):
+        decision = badge(f"unusual seizure: for review (the model would say {p.predicted})", STATUS_WARN)
+    else:
+        decision = badge(f"{p.predicted}: {p.confidence:.0%} (segment range {lo:.0%}-{hi:.0%})", STATUS_OK)
+    summary = table(None, [
+        ["decision", decision],
+        *[[f"P({label}), calibrated", round(v, 3)] for label, v in p.probabilities.items()],
+        ["confidence interval (5-95% over segment draws)", f"{lo:.3f} - {hi:.3f}"],
+        ["onset (movement)", "not found" if ev.onset_s is None else f"{ev.onset_s:.1f} s"],
+        ["bilateral generalisation", "none found" if ev.generalisation_s is None else f"{ev.generalisation_s:.1f} s"],
+        ["top region", (e.top_region or "none").replace("_", " ")],
+        ["unusual-seizure score", "not available" if unusual.get("score") is None else
+         f"{unusual['score']:.2f} (flag above {unusual['threshold']:.2f}; {unusual['tail']:.0%} of reference seizures lie further out)"],
+    ])
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure(assessment)
+    timeline = figure(fig, caption="Top: calibrated per-snippet probabilities over the estimated phases (colours: "
+                                   + ", ".join(PHASE_COLOURS) + "). Bottom: each snippet's share of the decision's "
+                                   "log-odds (red for, blue against).")
+    plt.close(fig)
+    rows = [[r.name.replace("_", " "), r.side or "-", round(e.regions.get(r.name, 0.0), 4),
+             round(e.direction.get(r.name, 0.0), 4), "yes" if e.region_read.get(r.name) else "no"] for r in REGIONS]
+    regions = section(
+        "Where in the body",
+        Markup('<div style="display:flex;gap:2rem;align-items:flex-start">'
+               f'<figure id="body-diagram">{body_diagram(e.regions, e.region_read, e.direction)}'
+               "<figcaption>deeper: the model's reading rests more on the region; red: its movement supported the "
+               "decision; blue: it spoke against it; grey: the model does not read this region</figcaption></figure>"
+               + table(["region", "side", "attribution (mean change of the snippets' log-odds)",
+                        f"direction (fall of the log-odds of {e.label})", "read by the model"], rows) + "</div>"),
+        paragraph(f"Attributions by occlusion: each region is held still in the landmark track and the model re-run. "
+                  f"They cover the {e.covers}."),
+    )
+    unusual_block = section("Is this seizure like the reference seizures?", paragraph(
+        unusual.get("note") or ("Flagged: the movement pattern lies outside the reference seizures the model was "
+                                "calibrated on. Mark it for review; the classification is withheld." if unusual.get("flag")
+                                else "Within the reference seizures' range.")))
+    notes = bullet_list([f"model: {model}", f"calibration temperature {p.temperature:.2f}",
+                         "phases and onset from the patient's own movement; generalisation from the model's per-snippet "
+                         "probabilities", "decision support only: a clinician reviews the video"])
+    status = STATUS_WARN if unusual.get("flag") else STATUS_INFO
+    return page(title, section("Decision", summary), section("How the seizure evolved", timeline), regions,
+                unusual_block, section("About this page", notes),
+                subtitle=f"semiofed predict - {'for review' if status == STATUS_WARN else 'decision support'}")
+
+
+def write_assessment_page(assessment: Assessment, path: Path, *, title: str, model: str) -> Path:
+    """Write the page atomically; return its path."""
+    write_html(Path(path), assessment_page(assessment, title=title, model=model))
+    return Path(path)

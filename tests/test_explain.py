@@ -1,0 +1,260 @@
+"""What a clinician reads (issue 17): body regions held still, attributions, evolution, the unusual-seizure check,
+the HTML page in headless Chromium, and `semiofed predict --format json` / `semiofed calibrate`.
+
+Real inputs: a phantom seizure with left-sided clonic jerks of the arm, rendered and run through the real
+MediaPipe pose pipeline (as `site prepare` does), and the shared clips of real people.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semiofed.client.training.evolution import CLONIC, FOCAL, INTERICTAL, POSTICTAL, TONIC, estimate_evolution, truth_phases
+from semiofed.client.training.explain import explain_record
+from semiofed.client.training.predict import assess_record
+from semiofed.client.training.predict_page import write_assessment_page
+from semiofed.common.learning.checkpoint import load_checkpoint, save_checkpoint
+from semiofed.common.learning.classifier import ClassifierConfig, build_classifier
+from semiofed.common.learning.unusual import UnusualModel, fit_unusual, seizure_embedding
+from semiofed.common.records.motion import MOTION_FEATURE_NAMES, window_features
+from semiofed.common.records.regions import REGION_NAMES, held_still, noise_floor
+from semiofed.common.records.schema import FRAME_TIMES, POSE, POSE_MASK, SeizureRecord
+from semiofed.phantom.semiology import FOS, HYPERMOTOR, PNES, Phase, SeizurePlan
+
+SEIZING = "left"
+
+
+@pytest.fixture(scope="module")
+def left_clonic(tmp_path_factory, model_dir) -> tuple[SeizureRecord, dict]:
+    """A phantom focal seizure with clonic jerks of the LEFT arm (3-13 s of 15 s), through the real pose pipeline."""
+    from semiofed.client.deid.prepare import deidentify_video
+    from semiofed.phantom.dataset import GenerateConfig, plan_dataset, render_video
+
+    config = GenerateConfig(sites=1, patients=1, seizures_per_patient=(1, 1), seed=11, duration_s=(10.0, 10.5))
+    (planned,) = plan_dataset(config)[1]
+    spec = planned.spec
+    traits = replace(spec.traits, side=SEIZING, amplitude=1.2, fidget=0.3)
+    plan = SeizurePlan(FOS, 15.0, 3.0, 13.0, None, (Phase("clonic_arm", 3.0, 13.0, SEIZING),))
+    scene = replace(spec.scene, nurse_s=None, light_change_s=None)
+    planned = replace(planned, spec=replace(spec, traits=traits, plan=plan, scene=scene))
+    out = tmp_path_factory.mktemp("phantom")
+    render_video(planned, out)
+    video = out / planned.site / planned.relpath
+    truth = json.loads((video.parent.parent / "truth" / (video.stem + ".json")).read_text())
+    record = deidentify_video(video, model_dir=model_dir, streams=("pose",))
+    assert record.detection_rate["pose"] > 0.8
+    return replace(record, label=FOS, onset_s=3.0, offset_s=13.0), truth
+
+
+def _arm_energy_model(tmp_path: Path, weight: float = 3.0) -> Path:
+    """A linear keypoint classifier whose TCS logit grows with the stronger arm's motion energy."""
+    config = ClassifierConfig(streams=("keypoints",), temporal="linear", descriptors=("arm_energy_strong",), stcnn_dim=0,
+                              embed_dim=0)
+    model = build_classifier(config, seed=0)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.weight[1, 0] = weight  # column 0: arm_energy_strong; column 1: the window's validity
+    return save_checkpoint(tmp_path / "arm-model", model, {"temperature": 1.0})
+
+
+# ---------------------------------------------------------------- regions held still
+
+
+def _speed(points: np.ndarray, times: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.linalg.norm(np.diff(points, axis=0), axis=1) / np.diff(times)) ** 2)))
+
+
+def test_a_region_held_still_moves_no_more_than_tracking_noise_and_the_rest_as_recorded(left_clonic) -> None:
+    record, _ = left_clonic
+    pose = record.arrays[POSE]
+    seen = record.arrays[POSE_MASK]
+    times = record.arrays[FRAME_TIMES][seen]
+    floor = noise_floor(record.arrays)
+    still = held_still(record.arrays, "left_arm")[POSE]
+    before = _speed(pose[seen, 15, :2] - pose[seen, 11, :2], times)  # left wrist relative to the left shoulder
+    after = _speed(still[seen, 15, :2] - still[seen, 11, :2], times)
+    assert 0 < floor < before / 3  # the seizing wrist moved well above the video's noise floor
+    assert after == pytest.approx(floor, rel=0.05)
+    # it stays where it was: the median offset from the shoulder is kept
+    assert np.allclose(np.median(still[seen, 15, :2] - still[seen, 11, :2], axis=0),
+                       np.median(pose[seen, 15, :2] - pose[seen, 11, :2], axis=0), atol=1e-3)
+    untouched = [i for i in range(33) if i not in (13, 15, 17, 19, 21)]
+    assert np.array_equal(still[:, untouched], pose[:, untouched])
+    trunk = held_still(record.arrays, "trunk")[POSE]
+    centre = trunk[seen][:, [11, 12, 23, 24], :2].mean(axis=1)
+    assert _speed(centre, times) <= floor * 1.05
+    rel = lambda p: p[seen, 15, :2] - p[seen][:, [11, 12, 23, 24], :2].mean(axis=1)  # noqa: E731
+    assert np.allclose(rel(trunk), rel(pose), atol=1e-5)  # the limbs keep their movement relative to the body
+    assert record.arrays[POSE] is pose  # the record itself is not changed
+    with pytest.raises(KeyError, match="left_arm"):
+        held_still(record.arrays, "left_wing")
+
+
+def test_holding_the_seizing_arm_still_removes_the_seizure_movement_from_the_descriptors(left_clonic) -> None:
+    record, _ = left_clonic
+    col = MOTION_FEATURE_NAMES.index("arm_energy_strong")
+    energy = {name: window_features(held_still(record.arrays, name) if name else record.arrays,
+                                    frame_size=record.frame_size)[0][:, col].mean()
+              for name in ("", "left_arm", "right_arm")}
+    assert energy["left_arm"] < energy["right_arm"] - 0.2  # log10 units: the seizing arm carried the movement
+    assert energy["right_arm"] > energy[""] - 0.2
+
+
+def test_attributions_name_the_seizing_side_and_the_time_shares_add_up(tmp_path, left_clonic) -> None:
+    record, _ = left_clonic
+    checkpoint = load_checkpoint(_arm_energy_model(tmp_path))
+    explanation = explain_record(checkpoint, record, "TCS")
+    assert set(explanation.regions) == set(REGION_NAMES)
+    assert explanation.top_region == "left_arm"
+    # the model reads the stronger arm's energy: the seizing arm is what it rests on, the other arm barely matters
+    assert explanation.regions["left_arm"] > 3 * explanation.regions["right_arm"]
+    assert explanation.direction["left_arm"] > 3 * abs(explanation.direction["right_arm"])  # and it spoke for TCS
+    assert not explanation.region_read["left_hand"] and explanation.regions["left_hand"] == 0.0  # not read: said so
+    # exact time decomposition: the snippets' shares sum to the seizure-level log-odds
+    from semiofed.client.training.predict import predict_record
+
+    p = predict_record(checkpoint, record).probabilities["TCS"]
+    assert explanation.snippet_contributions.sum() == pytest.approx(np.log(p / (1 - p)), abs=1e-4)
+    lo, hi = explanation.interval
+    assert 0.0 <= lo <= hi <= 1.0
+    assert explanation.region_timeline.shape == (len(REGION_NAMES), len(explanation.snippet_contributions))
+
+
+# ---------------------------------------------------------------- evolution
+
+
+def test_movement_onset_of_a_real_tracked_seizure_is_found_near_the_truth(left_clonic) -> None:
+    record, truth = left_clonic
+    evolution = estimate_evolution(record, None)
+    assert evolution.onset_s is not None and abs(evolution.onset_s - truth["onset_s"]) < 2.5
+    assert evolution.generalisation_s is None and set(evolution.phases) <= {INTERICTAL, FOCAL}
+    assert FOCAL in evolution.phases and evolution.phases[0] == INTERICTAL
+    js = evolution.to_json()
+    assert js["generalization_s"] is None and js["segments"][0]["phase"] == INTERICTAL
+
+
+def test_truth_phases_follow_the_phantom_ground_truth() -> None:
+    truth = {"onset_s": 2.0, "offset_s": 10.0, "generalization_s": 4.0,
+             "phases": [{"name": "tonic", "start_s": 4.0, "end_s": 6.0}, {"name": "clonic", "start_s": 6.0, "end_s": 10.0}]}
+    assert truth_phases(np.array([1.0, 3.0, 5.0, 7.0, 11.0]), truth) == [INTERICTAL, FOCAL, TONIC, CLONIC, POSTICTAL]
+    focal = {"onset_s": 2.0, "offset_s": 10.0, "generalization_s": None, "phases": []}
+    assert truth_phases(np.array([1.0, 5.0, 11.0]), focal) == [INTERICTAL, FOCAL, INTERICTAL]
+
+
+# ---------------------------------------------------------------- unusual seizures
+
+
+def test_the_unusual_score_flags_what_lies_outside_the_reference_and_round_trips() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0.0, 0.3, size=(40, 67))
+    model = fit_unusual(reference)
+    usual = [model.score(v) for v in rng.normal(0.0, 0.3, size=(200, 67))]
+    odd = [model.score(v) for v in rng.normal(1.0, 0.3, size=(50, 67))]
+    assert np.mean(np.asarray(usual) > model.threshold) < 0.15  # about the 5% the threshold is set for
+    assert min(odd) > model.threshold
+    assert model.tail(max(odd)) < 0.05 < model.tail(min(usual))
+    again = UnusualModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert again.score(reference[0]) == pytest.approx(model.score(reference[0]))
+    from semiofed.common.errors import SemiofedError
+
+    with pytest.raises(SemiofedError, match="too few"):
+        fit_unusual(reference[:3])
+    with pytest.raises(SemiofedError, match="another semiofed version"):
+        UnusualModel.from_json({**model.to_json(), "version": 0})
+
+
+def test_a_record_without_any_pose_is_sent_for_review_not_classified(tmp_path, left_clonic) -> None:
+    record, _ = left_clonic
+    blind = replace(record, arrays={**record.arrays, POSE_MASK: np.zeros_like(record.arrays[POSE_MASK])})
+    embedding = seizure_embedding(blind)
+    assert np.isfinite(embedding).all()
+    model = fit_unusual(np.random.default_rng(1).normal(0.0, 0.3, size=(20, embedding.size)))
+    verdict = model.assess(blind)
+    assert verdict["flag"] is True and verdict["score"] is None and "review" in verdict["note"]
+    seen = model.assess(record)
+    assert seen["score"] is not None and np.isfinite(seen["score"])
+    meta = {"temperature": 1.0, "unusual": model.to_json()}
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "m", load_checkpoint(_arm_energy_model(tmp_path)).model, meta))
+    assert assess_record(ckpt, blind).decision == "review"
+
+
+def test_the_new_phantom_semiologies_move_unlike_a_focal_seizure() -> None:
+    from semiofed.phantom.dataset import GenerateConfig, plan_dataset
+
+    base = GenerateConfig(sites=1, patients=12, seizures_per_patient=(1, 1), seed=3, duration_s=(10.0, 12.0))
+    plain = [v.spec.plan.label for v in plan_dataset(base)[1]]
+    mixed = [v.spec.plan.label for v in plan_dataset(replace(base, unusual_fraction=0.5))[1]]
+    assert set(plain) <= {"FOS", "TCS"} and {HYPERMOTOR, PNES} & set(mixed)
+    # the unusual share draws from its own stream: every seizure it leaves alone is as without it
+    assert all(a == b for a, b in zip(plain, mixed) if b in ("FOS", "TCS"))
+
+
+# ---------------------------------------------------------------- the page and the commands
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if path is None:
+        pytest.skip("no headless Chromium on this machine")
+    return path
+
+
+def test_the_assessment_page_renders_in_headless_chromium(tmp_path, left_clonic) -> None:
+    record, _ = left_clonic
+    checkpoint = load_checkpoint(_arm_energy_model(tmp_path))
+    assessment = assess_record(checkpoint, record)
+    page = write_assessment_page(assessment, tmp_path / "page.html", title="left clonic", model="arm-model")
+    text = page.read_text()
+    assert "<script" not in text and "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text
+    browser = _chromium()
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for name in REGION_NAMES:  # every region drawn, coloured, with its score
+        assert f'id="region-{name}"' in dom.stdout
+    assert "estimated phase" in dom.stdout and "Where in the body" in dom.stdout
+    shot = tmp_path / "page.png"
+    done = subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2200", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import cv2
+
+    image = cv2.imread(str(shot))
+    red = (image[..., 2] > 180) & (image[..., 1] < 120) & (image[..., 0] < 120)
+    assert red.sum() > 200  # the supporting region (and the time shares) are drawn in red
+
+
+def test_predict_json_names_regions_by_side_and_writes_the_page(tmp_path, left_clonic) -> None:
+    record, _ = left_clonic
+    checkpoint = load_checkpoint(_arm_energy_model(tmp_path))
+    report = assess_record(checkpoint, record).to_json()
+    for key in ("probabilities", "generalization_s", "regions", "unusual", "confidence_interval", "evolution"):
+        assert key in report
+    assert {k for k in report["regions"] if "left" in k} == {"left_arm", "left_hand", "left_leg"}
+    assert report["unusual"]["flag"] is None and "semiofed calibrate" in report["unusual"]["note"]
+    json.dumps(report)  # JSON-ready
+
+
+def test_predict_command_on_a_real_video_writes_json_png_and_html(tmp_path, model_dir, videos_dir) -> None:
+    ckpt = _arm_energy_model(tmp_path)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "semiofed.cli", "predict", str(videos_dir / "mmaction2_demo_skeleton.mp4"),
+                           "--model", str(ckpt), "--out", str(out), "--model-dir", str(model_dir), "--format", "json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert abs(sum(report["probabilities"].values()) - 1) < 1e-6
+    assert set(report["regions"]) == set(REGION_NAMES) and "generalization_s" in report
+    assert Path(report["html"]).is_file() and Path(report["timeline_png"]).is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["mmaction2_demo_skeleton_assessment.html",
+                                                     "mmaction2_demo_skeleton_timeline.png"]
