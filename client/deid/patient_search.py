@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from semiofed.client.deid.exposure import ENHANCE_NONE, ContrastMap, Exposure, measure
-from semiofed.client.deid.rotation import PoseProbe, rotate
+from semiofed.client.deid.rotation import PoseProbe, rotate, turn_fractions
 from semiofed.common.records.schema import FACE, FACE_MASK, HANDS, HANDS_MASK, POSE, POSE_MASK
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,11 @@ def crop_box(frames: np.ndarray, box: Box) -> np.ndarray:
 
 def rotate_box(box: Box, degrees: int) -> Box:
     """Where a box of the frame lies in the frame turned clockwise by `degrees` (fractions of the turned frame)."""
-    x0, y0, x1, y1 = box
     if degrees == 0:
         return box
-    if degrees == 90:  # (x, y) -> (1 - y, x)
-        return 1.0 - y1, x0, 1.0 - y0, x1
-    if degrees == 180:
-        return 1.0 - x1, 1.0 - y1, 1.0 - x0, 1.0 - y0
-    if degrees == 270:  # (x, y) -> (y, 1 - x)
-        return y0, 1.0 - x1, y1, 1.0 - x0
-    raise ValueError(f"rotation {degrees} is not a multiple of 90 degrees")
+    x0, y0, x1, y1 = box
+    (u0, v0), (u1, v1) = turn_fractions(x0, y0, degrees), turn_fractions(x1, y1, degrees)
+    return min(u0, u1), min(v0, v1), max(u0, u1), max(v0, v1)
 
 
 def map_points(points: np.ndarray, box: Box) -> np.ndarray:
@@ -252,13 +247,7 @@ def search(frames: np.ndarray, lenient_probe: PoseProbe, *, rotation: int = 0, e
 def unturn(pose: np.ndarray, rotation: int) -> np.ndarray:
     """Pose fractions of a frame turned clockwise by `rotation`, in fractions of the unturned frame."""
     out = pose.copy()
-    x, y = pose[..., 0], pose[..., 1]
-    if rotation == 90:  # turned (u, v) = (1 - y, x)
-        out[..., 0], out[..., 1] = y, 1.0 - x
-    elif rotation == 180:
-        out[..., 0], out[..., 1] = 1.0 - x, 1.0 - y
-    elif rotation == 270:  # turned (u, v) = (y, 1 - x)
-        out[..., 0], out[..., 1] = 1.0 - y, x
+    out[..., 0], out[..., 1] = turn_fractions(pose[..., 0], pose[..., 1], -rotation)
     return out
 
 

@@ -64,6 +64,21 @@ def rotate(frames: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=k, axes=(-3, -2)) if k else frames)
 
 
+def turn_fractions(x: np.ndarray | float, y: np.ndarray | float, degrees: int) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """Where a point at fractions (x, y) of a frame lies in the frame `rotate`d by `degrees`: the one mapping that
+    boxes and landmarks share (its inverse is the turn by -degrees)."""
+    degrees %= 360
+    if degrees == 0:
+        return x, y
+    if degrees == 90:
+        return 1.0 - y, x
+    if degrees == 180:
+        return 1.0 - x, 1.0 - y
+    if degrees == 270:
+        return y, 1.0 - x
+    raise ValueError(f"rotation {degrees} is not a multiple of 90 degrees; use one of {ROTATIONS}")
+
+
 # ---------------------------------------------------------------- rotation
 
 
