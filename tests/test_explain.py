@@ -135,7 +135,7 @@ def test_attributions_name_the_seizing_side_and_the_time_shares_add_up(tmp_path,
 
 def test_movement_onset_of_a_real_tracked_seizure_is_found_near_the_truth(left_clonic) -> None:
     record, truth = left_clonic
-    evolution = estimate_evolution(record, None)
+    evolution = estimate_evolution(record, generalised=False)
     assert evolution.onset_s is not None and abs(evolution.onset_s - truth["onset_s"]) < 2.5
     assert evolution.generalisation_s is None and set(evolution.phases) <= {INTERICTAL, FOCAL}
     assert FOCAL in evolution.phases and evolution.phases[0] == INTERICTAL
@@ -258,3 +258,31 @@ def test_predict_command_on_a_real_video_writes_json_png_and_html(tmp_path, mode
     assert Path(report["html"]).is_file() and Path(report["timeline_png"]).is_file()
     assert sorted(p.name for p in out.iterdir()) == ["mmaction2_demo_skeleton_assessment.html",
                                                      "mmaction2_demo_skeleton_timeline.png"]
+
+
+def test_calibrate_command_adds_the_public_reference_and_leaves_the_model_alone(tmp_path) -> None:
+    from dp_synthetic import populate
+
+    from semiofed.client.site import init_site
+
+    reference = init_site(tmp_path / "reference", "reference")
+    populate(reference.layout.records_dir, n_patients=10, seizures=(1,))
+    model = build_classifier(ClassifierConfig(streams=("keypoints",), stcnn_dim=0, hidden=4, temporal="gru"), seed=0)
+    ckpt = save_checkpoint(tmp_path / "model", model, {"temperature": 1.7})
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    out = tmp_path / "calibrated"
+    done = subprocess.run([sys.executable, "-m", "semiofed.cli", "calibrate", "--model", str(ckpt), "--reference",
+                           str(tmp_path / "reference"), "--out", str(out), "--format", "json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["reference_seizures"] == 10
+    calibrated = load_checkpoint(out)
+    assert calibrated.temperature == 1.0 and calibrated.meta["calibration"]["reference_seizures"] == 10
+    UnusualModel.from_json(calibrated.meta["unusual"])
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # the model given is not changed
+    # operator mistakes: one line each, nothing written
+    same = subprocess.run([sys.executable, "-m", "semiofed.cli", "calibrate", "--model", str(ckpt), "--reference",
+                           str(tmp_path / "reference"), "--out", str(ckpt)], capture_output=True, text=True)
+    assert same.returncode == 1 and "Traceback" not in same.stderr and "new directory" in same.stderr
+    wrong = subprocess.run([sys.executable, "-m", "semiofed.cli", "calibrate", "--model", str(ckpt), "--reference",
+                            str(tmp_path), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "not a site store" in wrong.stderr and not (tmp_path / "x").exists()

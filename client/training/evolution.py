@@ -1,25 +1,20 @@
 """How a seizure evolved: onset, phase per snippet, and the moment of bilateral generalisation.
 
 Two sources, each used for what it knows:
-- The classifier's per-snippet probabilities (causal GRU: each snippet has seen
-  the seizure so far) give the generalisation moment: the start of the first
-  run of MIN_RUN_SNIPPETS snippets with P(TCS) >= 1/2, when the seizure is
-  called TCS (client/training/predict.py).
-- The record's own motion descriptors (common/records/motion.py, fixed public
-  scale) give when the patient moved: a window is active when its whole-body
-  motion energy is above a threshold set between the record's own quiet and
-  busy levels (its 5th and 90th percentiles), so camera distance and the
-  patient's build drop out. Onset is the first run of active windows, offset
-  the last active window. After generalisation a window is tonic while the
-  arms are held out and still (the `tonic_hold` descriptor) and clonic
-  otherwise; after the offset of a generalised seizure the patient is
-  postictal.
+- The classifier says whether the seizure generalised (it is called TCS).
+- The record's own motion descriptors say when (common/records/activity.py):
+  onset is the start of the movement span, offset its end, and the moment of
+  generalisation the first run of bilaterally synchronous arm movement; when
+  there is none, the classifier's own estimate (the first run of snippets
+  with P(TCS) >= 1/2, client/training/predict.py) stands in. After generalisation a window is tonic while the arms are held out
+  and still (the `tonic_hold` descriptor) and clonic otherwise; after the
+  offset of a generalised seizure the patient is postictal.
 
 Phases, in the order a clinician reads them: interictal (before onset, or after
 a focal seizure), focal (from onset until generalisation or offset), tonic,
 clonic, postictal. Nothing is fitted on any patient: the thresholds are fixed
 shares of the record's own range, chosen on the design cohorts (the demo's
-seed-0 sites and the public reference, never a test cohort).
+seed-0 sites and bench/utility_cohorts.py's explain-dev, never a test cohort).
 """
 
 from __future__ import annotations
@@ -28,19 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semiofed.common.records.motion import MOTION_FEATURE_NAMES, WINDOW_S, window_features
+from semiofed.common.records.activity import record_activity
 from semiofed.common.records.schema import SNIPPET_TIMES, SeizureRecord
 
 INTERICTAL, FOCAL, TONIC, CLONIC, POSTICTAL = "interictal", "focal", "tonic", "clonic", "postictal"
 PHASES = (INTERICTAL, FOCAL, TONIC, CLONIC, POSTICTAL)
-ACTIVE_SHARE = 0.35  # a window is active above quiet + this share of (busy - quiet)
-MIN_ACTIVE_S = 1.0  # onset needs activity for this long (two windows at the 0.5 s hop)
-QUIET_PERCENTILE = 5.0  # the record's quiet level: a seizure clip is mostly seizure, so its quietest windows
-NO_CONTRAST_IS_ICTAL = True
-MIN_RANGE = 0.3  # busy - quiet below this (scaled log10 units: a factor of 2) is no seizure movement at all
-TONIC_HOLD = -0.5  # scaled tonic_hold above this (raw 0.25: arms half out and barely moving) is tonic
-_ENERGY = MOTION_FEATURE_NAMES.index("body_energy")
-_HOLD = MOTION_FEATURE_NAMES.index("tonic_hold")
 
 
 @dataclass(frozen=True)
@@ -72,50 +59,28 @@ class Evolution:
                 "segments": [{**s, "start_s": r(s["start_s"]), "end_s": r(s["end_s"])} for s in self.segments()]}
 
 
-def activity(record: SeizureRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(window centres [W], active [W] bool, tonic hold [W] bool) from the record's motion descriptors."""
-    feats, bounds, valid = window_features(record.arrays, frame_size=record.frame_size)
-    centres = bounds.astype(np.float64).mean(axis=1)
-    energy = feats[:, _ENERGY].astype(np.float64)
-    active = np.zeros(len(centres), dtype=bool)
-    if valid.sum() >= 2:
-        quiet, busy = np.percentile(energy[valid], [QUIET_PERCENTILE, 90.0])
-        if busy - quiet >= MIN_RANGE:
-            active = valid & (energy > quiet + ACTIVE_SHARE * (busy - quiet))
-    hold = valid & (feats[:, _HOLD] > TONIC_HOLD)
-    return centres, active, hold
-
-
-def estimate_evolution(record: SeizureRecord, generalisation_s: float | None, *, hop_s: float | None = None) -> Evolution:
-    """Phases of every snippet of `record`, given the classifier's generalisation time (None: not generalised)."""
+def estimate_evolution(record: SeizureRecord, generalised: bool, model_generalisation_s: float | None = None) -> Evolution:
+    """Phases of every snippet of `record`; `generalised`: the classifier called the seizure TCS (with its own
+    generalisation estimate `model_generalisation_s`, used when no bilateral movement is found)."""
     times = record.arrays[SNIPPET_TIMES].astype(np.float64).mean(axis=1)
-    centres, active, hold = activity(record)
-    onset = offset = None
-    if active.any():
-        hop = hop_s or (float(np.median(np.diff(centres))) if len(centres) > 1 else WINDOW_S)
-        need = max(1, int(round(MIN_ACTIVE_S / hop)))
-        for i in range(len(active) - need + 1):
-            if active[i : i + need].all():
-                onset = float(centres[i])
-                break
-        if onset is not None:
-            offset = float(centres[np.flatnonzero(active)[-1]])
-    if onset is None and NO_CONTRAST_IS_ICTAL and len(centres):
-        # no rise in movement anywhere: the clip was cut inside the seizure (as clinicians cut them)
-        onset, offset = float(times[0]), float(times[-1])
+    activity = record_activity(record)
+    onset, offset = activity.start_s, activity.end_s
+    generalisation_s = None
+    if generalised:
+        bilateral = activity.bilateral_from()
+        generalisation_s = bilateral if bilateral is not None else model_generalisation_s
     if generalisation_s is not None and onset is not None:
-        onset = min(onset, generalisation_s)
-    if generalisation_s is not None and offset is not None:
-        offset = max(offset, generalisation_s)
+        onset, offset = min(onset, generalisation_s), max(offset, generalisation_s)
+    centres = activity.centres
     nearest = np.abs(times[:, None] - centres[None, :]).argmin(axis=1) if len(centres) else np.zeros(len(times), int)
     phases = []
     for t, w in zip(times, nearest):
         if onset is None or t < onset:
             phases.append(INTERICTAL)
-        elif offset is not None and t > offset:
+        elif t > offset:
             phases.append(POSTICTAL if generalisation_s is not None else INTERICTAL)
         elif generalisation_s is not None and t >= generalisation_s:
-            phases.append(TONIC if len(centres) and hold[w] else CLONIC)
+            phases.append(TONIC if len(centres) and activity.hold[w] else CLONIC)
         else:
             phases.append(FOCAL)
     return Evolution(times=times, phases=tuple(phases), onset_s=onset, offset_s=offset, generalisation_s=generalisation_s)

@@ -114,7 +114,9 @@ def assess_record(checkpoint: Checkpoint, record: SeizureRecord) -> Assessment:
     from semiofed.client.training.explain import explain_record
 
     prediction = predict_record(checkpoint, record)
-    return Assessment(prediction=prediction, evolution=estimate_evolution(record, prediction.generalisation_s),
+    generalised = prediction.predicted == GENERALISED_LABEL
+    return Assessment(prediction=prediction,
+                      evolution=estimate_evolution(record, generalised, prediction.generalisation_s),
                       explanation=explain_record(checkpoint, record, prediction.predicted),
                       unusual=unusual_check(checkpoint, record))
 

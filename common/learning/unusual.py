@@ -1,8 +1,10 @@
 """Unusual seizures: how far a seizure lies from the seizures a model was calibrated on.
 
 The embedding of a seizure is its pooled motion descriptors (mean and 90th
-percentile over the valid windows of every descriptor of common/records/motion.py,
-and the valid share: `pool_seizure`), on their fixed public scale. A reference
+percentile of every descriptor of common/records/motion.py, and the valid
+share: `pool_seizure`), on their fixed public scale, over the windows of the
+seizure itself (the movement span of common/records/activity.py), so that the
+rest and recovery a video holds around a seizure do not dilute it. A reference
 set of seizures gives a mean and a covariance shrunk halfway to its diagonal
 (a few dozen seizures cannot fill a full covariance); a seizure's score is its
 squared Mahalanobis distance per dimension. The score is calibrated on the
@@ -24,10 +26,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from semiofed.common.errors import SemiofedError
-from semiofed.common.records.motion import POOLED_FEATURE_NAMES, pool_seizure, window_features
+from semiofed.common.records.activity import record_activity
+from semiofed.common.records.motion import POOLED_FEATURE_NAMES, pool_seizure
 from semiofed.common.records.schema import SeizureRecord
 
-UNUSUAL_VERSION = 1
+UNUSUAL_VERSION = 2  # 2: pooled over the movement span (1: the whole video)
 SHRINKAGE = 0.5  # covariance weight moved to its diagonal
 VARIANCE_FLOOR = 1e-2  # on the [-3, 3] descriptor scale: a descriptor constant over the reference is not infinitely telling
 FLAG_QUANTILE = 95.0
@@ -35,9 +38,12 @@ MIN_REFERENCE = 8
 
 
 def seizure_embedding(record: SeizureRecord) -> np.ndarray:
-    """[POOLED_DIM] the record's pooled motion descriptors (common/records/motion.py's `pool_seizure`)."""
-    feats, _bounds, valid = window_features(record.arrays, frame_size=record.frame_size)
-    return pool_seizure(feats, valid).astype(np.float64)
+    """[POOLED_DIM] the record's motion descriptors pooled over its movement span (`pool_seizure`); the valid share
+    is that of the whole record (-1: no window with a tracked torso)."""
+    activity = record_activity(record)
+    pooled = pool_seizure(activity.features, activity.in_span if activity.in_span.any() else activity.valid)
+    pooled[-1] = 2.0 * activity.valid.mean() - 1.0 if activity.valid.size else -1.0
+    return pooled.astype(np.float64)
 
 
 @dataclass(frozen=True)
