@@ -6,6 +6,14 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
 320x240, `DemoConfig.phantom()`'s settings except sites, patients and seed; seeds never used before, not tuned on):
   sites10-p150  10 sites x 15 patients, phantom seed 7101
   sites3-p30     3 sites x 10 patients, phantom seed 7102
+  explain-p40    2 sites x 20 patients, phantom seed 7201, the phantom's 3-12 s before and 3-15 s after each
+                seizure (onset and postictal measurable), 30% of seizures of a semiology no model trains on
+                (hypermotor, non-epileptic): the held-out cohort of bench/bench_explain.py (issue 17)
+  explain-dev    2 sites x 12 patients, phantom seed 7301, half unusual: the design cohort of issue 17's
+                evolution, attribution and unusual-seizure settings (never a reported figure)
+  explain-reference  1 site x 24 patients, phantom seed 7920, the long clips, FOS and TCS only: the public
+                reference of the unusual-seizure check for the long-clip cohorts (a reference made like the footage
+                it is compared with)
   reference     the demo's public reference cohort (`DemoConfig(seed=0).reference()`: 24 patients of seed
                 0 + REFERENCE_SEED_OFFSET), which sets every model's decision threshold
 
@@ -38,8 +46,13 @@ log = logging.getLogger("utility_cohorts")
 ROOT = BENCH_DIR / "cohorts"
 COHORT_FILE = "cohort.json"
 REFERENCE = "reference"
-# name -> (sites, patients, phantom seed)
-COHORTS: dict[str, tuple[int, int, int]] = {"sites10-p150": (10, 150, 7101), "sites3-p30": (3, 30, 7102)}
+# The explain cohorts keep the phantom's own time before and after the seizure (3-12 s and 3-15 s), so onset and
+# postictal phases can be measured; the others have the demo's 1-2 s.
+LONG_CLIPS = ("explain-p40", "explain-dev", "explain-reference")
+# name -> (sites, patients, phantom seed, share of unusual semiologies)
+COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 7101, 0.0), "sites3-p30": (3, 30, 7102, 0.0),
+                                                   "explain-p40": (2, 40, 7201, 0.3), "explain-dev": (2, 24, 7301, 0.5),
+                                                   "explain-reference": (1, 24, 7919 + 1, 0.0)}
 
 
 def generate_config(name: str) -> Any:
@@ -48,9 +61,14 @@ def generate_config(name: str) -> Any:
 
     if name == REFERENCE:
         return DemoConfig(out=ROOT, seed=0).reference()
-    sites, patients, seed = COHORTS[name]
-    return replace(DemoConfig(out=ROOT, sites=sites, seed=seed).phantom(), patients=patients,
-                   min_patients_per_site=patients // sites)
+    sites, patients, seed, unusual = COHORTS[name]
+    config = replace(DemoConfig(out=ROOT, sites=sites, seed=seed).phantom(), patients=patients,
+                     min_patients_per_site=patients // sites, unusual_fraction=unusual)
+    if name in LONG_CLIPS:
+        from semiofed.phantom.semiology import DEFAULT_LEAD_S, DEFAULT_TAIL_S
+
+        config = replace(config, lead_s=DEFAULT_LEAD_S, tail_s=DEFAULT_TAIL_S)
+    return config
 
 
 def _render_missing(planned: list[Any], videos: Path) -> int:
@@ -82,6 +100,7 @@ def build(name: str, root: Path = ROOT) -> dict[str, Any]:
     from semiofed.client.training.local import load_site_records
     from semiofed.common.learning.spec import DEFAULT_MODEL
     from semiofed.phantom.dataset import plan_dataset, write_manifests
+    from semiofed.phantom.semiology import UNUSUAL_LABELS
     from semiofed.server.demo import DemoConfig
 
     config = generate_config(name)
@@ -108,11 +127,12 @@ def build(name: str, root: Path = ROOT) -> dict[str, Any]:
         site = open_site(site_dir) if (site_dir / "site.json").exists() else init_site(site_dir, site_name)
         t0 = time.monotonic()
         outcomes = prepare_site(site, manifest, config=DemoConfig(out=root).deidentify())
-        records = load_site_records(site, DEFAULT_MODEL.labels)
+        labels = DEFAULT_MODEL.labels + UNUSUAL_LABELS
+        records = load_site_records(site, labels)
         rates = [r.detection_rate.get("pose", 0.0) for r in records]
         sites.append({"site": site_name, "site_dir": str(site_dir), "patients": len({r.patient_pseudonym for r in records}),
                       "seizures": len(records),
-                      "labels": {label: sum(r.label == label for r in records) for label in DEFAULT_MODEL.labels},
+                      "labels": {label: sum(r.label == label for r in records) for label in labels},
                       "failed": sum(o.status == "failed" for o in outcomes),
                       "pose_detection": round(sum(rates) / max(len(rates), 1), 3),
                       "prepare_s": round(time.monotonic() - t0, 1)})
@@ -121,7 +141,7 @@ def build(name: str, root: Path = ROOT) -> dict[str, Any]:
     prepare_s = time.monotonic() - prep_started
     summary = {"settings": settings, "name": name, "seed": config.seed, "sites": sites,
                "patients": sum(s["patients"] for s in sites), "seizures": sum(s["seizures"] for s in sites),
-               "labels": {label: sum(s["labels"][label] for s in sites) for label in DEFAULT_MODEL.labels},
+               "labels": {label: sum(s["labels"][label] for s in sites) for label in DEFAULT_MODEL.labels + UNUSUAL_LABELS},
                "failed": sum(s["failed"] for s in sites), "video_seconds": round(seconds, 1),
                "render_seconds": round(render_s, 1), "prepare_seconds": round(prepare_s, 1),
                "prepare_s_per_video_s": round(prepare_s / seconds, 3)}  # only meaningful on a first (not resumed) run

@@ -1,0 +1,245 @@
+"""What a clinician reads, measured on unseen phantom seizures (issue 17): generalisation time, phases per snippet,
+the lateralisation of region attributions, and the unusual-seizure score, for the federated DP model next to the
+centralised non-DP one.
+
+Usage:
+  python bench/utility_cohorts.py --only explain-p40          # the held-out cohort (seed 7201, never tuned on)
+  semiofed demo --out DEMO                                     # the federated DP model, centralised model, reference
+  python bench/bench_explain.py --demo DEMO --cohort COHORTS/explain-p40 [--write]
+
+Models: DEMO's calibrated federated model (SecAgg+, patient-level DP at each site) and its centralised non-private
+model (DEMO/centralised; trained here the demo's way if DEMO predates it), both calibrated on the demo's public
+reference seizures, which also give the unusual-seizure reference. Every seizure of the cohort is assessed as
+`semiofed predict` does (client/training/predict.py: `assess_record`). Ground truth: the phantom's truth/*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_section  # noqa: E402
+
+# Unilateral limb signs: the seizing side is a limb's side. Head version and facial clonus lateralise too, but to the
+# head, which is one region without a side; they count in the wider figure.
+LIMB_SIGNS = ("clonic_arm", "hemiclonic", "dystonic_hand")
+LATERAL_SIGNS = LIMB_SIGNS + ("clonic_face", "head_version")
+
+
+def _null_progress(_description: str, _total: int) -> Any:
+    return contextlib.nullcontext(lambda *_a, **_k: None)
+
+
+def checkpoints(demo: Path, unusual_reference: Path | None = None) -> dict[str, Any]:
+    """The demo's federated DP and centralised non-DP checkpoints, each with the unusual-seizure reference (fitted on
+    `unusual_reference`, a store of public reference seizures made like the cohort's clips; default the demo's)."""
+    from semiofed.client.training.calibrate import reference_records
+    from semiofed.common.learning.checkpoint import CHECKPOINT_OWN_KEYS, load_checkpoint, save_checkpoint
+    from semiofed.common.learning.unusual import fit_unusual_on_records
+    from semiofed.server.demo import DemoConfig, centralised_baseline, site_tasks
+
+    report = json.loads((demo / "report.json").read_text())
+    config = DemoConfig(out=demo, seed=report["config"]["seed"], sites=report["config"]["sites"])
+    fed = config.federation()
+    records = reference_records(demo / "reference-site", fed.labels)
+    unusual = fit_unusual_on_records(reference_records(unusual_reference, fed.labels) if unusual_reference
+                                     else records).to_json()
+    central_dir = demo / "centralised"
+    if not (central_dir / "meta.json").is_file():  # a demo from before the centralised checkpoint was kept
+        from semiofed.client.training.local import group_patients
+
+        reference = [s for p in group_patients(records, fed.labels, fed.streams) for s in p.seizures]
+        site_dirs = [Path(s["site_dir"]) for s in report["sites"]]
+        central, model = centralised_baseline(site_tasks(site_dirs, fed), fed, reference, _null_progress)
+        save_checkpoint(central_dir, model, {"temperature": 1.0, "calibration": central["calibration"],
+                                             "unusual": unusual, "trained": "centralised, no DP"})
+    out = {}
+    for name, path in (("federated DP", Path(report["final_checkpoint"])), ("centralised non-DP", central_dir)):
+        ckpt = load_checkpoint(path)
+        if ckpt.meta.get("unusual") != unusual:
+            meta = {k: v for k, v in ckpt.meta.items() if k not in CHECKPOINT_OWN_KEYS} | {"unusual": unusual}
+            ckpt = load_checkpoint(save_checkpoint(path.parent / (path.name + "-unusual"), ckpt.model, meta))
+        out[name] = ckpt
+    return out
+
+
+def cohort(cohort_dir: Path) -> list[tuple[Any, dict]]:
+    """(record, truth JSON) of every prepared seizure of the cohort, matched by label, clinical times and length."""
+    from semiofed.client.site import open_site
+    from semiofed.client.training.local import load_site_records
+    from semiofed.phantom.semiology import LABELS, UNUSUAL_LABELS
+
+    pairs = []
+    for site_dir in sorted((cohort_dir / "sites").iterdir()):
+        truths = [json.loads(p.read_text()) for p in sorted((cohort_dir / "videos" / site_dir.name / "truth").glob("*.json"))]
+        for record in load_site_records(open_site(site_dir), LABELS + UNUSUAL_LABELS):
+            match = [t for t in truths if t["label"] == record.label and abs(t["onset_s"] - record.onset_s) < 0.006
+                     and abs(t["offset_s"] - record.offset_s) < 0.006
+                     and abs(t["num_frames"] / t["fps"] - record.duration_s) < 0.15]
+            if len(match) != 1:
+                raise SystemExit(f"record {record.record_id}: {len(match)} truth files match its label and times")
+            pairs.append((record, match[0]))
+    return pairs
+
+
+def seizing_side(truth: dict, signs: tuple[str, ...] = LIMB_SIGNS) -> str | None:
+    """The side of a focal seizure's lateralised signs (of `signs`) when they agree, else None."""
+    if truth["label"] != "FOS":
+        return None
+    sides = {p["side"] for p in truth["phases"] if p["name"] in signs and p.get("side")}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def evaluate(checkpoint: Any, pairs: list[tuple[Any, dict]]) -> dict[str, Any]:
+    from semiofed.client.training.evolution import PHASES, truth_phases
+    from semiofed.client.training.predict import assess_record
+    from semiofed.common.learning.metrics import _binary_auroc
+    from semiofed.phantom.semiology import UNUSUAL_LABELS
+
+    gen_err, gen_found, tcs = [], 0, 0
+    onset_err = []
+    phase_hits = phase_total = 0
+    confusion = np.zeros((len(PHASES), len(PHASES)), dtype=np.int64)
+    lateral, lateral_pos, lateral_n = 0, 0, 0
+    wide, wide_n = 0, 0
+    scores, unusual_y, flags = [], [], []
+    correct, usual = [], []
+    seconds = []
+    for record, truth in pairs:
+        t0 = time.monotonic()
+        a = assess_record(checkpoint, record)
+        seconds.append(time.monotonic() - t0)
+        scores.append(float(a.unusual["score"]))
+        flags.append(bool(a.unusual["flag"]))
+        unusual_y.append(record.label in UNUSUAL_LABELS)
+        if record.label in UNUSUAL_LABELS:
+            continue
+        correct.append(a.prediction.predicted == record.label)
+        usual.append(record.label)
+        if truth["onset_s"] is not None and a.evolution.onset_s is not None:
+            onset_err.append(abs(a.evolution.onset_s - truth["onset_s"]))
+        if record.label == "TCS":
+            tcs += 1
+            if a.evolution.generalisation_s is not None:
+                gen_found += 1
+                gen_err.append(abs(a.evolution.generalisation_s - truth["generalization_s"]))
+        want = truth_phases(a.evolution.times, truth)
+        for got, true in zip(a.evolution.phases, want):
+            confusion[PHASES.index(true), PHASES.index(got)] += 1
+            phase_hits += got == true
+            phase_total += 1
+        wide_side = seizing_side(truth, LATERAL_SIGNS)
+        if wide_side is not None:
+            wide_n += 1
+            wide += bool(a.explanation.top_region and a.explanation.top_region.startswith(wide_side))
+        side = seizing_side(truth)
+        if side is not None:
+            lateral_n += 1
+            top = a.explanation.top_region
+            lateral += bool(top and top.startswith(side))
+            read = {k: v for k, v in a.explanation.direction.items() if a.explanation.region_read.get(k)}
+            best = max(read, key=read.get) if read else None
+            lateral_pos += bool(best and best.startswith(side))
+    y, s = np.asarray(unusual_y, dtype=int), np.asarray(scores)
+    usual_arr = np.asarray(usual)
+    recalls = [float(np.mean(np.asarray(correct)[usual_arr == c])) for c in ("FOS", "TCS") if (usual_arr == c).any()]
+    per_label = {}
+    for label in UNUSUAL_LABELS:
+        keep = np.array([r.label == label for r, _ in pairs]) | (y == 0)
+        if (y[keep] == 1).any():
+            per_label[label] = _binary_auroc(y[keep], s[keep])
+    return {
+        "seizures": len(pairs), "usual": int((y == 0).sum()), "unusual": int(y.sum()),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+        "tcs": tcs, "generalisation_found": gen_found,
+        "generalisation_median_abs_error_s": float(np.median(gen_err)) if gen_err else float("nan"),
+        "onset_median_abs_error_s": float(np.median(onset_err)) if onset_err else float("nan"),
+        "phase_accuracy": phase_hits / max(phase_total, 1), "phase_confusion": confusion.tolist(),
+        "lateralised_focal": lateral_n, "top_region_on_side": lateral / max(lateral_n, 1),
+        "top_supporting_region_on_side": lateral_pos / max(lateral_n, 1),
+        "lateralised_focal_wide": wide_n, "top_region_on_side_wide": wide / max(wide_n, 1),
+        "unusual_auroc": _binary_auroc(y, s) if 0 < y.sum() < len(y) else float("nan"),
+        "unusual_auroc_by_label": per_label,
+        "flagged_unusual": float(np.mean(np.asarray(flags)[y == 1])) if y.any() else float("nan"),
+        "flagged_usual": float(np.mean(np.asarray(flags)[y == 0])) if (y == 0).any() else float("nan"),
+        "seconds_per_seizure": float(np.mean(seconds)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, required=True, help="output folder of `semiofed demo`")
+    parser.add_argument("--cohort", type=Path, required=True, help="a bench/utility_cohorts.py cohort folder")
+    parser.add_argument("--unusual-reference", type=Path,
+                        help="site store of public reference seizures for the unusual-seizure reference (default: the "
+                             "demo's reference-site); use one made like the cohort's clips")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--write", action="store_true", help="write the section into docs/benchmarks.md")
+    args = parser.parse_args()
+    from semiofed.client.training.evolution import PHASES
+
+    from semiofed.client.training.calibrate import reference_records
+
+    pairs = cohort(args.cohort)
+    reference_count = len(reference_records(args.unusual_reference, ("FOS", "TCS"))) if args.unusual_reference else 0
+    results = {name: evaluate(ckpt, pairs) for name, ckpt in checkpoints(args.demo, args.unusual_reference).items()}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    first = next(iter(results.values()))
+    labels = {}
+    for record, _ in pairs:
+        labels[record.label] = labels.get(record.label, 0) + 1
+    rows = ["| model | balanced accuracy (FOS/TCS) | generalisation found | generalisation median abs error (s) | "
+            "onset median abs error (s) | phase accuracy per snippet | top region on the seizing side | "
+            "unusual AUROC (all / hypermotor / non-epileptic) | flagged: unusual / usual | s per seizure |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        by = r["unusual_auroc_by_label"]
+        rows.append(f"| {name} | {r['balanced_accuracy']:.2f} | {r['generalisation_found']}/{r['tcs']} | "
+                    f"{r['generalisation_median_abs_error_s']:.1f} | {r['onset_median_abs_error_s']:.1f} | "
+                    f"{r['phase_accuracy']:.2f} | {r['top_region_on_side']:.0%} of {r['lateralised_focal']} "
+                    f"(supporting: {r['top_supporting_region_on_side']:.0%}; with head signs: "
+                    f"{r['top_region_on_side_wide']:.0%} of {r['lateralised_focal_wide']}) | {r['unusual_auroc']:.2f} / "
+                    f"{by.get('hypermotor', float('nan')):.2f} / {by.get('pnes', float('nan')):.2f} | "
+                    f"{r['flagged_unusual']:.0%} / {r['flagged_usual']:.0%} | {r['seconds_per_seizure']:.2f} |")
+    confusion = ["| true \\ estimated | " + " | ".join(PHASES) + " |", "|---|" + "---:|" * len(PHASES)]
+    for phase, row in zip(PHASES, first["phase_confusion"]):
+        confusion.append(f"| {phase} | " + " | ".join(str(v) for v in row) + " |")
+    body = (
+        f"`{' '.join(['python', 'bench/bench_explain.py', *sys.argv[1:]])}`. Held-out cohort: "
+        f"{args.cohort.name}, {len(pairs)} phantom seizures of {len({r.patient_pseudonym for r, _ in pairs})} patients "
+        f"never seen in training or calibration ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))}; "
+        "hypermotor and non-epileptic (pnes) are semiologies no model or reference has seen), rendered and run "
+        "through `site prepare` (pose). Models: the demo's federated DP model and its centralised non-DP model, "
+        "both calibrated on the demo's 24 public reference seizures. Unusual-seizure reference: "
+        + (f"{reference_count} public reference seizures made like the cohort's clips "
+           f"({args.unusual_reference.parent.name}/{args.unusual_reference.name})" if args.unusual_reference else
+           "the demo's reference seizures") + ". "
+        "Generalisation (of a seizure the model calls TCS): the first 1 s of bilaterally synchronous arm movement "
+        "in the movement span (client/training/evolution.py; else the model's first run of 3 snippets with "
+        "P(TCS) >= 0.5), against the truth's `generalization_s` (error over the TCS where one was found; a TCS "
+        "called FOS has none). Onset: start of the movement span against the truth's `onset_s`, every FOS and TCS. Phases: client/training/evolution.py per "
+        "snippet against the truth's phases (interictal, focal, tonic, clonic, postictal). Top region: the read "
+        "region the model's reading rests on most (occlusion sensitivity), on the side of a focal seizure's "
+        "unilateral limb signs (clonic arm, hemiclonic, dystonic hand, all on one side); supporting: the region "
+        "whose stillness lowers the decision's log-odds most; with head signs: also seizures lateralised only by "
+        "head version or facial clonus (the head is one region without a side, so these count as misses unless "
+        "an arm or leg of that side leads). Unusual: Mahalanobis "
+        "score of the pooled motion descriptors, flag above the reference's 95th percentile.\n\n"
+        + "\n".join(rows) + "\n\nPhase confusion of the federated DP model (snippets):\n\n" + "\n".join(confusion))
+    print(body)
+    if args.write:
+        print("written to", write_section("explain", "What a clinician reads: evolution, regions, unusual seizures "
+                                          "(issue 17)", body))
+
+
+if __name__ == "__main__":
+    main()
