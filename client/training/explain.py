@@ -32,6 +32,7 @@ from semiofed.common.learning.checkpoint import Checkpoint
 from semiofed.common.learning.classifier import AttentionMLP
 from semiofed.common.learning.metrics import softmax
 from semiofed.common.learning.trainer import snippet_logits
+from semiofed.common.records.activity import seizure_snippets
 from semiofed.common.records.features import STCNN_STREAMS, record_inputs, segment_indices
 from semiofed.common.records.regions import REGIONS, held_still
 from semiofed.common.records.schema import SeizureRecord
@@ -50,10 +51,11 @@ class Explanation:
     regions: dict[str, float]  # region name -> mean |change| of the snippets' log-odds of `label` when held still
     direction: dict[str, float]  # region name -> fall of the seizure's log-odds of `label` when held still
     region_read: dict[str, bool]  # whether the model's inputs depend on the region at all
-    region_timeline: np.ndarray  # [R, S] fall of the snippet's log-odds of `label`, regions in REGIONS order
-    snippet_contributions: np.ndarray  # [S] each snippet's share of the seizure log-odds of `label`
+    region_timeline: np.ndarray  # [R, S'] fall of each read snippet's log-odds of `label`, regions in REGIONS order
+    snippet_contributions: np.ndarray  # [S'] each read snippet's share of the seizure log-odds of `label`
     interval: tuple[float, float]  # 5-95% of the calibrated P(label) over jittered segment draws
     covers: str  # what the region attributions cover ("keypoint stream" or a note on STCNN streams)
+    snippets: np.ndarray | None = None  # [S] bool: the snippets the decision read (the S' above), None: all
 
     @property
     def top_region(self) -> str | None:
@@ -106,12 +108,17 @@ def segment_interval(checkpoint: Checkpoint, inputs: np.ndarray, c: int, *, draw
     return float(lo), float(hi)
 
 
-def explain_record(checkpoint: Checkpoint, record: SeizureRecord, label: str | None = None) -> Explanation:
-    """Attributions of the model's decision on one record, for `label` (default: the predicted class)."""
+def explain_record(checkpoint: Checkpoint, record: SeizureRecord, label: str | None = None, *,
+                   seizure_only: bool = True) -> Explanation:
+    """Attributions of the model's decision on one record, for `label` (default: the predicted class), over the
+    snippets the decision reads (client/training/predict.py's `predict_record`)."""
     checkpoint.check_record(record)
     config = checkpoint.config
     t = checkpoint.temperature
+    read_snippets = seizure_snippets(record) if seizure_only else None
     inputs = record_inputs(record, config.streams)
+    if read_snippets is not None:
+        inputs = inputs[read_snippets]
     seizure, snippets = snippet_logits(checkpoint.model, inputs)
     c = int(np.argmax(seizure)) if label is None else config.labels.index(label)
     odds = float(_log_odds(seizure, c, t)[0])
@@ -122,6 +129,8 @@ def explain_record(checkpoint: Checkpoint, record: SeizureRecord, label: str | N
     timeline = np.zeros((len(REGIONS), inputs.shape[0]))
     for k, body_region in enumerate(REGIONS):
         still = record_inputs(replace(record, arrays=held_still(record.arrays, body_region.name)), config.streams)
+        if read_snippets is not None:
+            still = still[read_snippets]
         read[body_region.name] = bool(np.abs(still - inputs).max() > _UNCHANGED) if still.size else False
         if not read[body_region.name]:
             regions[body_region.name] = direction[body_region.name] = 0.0
@@ -135,4 +144,4 @@ def explain_record(checkpoint: Checkpoint, record: SeizureRecord, label: str | N
         "keypoint stream only; the STCNN streams see the whole picture and are not split by region"
     return Explanation(label=config.labels[c], regions=regions, direction=direction, region_read=read, region_timeline=timeline,
                        snippet_contributions=contributions, interval=segment_interval(checkpoint, inputs, c),
-                       covers=covers)
+                       covers=covers, snippets=read_snippets)

@@ -14,6 +14,7 @@ import numpy as np
 
 from semiofed.common.learning.checkpoint import Checkpoint
 from semiofed.common.learning.trainer import snippet_logits
+from semiofed.common.records.activity import seizure_snippets
 from semiofed.common.records.features import record_inputs
 from semiofed.common.files import write_bytes_atomic
 from semiofed.common.learning.metrics import softmax
@@ -40,8 +41,9 @@ class Prediction:
     confidence: float
     temperature: float
     snippet_times: np.ndarray  # [S] snippet mid-times, seconds
-    snippet_probabilities: np.ndarray  # [S, C]
+    snippet_probabilities: np.ndarray  # [S, C] over the whole video (the causal model as the video unfolds)
     generalisation_s: float | None
+    seizure_snippets: np.ndarray | None = None  # [S] bool: the snippets the seizure-level decision read
 
 
 def estimate_generalisation(times: np.ndarray, p_tcs: np.ndarray, *, run: int = MIN_RUN_SNIPPETS) -> float | None:
@@ -53,11 +55,19 @@ def estimate_generalisation(times: np.ndarray, p_tcs: np.ndarray, *, run: int = 
     return None
 
 
-def predict_record(checkpoint: Checkpoint, record: SeizureRecord) -> Prediction:
-    """Classify one record with every snippet (arbitrary length), calibrated by the checkpoint's temperature."""
+def predict_record(checkpoint: Checkpoint, record: SeizureRecord, *, seizure_only: bool = True) -> Prediction:
+    """Classify one record, calibrated by the checkpoint's temperature.
+
+    The seizure-level decision reads the seizure itself: the snippets of the record's movement span and a little
+    either side (common/records/activity.py), as the clips the models are trained on hold the seizure with a second
+    or two around it; a long video's rest and recovery would otherwise dilute the pooled logits. `seizure_only=False`
+    reads every snippet. The per-snippet timeline covers the whole video."""
     checkpoint.check_record(record)
     config = checkpoint.config
-    seizure, snippets = snippet_logits(checkpoint.model, record_inputs(record, config.streams))
+    inputs = record_inputs(record, config.streams)
+    read = seizure_snippets(record) if seizure_only else np.ones(inputs.shape[0], dtype=bool)
+    whole, snippets = snippet_logits(checkpoint.model, inputs)
+    seizure = whole if read.all() else snippet_logits(checkpoint.model, inputs[read])[0]
     t = checkpoint.temperature
     probs = softmax(seizure[None], t)[0]
     snippet_probs = softmax(snippets, t)
@@ -68,7 +78,8 @@ def predict_record(checkpoint: Checkpoint, record: SeizureRecord) -> Prediction:
         generalisation = estimate_generalisation(times, snippet_probs[:, labels.index(GENERALISED_LABEL)])
     return Prediction(labels=labels, probabilities={l: float(p) for l, p in zip(labels, probs)},
                       predicted=labels[int(probs.argmax())], confidence=float(probs.max()), temperature=t,
-                      snippet_times=times, snippet_probabilities=snippet_probs, generalisation_s=generalisation)
+                      snippet_times=times, snippet_probabilities=snippet_probs, generalisation_s=generalisation,
+                      seizure_snippets=read)
 
 
 @dataclass(frozen=True)

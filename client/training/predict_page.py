@@ -101,9 +101,12 @@ def timeline_figure(assessment: Assessment):  # -> matplotlib Figure
     fig.legend(handles=[Patch(color=c, label=k) for k, c in PHASE_COLOURS.items()], loc="upper center", ncol=5,
                fontsize=7, frameon=False, title="estimated phase", title_fontsize=7)
     bars = e.snippet_contributions
-    bottom.bar(times, bars, width=2 * half * 0.9, color=["#d73027" if b >= 0 else "#4575b4" for b in bars])
+    read = times if e.snippets is None else times[e.snippets]
+    bottom.bar(read, bars, width=2 * half * 0.9, color=["#d73027" if b >= 0 else "#4575b4" for b in bars])
     bottom.axhline(0, color="#57606a", lw=0.5)
     bottom.set_ylabel(f"share of\nlog-odds({e.label})", fontsize=7)
+    if e.snippets is not None and not e.snippets.all():
+        bottom.set_title("the decision reads the seizure (the bars); the rest of the video is shown above", fontsize=7)
     bottom.set_xlabel("time from video start (s)")
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
