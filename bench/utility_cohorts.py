@@ -11,6 +11,8 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
                 (hypermotor, non-epileptic): the held-out cohort of bench/bench_explain.py (issue 17)
   explain-dev    2 sites x 12 patients, phantom seed 7301, half unusual: the design cohort of issue 17's
                 evolution, attribution and unusual-seizure settings (never a reported figure)
+  explain-dev-usual  2 sites x 20 patients, phantom seed 7302, FOS and TCS only: the design cohort of how the
+                classifier reads a long video (never a reported figure)
   explain-reference  1 site x 24 patients, phantom seed 7920, the long clips, FOS and TCS only: the public
                 reference of the unusual-seizure check for the long-clip cohorts (a reference made like the footage
                 it is compared with)
@@ -48,10 +50,11 @@ COHORT_FILE = "cohort.json"
 REFERENCE = "reference"
 # The explain cohorts keep the phantom's own time before and after the seizure (3-12 s and 3-15 s), so onset and
 # postictal phases can be measured; the others have the demo's 1-2 s.
-LONG_CLIPS = ("explain-p40", "explain-dev", "explain-reference")
+LONG_CLIPS = ("explain-p40", "explain-dev", "explain-dev-usual", "explain-reference")
 # name -> (sites, patients, phantom seed, share of unusual semiologies)
 COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 7101, 0.0), "sites3-p30": (3, 30, 7102, 0.0),
                                                    "explain-p40": (2, 40, 7201, 0.3), "explain-dev": (2, 24, 7301, 0.5),
+                                                   "explain-dev-usual": (2, 40, 7302, 0.0),
                                                    "explain-reference": (1, 24, 7919 + 1, 0.0)}
 
 

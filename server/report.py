@@ -194,6 +194,19 @@ def build_html(report: dict[str, Any]) -> str:
     if report.get("timeline"):
         blocks.append(H.section("One seizure's timeline", H.figure(timeline_figure(report["timeline"]),
                                                                   caption="per-snippet probability of generalisation, held-out patient")))
+    if report.get("clinician"):
+        c = report["clinician"]
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        blocks.append(H.section("What a clinician reads", H.paragraph(
+            f"Each of the {c['seizures']} held-out seizures through `semiofed predict`'s assessment with the final "
+            f"model: {c['review']} flagged as unusual (unlike the public reference seizures) and sent for review "
+            "instead of being classified."), H.table(
+            ["site", "record", "true label", "decision", "confidence", "region the decision rests on",
+             "unusual score", "generalisation (truth)", "generalisation (estimated)"],
+            [[r["site"], r["record_id"], r["label"],
+              H.badge(r["decision"], "warn") if r["decision"] == "review" else r["decision"], r["confidence"],
+              (r["top_region"] or "-").replace("_", " "), r["unusual_score"], fmt(r["generalization_s"]),
+              fmt(r["estimated_generalization_s"])] for r in c["rows"]])))
     blocks.append(H.section("Audit", H.table(["site", "status", "entries", "epsilon spent", "epsilon max", "delta", "problems"], audit_rows)))
     blocks.append(H.section("Run", H.paragraph(f"final model: {report['final_checkpoint']}"),
                             H.table(["stage", "seconds"], sorted(report["timings_s"].items()))))

@@ -50,6 +50,11 @@ def sample_report() -> dict:
         "timeline": {"site": "site-a", "record_id": "r-1", "label": "TCS", "onset_s": 2.0, "generalization_s": 6.0,
                      "estimated_generalisation_s": 6.5, "times": list(np.arange(0, 12, 0.53)),
                      "p_tcs": list(np.clip(np.linspace(0, 1, 23), 0, 1))},
+        "clinician": {"seizures": 2, "review": 1, "rows": [
+            {"site": "site-a", "record_id": "r-1", "label": "TCS", "decision": "TCS", "confidence": 0.9,
+             "top_region": "left_arm", "unusual_score": 0.4, "generalization_s": 6.0, "estimated_generalization_s": 6.5},
+            {"site": "site-b", "record_id": "r-2", "label": "FOS", "decision": "review", "confidence": 0.6,
+             "top_region": None, "unusual_score": 3.2, "generalization_s": None, "estimated_generalization_s": None}]},
         "final_checkpoint": "/x/final", "timings_s": {"prepare": 10.0}, "seconds": 20.0,
     }
 
@@ -64,6 +69,7 @@ def test_report_html_is_self_contained(tmp_path):
     rows = comparison_rows(report)
     assert [r[1] for r in rows] == ["DP per site", "DP per site", "NOT private"]
     assert "Only 12 held-out seizures" in page  # a quick-demo-sized test set says what its figures mean
+    assert "What a clinician reads" in page and "1 flagged as unusual" in page and "left arm" in page
     many = sample_report()
     many["federated"] |= {"y": [0, 1] * 15, "p": [[0.5, 0.5]] * 30}
     assert "held-out seizures:" not in build_html(many) and "30 seizures" in build_html(many)
