@@ -342,7 +342,8 @@ def clinician_view(checkpoint_dir: Path, tasks: list[Any]) -> dict[str, Any]:
                          "decision": a.decision, "confidence": round(a.prediction.confidence, 3),
                          "top_region": a.explanation.top_region, "unusual_score": a.unusual.get("score"),
                          "generalization_s": record.generalization_s,
-                         "estimated_generalization_s": a.evolution.generalisation_s})
+                         "estimated_generalization_s": None if a.evolution.generalisation_s is None
+                         else round(a.evolution.generalisation_s, 2)})
     return {"seizures": len(rows), "review": sum(r["decision"] == "review" for r in rows), "rows": rows}
 
 
