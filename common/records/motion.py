@@ -24,6 +24,7 @@ features. No NaN or inf leaves this module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -230,21 +231,51 @@ def window_times(duration_s: float, *, window_s: float = WINDOW_S, hop_s: float 
     return np.stack([starts, starts + window_s], axis=1)
 
 
-def window_features(arrays: Mapping[str, np.ndarray], *, window_s: float = WINDOW_S, hop_s: float = HOP_S,
-                    frame_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features [W, MOTION_DIM] float32 scaled to [-CLIP, CLIP], window times [W, 2] s, valid [W] bool).
+@dataclass
+class Tracks:
+    """Landmark tracks of a record on a uniform grid, torso-normalised, cut into fixed-length windows."""
 
-    `arrays` holds a record's POSE, POSE_MASK and FRAME_TIMES (ROTATION is used
-    when present). `frame_size` (width, height of the processed frame, the
-    record's `frame_size`) restores true proportions from MediaPipe's
-    normalised x and y; without it x and y count as equal lengths.
-    """
+    fps: float
+    idx: np.ndarray  # [W, n] grid indices of each window
+    rel: np.ndarray  # [G, P, 2] the points, torso lengths from the body centre
+    point_ok: np.ndarray  # [G, P]
+    vel: np.ndarray  # [G, P, 2] their velocities, torso lengths / s
+    vel_ok: np.ndarray  # [G, P]
+    torso: np.ndarray  # [G, 4, 2] shoulders and hips (frame units)
+    torso_ok: np.ndarray  # [G]
+    centre: np.ndarray  # [G, 2] (frame units)
+    scale: float  # the record's median torso length (frame units)
+    up: np.ndarray  # [G, 2] the body axis
+    side: np.ndarray  # [G, 2]
+    trunk_vel: np.ndarray  # [G, 2] the body centre's own velocity, torso lengths / s
+    trunk_ok: np.ndarray  # [G]
+    times: np.ndarray  # [T] frame times
+    detected: np.ndarray  # [T] frames with a pose
+    grid: np.ndarray  # [G] seconds
+
+
+def _velocity(pos: np.ndarray, ok: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Velocities between neighbouring grid samples (speeds clipped at MAX_SPEED) and where they are defined."""
+    vel = np.zeros_like(pos)
+    vok = np.zeros_like(ok)
+    if pos.shape[0] > 1:
+        vel[:-1] = np.diff(pos, axis=0) * fps
+        vok[:-1] = ok[1:] & ok[:-1]
+    speed = np.linalg.norm(vel, axis=-1)
+    vel = vel * (np.minimum(speed, MAX_SPEED) / np.maximum(speed, 1e-12))[..., None]
+    return vel * vok[..., None], vok
+
+
+def body_tracks(arrays: Mapping[str, np.ndarray], joints: tuple[int, ...], *, window_s: float = WINDOW_S,
+                hop_s: float = HOP_S, frame_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Tracks | None]:
+    """(window bounds [W, 2] seconds, the torso-normalised tracks of the pose landmarks `joints`), the tracks None
+    when no movement can be measured (fewer than two frames, or no torso). `frame_size` as in `window_features`.
+    A limb landmark counts where MediaPipe's visibility is at least MIN_VISIBILITY (the nose always)."""
     pose, mask, times = _check(arrays)
     grid, fps = _grid(times)
     bounds = window_times(grid[-1] - grid[0] + 1.0 / fps, window_s=window_s, hop_s=hop_s, start_s=float(grid[0]))
-    n_windows = bounds.shape[0]
     if pose.shape[0] < 2 or grid.size < 2:  # no movement can be measured from one frame
-        return np.zeros((n_windows, MOTION_DIM), np.float32), bounds.astype(np.float32), np.zeros(n_windows, bool)
+        return bounds, None
     xy = pose[:, :, :2].copy()
     if frame_size is not None and frame_size[0] > 0 and frame_size[1] > 0:
         aspect = np.full(pose.shape[0], frame_size[0] / frame_size[1])
@@ -266,37 +297,47 @@ def window_features(arrays: Mapping[str, np.ndarray], *, window_s: float = WINDO
     length = np.maximum(np.linalg.norm(axis_vec, axis=1), np.linalg.norm(torso[:, 0] - torso[:, 1], axis=1))
     scale = float(np.median(length[torso_ok])) if torso_ok.any() else 0.0
     if not scale > 1e-4:
-        return np.zeros((n_windows, MOTION_DIM), np.float32), bounds.astype(np.float32), np.zeros(n_windows, bool)
+        return bounds, None
     centre = (shoulder_mid + hip_mid) / 2
     up = axis_vec / np.maximum(np.linalg.norm(axis_vec, axis=1, keepdims=True), 1e-9)
     side = np.stack([-up[:, 1], up[:, 0]], axis=1)
 
-    points = np.zeros((grid.size, len(_POINT_JOINTS), 2))
-    point_ok = np.zeros((grid.size, len(_POINT_JOINTS)), dtype=bool)
-    for k, joint in enumerate(_POINT_JOINTS):
+    points = np.zeros((grid.size, len(joints), 2))
+    point_ok = np.zeros((grid.size, len(joints)), dtype=bool)
+    for k, joint in enumerate(joints):
         seen = detected & finite[:, joint] & (visible[:, joint] | (joint == _NOSE))
         points[:, k], point_ok[:, k] = _resample(times, xy[:, joint], seen, grid, fps)
     point_ok &= torso_ok[:, None]
     rel = (points - centre[:, None]) / scale  # [G, P, 2] torso lengths from the body centre
-
-    # Velocities between neighbouring grid samples (torso lengths / s), the centre's own as the trunk's.
-    def velocity(pos: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        vel = np.zeros_like(pos)
-        vok = np.zeros_like(ok)
-        if pos.shape[0] > 1:
-            vel[:-1] = np.diff(pos, axis=0) * fps
-            vok[:-1] = ok[1:] & ok[:-1]
-        speed = np.linalg.norm(vel, axis=-1)
-        vel = vel * (np.minimum(speed, MAX_SPEED) / np.maximum(speed, 1e-12))[..., None]
-        return vel * vok[..., None], vok
-
-    vel, vel_ok = velocity(rel, point_ok)
-    trunk_vel, trunk_ok = velocity(centre / scale, torso_ok)
+    vel, vel_ok = _velocity(rel, point_ok, fps)
+    trunk_vel, trunk_ok = _velocity(centre / scale, torso_ok, fps)  # the centre's own movement is the trunk's
 
     # Fixed-length windows of grid indices (the last ones end at the record's end).
     n = int(max(2, min(round(window_s * fps), grid.size)))
     starts = np.clip(np.round((bounds[:, 0] - grid[0]) * fps).astype(np.int64), 0, grid.size - n)
     idx = starts[:, None] + np.arange(n)[None, :]
+    return bounds, Tracks(fps=fps, idx=idx, rel=rel, point_ok=point_ok, vel=vel, vel_ok=vel_ok, torso=torso,
+                          torso_ok=torso_ok, centre=centre, scale=scale, up=up, side=side, trunk_vel=trunk_vel,
+                          trunk_ok=trunk_ok, times=times, detected=detected, grid=grid)
+
+
+def window_features(arrays: Mapping[str, np.ndarray], *, window_s: float = WINDOW_S, hop_s: float = HOP_S,
+                    frame_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features [W, MOTION_DIM] float32 scaled to [-CLIP, CLIP], window times [W, 2] s, valid [W] bool).
+
+    `arrays` holds a record's POSE, POSE_MASK and FRAME_TIMES (ROTATION is used
+    when present). `frame_size` (width, height of the processed frame, the
+    record's `frame_size`) restores true proportions from MediaPipe's
+    normalised x and y; without it x and y count as equal lengths.
+    """
+    bounds, tracks = body_tracks(arrays, _POINT_JOINTS, window_s=window_s, hop_s=hop_s, frame_size=frame_size)
+    n_windows = bounds.shape[0]
+    if tracks is None:
+        return np.zeros((n_windows, MOTION_DIM), np.float32), bounds.astype(np.float32), np.zeros(n_windows, bool)
+    fps, idx, rel, point_ok, vel, vel_ok = tracks.fps, tracks.idx, tracks.rel, tracks.point_ok, tracks.vel, tracks.vel_ok
+    torso, torso_ok, centre, scale, up, side = tracks.torso, tracks.torso_ok, tracks.centre, tracks.scale, tracks.up, tracks.side
+    trunk_vel, trunk_ok, times, detected, grid = tracks.trunk_vel, tracks.trunk_ok, tracks.times, tracks.detected, tracks.grid
+    shoulder_mid = torso[:, :2].mean(axis=1)
     v, m = vel[idx], vel_ok[idx].astype(np.float64)  # [W, n, P, 2], [W, n, P]
     speed = np.linalg.norm(v, axis=-1)
     cover = point_ok[idx].mean(axis=1)  # [W, P]
