@@ -16,7 +16,8 @@ DEFAULT_LABELS = ("FOS", "TCS")  # focal onset vs focal to bilateral tonic-cloni
 STREAM_STCNN = "stcnn"  # the STCNN snippet feature
 STREAM_KEYPOINTS = "keypoints"  # keypoint-motion summary of the snippet's landmarks
 STREAM_STCNN_MOTION = "stcnn_motion"  # how much the STCNN feature changes over 2 s and 4 s (movement, not scene)
-STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS, STREAM_STCNN_MOTION)
+STREAM_REGIONS = "regions"  # per-body-region movement, left and right kept apart (common/records/region_motion.py)
+STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS, STREAM_STCNN_MOTION, STREAM_REGIONS)
 STCNN_STREAMS = (STREAM_STCNN, STREAM_STCNN_MOTION)  # the model streams that need `site prepare`'s STCNN features
 
 

@@ -32,7 +32,8 @@ SMALL = dict(stcnn_dim=32, embed_dim=8, hidden=6, n_segments=5)
 
 
 @pytest.mark.parametrize("temporal", TEMPORAL_MODELS)
-@pytest.mark.parametrize("streams", [("stcnn",), ("keypoints",), ("stcnn", "keypoints"), ("keypoints", "stcnn_motion")])
+@pytest.mark.parametrize("streams", [("stcnn",), ("keypoints",), ("stcnn", "keypoints"), ("keypoints", "stcnn_motion"),
+                                     ("regions",), ("keypoints", "regions")])
 def test_every_stream_and_temporal_choice_gives_seizure_and_snippet_logits(temporal, streams):
     config = ClassifierConfig(streams=streams, temporal=temporal, **SMALL)
     model = build_classifier(config, seed=0)
@@ -49,13 +50,14 @@ def test_unknown_choices_are_refused_with_the_valid_ones():
 
 
 @pytest.mark.parametrize("temporal", TEMPORAL_MODELS)
-def test_opacus_computes_the_same_per_sample_gradients(temporal):
+@pytest.mark.parametrize("streams", [("stcnn", "keypoints"), ("regions",)])
+def test_opacus_computes_the_same_per_sample_gradients(temporal, streams):
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     from opacus import GradSampleModule  # its import calls logging.basicConfig
     root.handlers[:], _ = handlers, root.setLevel(level)
 
-    config = ClassifierConfig(temporal=temporal, **SMALL)
+    config = ClassifierConfig(temporal=temporal, streams=streams, **SMALL)
     model = build_classifier(config, seed=1).double()
     x = torch.randn(4, 1, 5, config.input_dim, dtype=torch.double)
     y, mask = torch.tensor([[0], [1], [1], [0]]), torch.ones(4, 1, dtype=torch.double)

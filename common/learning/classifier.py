@@ -34,8 +34,10 @@ if TYPE_CHECKING:
     from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.records.features import (
     KEYPOINT_DIM,
+    REGION_STREAM_DIM,
     STCNN_MOTION_DIM,
     STREAM_KEYPOINTS,
+    STREAM_REGIONS,
     STREAM_STCNN,
     STREAM_STCNN_MOTION,
     check_streams,
@@ -98,6 +100,8 @@ class ClassifierConfig:
         """Width of one stream's input per snippet."""
         if stream == STREAM_STCNN:
             return self.stcnn_dim
+        if stream == STREAM_REGIONS:
+            return REGION_STREAM_DIM
         return STCNN_MOTION_DIM if stream == STREAM_STCNN_MOTION else self.keypoint_dim
 
     @property
@@ -241,6 +245,39 @@ class AttentionMLP(nn.Module):
         return F.relu(self.mlp(x))
 
 
+class RegionFusion(nn.Module):
+    """The body-region stream fused: each region through its own small encoder, then mirror-symmetric fusion.
+
+    The two sides of a limb share one encoder; per limb the fused code is the sum and the absolute difference of
+    its sides' codes, so a left-sided seizure and its mirror image fuse the same (the side is kept in the input and
+    named by the attributions, not learnt twice from few patients); the arm and leg synchrony and the window's
+    validity are appended. About 30 parameters at code size 2 (common/records/region_motion.py has the inputs).
+    """
+
+    LIMBS = ("arm", "hand", "leg")
+
+    def __init__(self, code: int = 2) -> None:
+        super().__init__()
+        from semiofed.common.records.region_motion import PER_REGION, REGION_STREAM_NAMES
+
+        self.per_region = PER_REGION
+        self.columns = {name.rsplit("_", 1)[0]: i for i, name in enumerate(REGION_STREAM_NAMES) if name.endswith("_energy")}
+        self.encoders = nn.ModuleDict({name: nn.Linear(PER_REGION, code) for name in ("face_head", *self.LIMBS, "trunk")})
+        self.out_dim = code * (2 + 2 * len(self.LIMBS)) + 3
+
+    def _code(self, z: torch.Tensor, region: str, encoder: str) -> torch.Tensor:
+        start = self.columns[region]
+        return F.relu(self.encoders[encoder](z[..., start : start + self.per_region]))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        parts = [self._code(z, "face_head", "face_head")]
+        for limb in self.LIMBS:
+            left, right = self._code(z, f"left_{limb}", limb), self._code(z, f"right_{limb}", limb)
+            parts += [left + right, (left - right).abs()]
+        parts += [self._code(z, "trunk", "trunk"), z[..., -3:]]
+        return torch.cat(parts, dim=-1)
+
+
 class SeizureClassifier(nn.Module):
     """Streams -> (embedding) -> temporal model -> per-snippet logits; seizure logits pool them."""
 
@@ -251,8 +288,12 @@ class SeizureClassifier(nn.Module):
         fused = 0
         # which keypoint-stream columns the model reads (a fixed public selection; not a parameter, not exchanged)
         self.register_buffer("keypoint_read", torch.tensor(config.keypoint_read, dtype=torch.long), persistent=False)
+        if STREAM_REGIONS in config.streams:
+            self.regions = RegionFusion()
         for stream in config.streams:
             width = len(config.keypoint_read) if stream == STREAM_KEYPOINTS else config.stream_width(stream)
+            if stream == STREAM_REGIONS:
+                width = self.regions.out_dim
             if config.embed_dim:
                 self.embed[stream] = nn.Linear(width, config.embed_dim)
                 fused += config.embed_dim
@@ -280,6 +321,8 @@ class SeizureClassifier(nn.Module):
             z = x[..., start : start + width]
             if stream == STREAM_KEYPOINTS:
                 z = z.index_select(-1, self.keypoint_read)
+            if stream == STREAM_REGIONS:
+                z = self.regions(z)
             if stream == STREAM_STCNN:  # parameter-free per-snippet normalisation: no statistic shared across patients
                 z = F.layer_norm(z, (width,))
             # the keypoint and STCNN motion streams are already on a fixed public scale (common/records/motion.py,

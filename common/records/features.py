@@ -24,7 +24,15 @@ from semiofed.common.records.schema import FRAME_TIMES, SNIPPET_FEATURES, SNIPPE
 
 log = logging.getLogger(__name__)
 
-from semiofed.common.constants import STCNN_STREAMS, STREAM_KEYPOINTS, STREAM_STCNN, STREAM_STCNN_MOTION, STREAMS  # noqa: F401
+from semiofed.common.constants import (  # noqa: F401
+    STCNN_STREAMS,
+    STREAM_KEYPOINTS,
+    STREAM_REGIONS,
+    STREAM_STCNN,
+    STREAM_STCNN_MOTION,
+    STREAMS,
+)
+from semiofed.common.records.region_motion import REGION_STREAM_DIM, region_window_features  # noqa: E402,F401
 
 # 2: the keypoint stream is the window motion descriptors of common/records/motion.py (version 1 was per-snippet
 # coordinate means, spreads and speeds, which hid the seizure under position and missing hands).
@@ -85,6 +93,19 @@ def keypoint_snippet_features(record: SeizureRecord) -> np.ndarray:
     return out
 
 
+def region_snippet_features(record: SeizureRecord) -> np.ndarray:
+    """Per-snippet body-region stream [S, REGION_STREAM_DIM] (float32): the region descriptors of the window centred
+    nearest each snippet's centre (common/records/region_motion.py)."""
+    snippets = record.arrays[SNIPPET_TIMES].astype(np.float64)
+    out = np.zeros((snippets.shape[0], REGION_STREAM_DIM), dtype=np.float32)
+    if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
+        return out
+    feats, bounds = region_window_features(record.arrays, frame_size=record.frame_size)
+    centres = bounds.astype(np.float64).mean(axis=1)
+    nearest = np.abs(snippets.mean(axis=1)[:, None] - centres[None, :]).argmin(axis=1)
+    return feats[nearest]
+
+
 def stcnn_motion_features(record: SeizureRecord) -> np.ndarray:
     """Per-snippet STCNN motion stream [S, STCNN_MOTION_DIM] (float32): for each lag of STCNN_MOTION_LAGS_S, the
     distance between the snippet's STCNN feature and the one a lag earlier (the first snippets, which have no past:
@@ -122,6 +143,8 @@ def record_inputs(record: SeizureRecord, streams: Sequence[str]) -> np.ndarray:
             parts.append(np.nan_to_num(record.arrays[SNIPPET_FEATURES].astype(np.float32)))
         elif stream == STREAM_STCNN_MOTION:
             parts.append(stcnn_motion_features(record))
+        elif stream == STREAM_REGIONS:
+            parts.append(region_snippet_features(record))
         else:
             parts.append(keypoint_snippet_features(record))
     x = np.concatenate(parts, axis=1)
