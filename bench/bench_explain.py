@@ -214,14 +214,17 @@ def main() -> None:
     for phase, row in zip(PHASES, first["phase_confusion"]):
         confusion.append(f"| {phase} | " + " | ".join(str(v) for v in row) + " |")
     body = (
-        f"`{' '.join(['python', 'bench/bench_explain.py', *sys.argv[1:]])}`. Held-out cohort: "
+        f"`python bench/bench_explain.py --demo DEMO --cohort COHORTS/{args.cohort.name}"
+        + (f" --unusual-reference COHORTS/{args.unusual_reference.parents[1].name}/sites/{args.unusual_reference.name}"
+           if args.unusual_reference else "") + "` (DEMO: `semiofed demo --out DEMO`, seed 0; COHORTS: "
+        "`python bench/utility_cohorts.py --only explain-p40 explain-reference`). Held-out cohort: "
         f"{args.cohort.name}, {len(pairs)} phantom seizures of {len({r.patient_pseudonym for r, _ in pairs})} patients "
         f"never seen in training or calibration ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))}; "
         "hypermotor and non-epileptic (pnes) are semiologies no model or reference has seen), rendered and run "
         "through `site prepare` (pose). Models: the demo's federated DP model and its centralised non-DP model, "
         "both calibrated on the demo's 24 public reference seizures. Unusual-seizure reference: "
         + (f"{reference_count} public reference seizures made like the cohort's clips "
-           f"({args.unusual_reference.parent.name}/{args.unusual_reference.name})" if args.unusual_reference else
+           f"({args.unusual_reference.parents[1].name})" if args.unusual_reference else
            "the demo's reference seizures") + ". "
         "Classification reads the seizure itself (the movement span and 1 s either side, "
         "client/training/predict.py), as `semiofed predict` does. Generalisation (of a seizure the model calls TCS): the first 1 s of bilaterally synchronous arm movement "
