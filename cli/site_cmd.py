@@ -150,22 +150,43 @@ def prepare(
 @app.command("show")
 def show(
     site_dir: Path = SiteDir,
+    model: Optional[Path] = typer.Option(None, "--model", help="A calibrated checkpoint (`semiofed calibrate`): also "
+                                         "flag the records whose seizure is unlike its reference seizures, for review."),
     output_format: OutputFormat = format_option(),
 ) -> None:
-    """List the site's records: status, frames, detection rate per stream, snippets."""
-    rows = list_records(open_site(site_dir).layout)
+    """List the site's records: status, frames, detection rate per stream, snippets (and, with --model, which
+    seizures are unusual)."""
+    layout = open_site(site_dir).layout
+    rows = list_records(layout)
+    if model is not None:
+        from semiofed.client.store import unusual_records
+        from semiofed.common.errors import SemiofedError
+        from semiofed.common.learning.checkpoint import load_checkpoint
+        from semiofed.common.learning.unusual import UnusualModel
+
+        checkpoint = load_checkpoint(model)
+        if not checkpoint.meta.get("unusual"):
+            raise SemiofedError(f"model {model} has no unusual-seizure reference",
+                                "calibrate it first: semiofed calibrate --model M --reference STORE --out M2")
+        checks = unusual_records(layout, UnusualModel.from_json(checkpoint.meta["unusual"]))
+        rows = [r | {"unusual": checks.get(r["record_id"])} for r in rows]
 
     def print_table() -> None:
         table = Table(title="records")
-        for column in ("record_id", "status", "label", "duration_s", "pose", "hands", "face", "n_snippets", "error"):
+        columns = ["record_id", "status", "label", "duration_s", "pose", "hands", "face", "n_snippets", "error"]
+        for column in columns + (["unusual"] if model is not None else []):
             table.add_column(column)
         for r in rows:
             rate = r.get("detection_rate") or {}
+            check = r.get("unusual") or {}
+            flag = ("" if not check else "[yellow]review[/]" + ("" if check.get("score") is None else f" ({check['score']:.2f})")
+                    if check.get("flag") else f"{check['score']:.2f}")
             table.add_row(r["record_id"], r["status"], r.get("label") or "",
                           "" if r.get("duration_s") is None else f"{r['duration_s']:.1f}",
                           *(f"{rate[s]:.0%}" if s in rate else "" for s in ("pose", "hands", "face")),
                           "" if r.get("n_snippets") is None else str(r["n_snippets"]),
-                          r.get("error") or (f"[yellow]{r['warning']}[/]" if r.get("warning") else ""))
+                          r.get("error") or (f"[yellow]{r['warning']}[/]" if r.get("warning") else ""),
+                          *([flag] if model is not None else []))
         console = Console()
         console.print(table)
         made = [r for r in rows if r["status"] != "failed"]
@@ -173,6 +194,11 @@ def show(
         if poor:
             console.print(f"[yellow]{len(poor)} of {len(made)} records track poorly (pose in fewer than "
                           f"{POOR_TRACKING:.0%} of frames): check the camera view, or give the bed region as a roi[/]")
+        flagged = [r for r in made if (r.get("unusual") or {}).get("flag")]
+        if flagged:
+            console.print(f"[yellow]{len(flagged)} of {len(made)} seizures are unlike the model's reference seizures: "
+                          "review their videos (a new semiology, a non-epileptic event, or a view the model has not "
+                          "seen)[/]")
 
     emit(output_format, rows, print_table)
 

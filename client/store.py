@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semiofed.client.deid.landmark_quality import tracking_warning
 from semiofed.client.site import SiteLayout
 from semiofed.common.errors import RecordError
 from semiofed.common.files import write_json_atomic
 from semiofed.common.records.schema import META_FILE, STATUS_FAILED, read_meta
+
+if TYPE_CHECKING:
+    from semiofed.common.learning.unusual import UnusualModel
 
 SHOW_FIELDS = ("record_id", "status", "error", "label", "patient_pseudonym", "n_frames", "fps",
                "duration_s", "detection_rate", "quality", "capture", "n_snippets", "feature_dim", "warning")
@@ -60,3 +63,17 @@ def list_records(layout: SiteLayout) -> list[dict[str, Any]]:
             rows[record_dir.name] = {key: meta.get(key) for key in SHOW_FIELDS} | {
                 "error": None, "warning": tracking_warning(meta.get("detection_rate") or {})}
     return [rows[k] for k in sorted(rows)]
+
+
+def unusual_records(layout: SiteLayout, unusual: "UnusualModel") -> dict[str, dict[str, Any]]:
+    """record id -> the unusual-seizure check ({score, tail, threshold, flag}) of every finished record."""
+    from semiofed.common.records.schema import read_record
+
+    out: dict[str, dict[str, Any]] = {}
+    if layout.records_dir.is_dir():
+        for record_dir in sorted(p for p in layout.records_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                out[record_dir.name] = unusual.assess(read_record(record_dir))
+            except RecordError:
+                continue  # listed as failed by list_records
+    return out

@@ -286,3 +286,38 @@ def test_calibrate_command_adds_the_public_reference_and_leaves_the_model_alone(
     wrong = subprocess.run([sys.executable, "-m", "semiofed.cli", "calibrate", "--model", str(ckpt), "--reference",
                             str(tmp_path), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert wrong.returncode == 1 and "not a site store" in wrong.stderr and not (tmp_path / "x").exists()
+
+
+def test_site_show_flags_the_seizures_unlike_the_reference_for_review(tmp_path) -> None:
+    from dp_synthetic import populate
+
+    from semiofed.client.site import init_site
+    from semiofed.common.records.schema import write_record
+
+    reference = init_site(tmp_path / "reference", "reference")
+    records = populate(reference.layout.records_dir, n_patients=10, seizures=(1,))
+    model = build_classifier(ClassifierConfig(streams=("keypoints",), stcnn_dim=0, hidden=4, temporal="gru"), seed=0)
+    ckpt = save_checkpoint(tmp_path / "model", model, {"temperature": 1.0})
+    subprocess.run([sys.executable, "-m", "semiofed.cli", "calibrate", "--model", str(ckpt), "--reference",
+                    str(tmp_path / "reference"), "--out", str(tmp_path / "calibrated")], check=True, capture_output=True)
+    site = init_site(tmp_path / "site", "hospital")
+    from dp_synthetic import make_record
+
+    usual = replace(make_record(np.random.default_rng(99), patient="new", index=0, label=records[0].label),
+                    record_id="r-usual")  # a new patient of the same kind as the reference
+    pose = usual.arrays[POSE].copy()
+    pose[:, 15, 1] += 0.4 * np.sin(2 * np.pi * 1.3 * usual.arrays[FRAME_TIMES])  # a wildly flailing left arm
+    odd = replace(usual, record_id="r-odd", arrays={**usual.arrays, POSE: pose})
+    for record in (usual, odd):
+        write_record(site.layout.records_dir, record)
+    done = subprocess.run([sys.executable, "-m", "semiofed.cli", "site", "show", "--site-dir", str(tmp_path / "site"),
+                           "--model", str(tmp_path / "calibrated"), "--format", "json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["record_id"]: r for r in json.loads(done.stdout)}
+    assert rows["r-odd"]["unusual"]["flag"] is True and rows["r-usual"]["unusual"]["flag"] is False
+    table = subprocess.run([sys.executable, "-m", "semiofed.cli", "site", "show", "--site-dir", str(tmp_path / "site"),
+                            "--model", str(tmp_path / "calibrated")], capture_output=True, text=True)
+    assert table.returncode == 0 and "1 of 2 seizures are unlike" in table.stdout
+    uncalibrated = subprocess.run([sys.executable, "-m", "semiofed.cli", "site", "show", "--site-dir",
+                                   str(tmp_path / "site"), "--model", str(ckpt)], capture_output=True, text=True)
+    assert uncalibrated.returncode == 1 and "semiofed calibrate" in uncalibrated.stderr and "Traceback" not in uncalibrated.stderr
