@@ -186,6 +186,9 @@ def test_a_record_without_any_pose_is_sent_for_review_not_classified(tmp_path, l
     meta = {"temperature": 1.0, "unusual": model.to_json()}
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "m", load_checkpoint(_arm_energy_model(tmp_path)).model, meta))
     assert assess_record(ckpt, blind).decision == "review"
+    uncalibrated = load_checkpoint(_arm_energy_model(tmp_path))  # no reference: still not classified silently
+    assert assess_record(uncalibrated, blind).decision == "review"
+    assert assess_record(uncalibrated, record).decision in ("FOS", "TCS")
 
 
 def test_the_new_phantom_semiologies_move_unlike_a_focal_seizure() -> None:
@@ -321,3 +324,21 @@ def test_site_show_flags_the_seizures_unlike_the_reference_for_review(tmp_path) 
     uncalibrated = subprocess.run([sys.executable, "-m", "semiofed.cli", "site", "show", "--site-dir",
                                    str(tmp_path / "site"), "--model", str(ckpt)], capture_output=True, text=True)
     assert uncalibrated.returncode == 1 and "semiofed calibrate" in uncalibrated.stderr and "Traceback" not in uncalibrated.stderr
+
+
+def test_predict_on_an_empty_room_sends_it_for_review_instead_of_classifying(tmp_path, model_dir) -> None:
+    import cv2
+
+    video = tmp_path / "empty_room.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(60):  # 4 s of a dim, noisy, empty room
+        writer.write(np.clip(30 + rng.normal(0, 3, (240, 320, 3)), 0, 255).astype(np.uint8))
+    writer.release()
+    done = subprocess.run([sys.executable, "-m", "semiofed.cli", "predict", str(video), "--model", str(_arm_energy_model(tmp_path)),
+                           "--out", str(tmp_path / "out"), "--model-dir", str(model_dir), "--format", "json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["decision"] == "review" and report["unusual"]["flag"] is True
+    assert "no movement could be measured" in report["unusual"]["note"]

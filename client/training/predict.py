@@ -109,9 +109,11 @@ class Assessment:
 
 def unusual_check(checkpoint: Checkpoint, record: SeizureRecord) -> dict[str, object]:
     """The checkpoint's unusual-seizure reference applied to the record, or why there is none."""
-    from semiofed.common.learning.unusual import UnusualModel
+    from semiofed.common.learning.unusual import NO_MOVEMENT, UnusualModel, movement_measured, seizure_embedding
 
     raw = checkpoint.meta.get("unusual")
+    if not movement_measured(seizure_embedding(record)):
+        return dict(NO_MOVEMENT)  # nothing to classify from, with or without a reference
     if not raw:
         return {"score": None, "flag": None,
                 "note": "this model has no unusual-seizure reference: calibrate it on public reference seizures "

@@ -46,6 +46,15 @@ def seizure_embedding(record: SeizureRecord) -> np.ndarray:
     return pooled.astype(np.float64)
 
 
+NO_MOVEMENT = {"score": None, "tail": None, "flag": True,
+               "note": "no movement could be measured (no pose in any window): review the video"}
+
+
+def movement_measured(embedding: np.ndarray) -> bool:
+    """Whether any window of the record had a tracked torso (the embedding's valid share above its floor)."""
+    return bool(embedding[-1] > -1.0)
+
+
 @dataclass(frozen=True)
 class UnusualModel:
     """The reference distribution and the calibrated flag threshold."""
@@ -69,9 +78,8 @@ class UnusualModel:
         """{score, tail, threshold, flag} for one record; a record with no measurable movement is flagged for review
         with score None (nothing to compare: it must not be classified silently)."""
         embedding = seizure_embedding(record)
-        if embedding[-1] <= -1.0:  # the valid share, scaled: no window with a tracked torso
-            return {"score": None, "tail": None, "threshold": round(self.threshold, 4), "flag": True,
-                    "note": "no movement could be measured (no pose in any window): review the video"}
+        if not movement_measured(embedding):
+            return NO_MOVEMENT | {"threshold": round(self.threshold, 4)}
         s = self.score(embedding)
         return {"score": round(s, 4), "tail": round(self.tail(s), 4), "threshold": round(self.threshold, 4),
                 "flag": bool(s > self.threshold)}
