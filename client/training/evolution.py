@@ -6,15 +6,18 @@ Two sources, each used for what it knows:
   onset is the start of the movement span, offset its end, and the moment of
   generalisation the first run of bilaterally synchronous arm movement; when
   there is none, the classifier's own estimate (the first run of snippets
-  with P(TCS) >= 1/2, client/training/predict.py) stands in. After generalisation a window is tonic while the arms are held out
-  and still (the `tonic_hold` descriptor) and clonic otherwise; after the
-  offset of a generalised seizure the patient is postictal.
+  with P(TCS) >= 1/2, client/training/predict.py) stands in.
+- After generalisation a window is tonic while the arms are held out and
+  still (the `tonic_hold` descriptor) and clonic otherwise, in that order (no
+  tonic once the clonic phase has begun); after the offset of a generalised
+  seizure the patient is postictal.
 
 Phases, in the order a clinician reads them: interictal (before onset, or after
 a focal seizure), focal (from onset until generalisation or offset), tonic,
 clonic, postictal. Nothing is fitted on any patient: the thresholds are fixed
 shares of the record's own range, chosen on the design cohorts (the demo's
-seed-0 sites and bench/utility_cohorts.py's explain-dev, never a test cohort).
+seed-0 sites and bench/utility_cohorts.py's explain-dev cohorts, never a test
+cohort).
 """
 
 from __future__ import annotations
@@ -80,7 +83,9 @@ def estimate_evolution(record: SeizureRecord, generalised: bool, model_generalis
         elif t > offset:
             phases.append(POSTICTAL if generalisation_s is not None else INTERICTAL)
         elif generalisation_s is not None and t >= generalisation_s:
-            phases.append(TONIC if len(centres) and activity.hold[w] else CLONIC)
+            # a generalised seizure stiffens before it jerks: no tonic posture once the clonic phase has begun
+            tonic = bool(len(centres) and activity.hold[w]) and CLONIC not in phases
+            phases.append(TONIC if tonic else CLONIC)
         else:
             phases.append(FOCAL)
     return Evolution(times=times, phases=tuple(phases), onset_s=onset, offset_s=offset, generalisation_s=generalisation_s)
