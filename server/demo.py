@@ -323,28 +323,35 @@ def timeline_example(checkpoint_dir: Path, tasks: list[Any]) -> dict[str, Any] |
     return None
 
 
-def clinician_view(checkpoint_dir: Path, tasks: list[Any]) -> dict[str, Any]:
+def clinician_view(checkpoint_dir: Path, tasks: list[Any], out: Path | None = None) -> dict[str, Any]:
     """Every held-out seizure through `semiofed predict`'s assessment with the final model: the decision (a class,
-    or review for an unusual seizure), the region the decision rests on, the generalisation moment against truth."""
+    or review for an unusual seizure), the region the decision rests on, the generalisation moment against truth;
+    with `out`, the page `semiofed predict` writes, for the first held-out generalised seizure."""
     from semiofed.client.training.local import load_site_records
     from semiofed.client.training.predict import assess_record
+    from semiofed.client.training.predict_page import write_assessment_page
     from semiofed.common.learning.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_dir)
-    rows = []
+    rows, page = [], None
     for task in tasks:
         test_ids = {s.record_id for p in task.test for s in p.seizures}
         for record in load_site_records(task.site, checkpoint.config.labels):
             if record.record_id not in test_ids:
                 continue
             a = assess_record(checkpoint, record)
+            if out is not None and page is None and record.label == "TCS" and a.evolution.generalisation_s is not None:
+                page = write_assessment_page(a, out / f"assessment-{record.record_id}.html",
+                                             title=f"held-out seizure {record.record_id} ({task.site.site_id})",
+                                             model=f"final federated model ({checkpoint_dir.name})")
             rows.append({"site": task.site.site_id, "record_id": record.record_id, "label": record.label,
                          "decision": a.decision, "confidence": round(a.prediction.confidence, 3),
                          "top_region": a.explanation.top_region, "unusual_score": a.unusual.get("score"),
                          "generalization_s": record.generalization_s,
                          "estimated_generalization_s": None if a.evolution.generalisation_s is None
                          else round(a.evolution.generalisation_s, 2)})
-    return {"seizures": len(rows), "review": sum(r["decision"] == "review" for r in rows), "rows": rows}
+    return {"seizures": len(rows), "review": sum(r["decision"] == "review" for r in rows), "rows": rows,
+            "page": None if page is None else page.name}
 
 
 def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], None] = lambda _l: None) -> dict[str, Any]:
@@ -395,7 +402,7 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
     federated = evaluate_everywhere(final.model, 1.0, tasks, fed.n_segments) | {"calibration": calibration}
     audit = audit_sites(site_dirs)
     timeline = timeline_example(calibrated, tasks)
-    clinician = clinician_view(calibrated, tasks)
+    clinician = clinician_view(calibrated, tasks, config.out)
     lap("evaluation_and_audit", t)
     report = {
         "config": {**asdict(config), "out": str(config.out), "federation": fed.to_run_config()},

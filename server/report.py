@@ -200,7 +200,9 @@ def build_html(report: dict[str, Any]) -> str:
         blocks.append(H.section("What a clinician reads", H.paragraph(
             f"Each of the {c['seizures']} held-out seizures through `semiofed predict`'s assessment with the final "
             f"model: {c['review']} flagged as unusual (unlike the public reference seizures) and sent for review "
-            "instead of being classified."), H.table(
+            "instead of being classified."
+            + (f" The page `semiofed predict` writes for one of them: {c['page']} (beside this report)."
+               if c.get("page") else "")), H.table(
             ["site", "record", "true label", "decision", "confidence", "region the decision rests on",
              "unusual score", "generalisation (truth)", "generalisation (estimated)"],
             [[r["site"], r["record_id"], r["label"],
