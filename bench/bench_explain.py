@@ -42,7 +42,7 @@ def checkpoints(demo: Path, unusual_reference: Path | None = None) -> dict[str, 
     """The demo's federated DP and centralised non-DP checkpoints, each with the unusual-seizure reference (fitted on
     `unusual_reference`, a store of public reference seizures made like the cohort's clips; default the demo's)."""
     from semiofed.client.training.calibrate import reference_records
-    from semiofed.common.learning.checkpoint import CHECKPOINT_OWN_KEYS, load_checkpoint, save_checkpoint
+    from semiofed.common.learning.checkpoint import save_checkpoint
     from semiofed.common.learning.unusual import fit_unusual_on_records
     from semiofed.server.demo import DemoConfig, centralised_baseline, site_tasks
 
@@ -61,14 +61,19 @@ def checkpoints(demo: Path, unusual_reference: Path | None = None) -> dict[str, 
         central, model = centralised_baseline(site_tasks(site_dirs, fed), fed, reference, _null_progress)
         save_checkpoint(central_dir, model, {"temperature": 1.0, "calibration": central["calibration"],
                                              "unusual": unusual, "trained": "centralised, no DP"})
-    out = {}
-    for name, path in (("federated DP", Path(report["final_checkpoint"])), ("centralised non-DP", central_dir)):
-        ckpt = load_checkpoint(path)
-        if ckpt.meta.get("unusual") != unusual:
-            meta = {k: v for k, v in ckpt.meta.items() if k not in CHECKPOINT_OWN_KEYS} | {"unusual": unusual}
-            ckpt = load_checkpoint(save_checkpoint(path.parent / (path.name + "-unusual"), ckpt.model, meta))
-        out[name] = ckpt
-    return out
+    return {name: with_unusual(path, unusual)
+            for name, path in (("federated DP", Path(report["final_checkpoint"])), ("centralised non-DP", central_dir))}
+
+
+def with_unusual(path: Path, unusual: dict[str, Any]) -> Any:
+    """The checkpoint at `path`, with this unusual-seizure reference (a copy beside it when it has another)."""
+    from semiofed.common.learning.checkpoint import CHECKPOINT_OWN_KEYS, load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.meta.get("unusual") == unusual:
+        return ckpt
+    meta = {k: v for k, v in ckpt.meta.items() if k not in CHECKPOINT_OWN_KEYS} | {"unusual": unusual}
+    return load_checkpoint(save_checkpoint(path.parent / (path.name + "-unusual"), ckpt.model, meta))
 
 
 def cohort(cohort_dir: Path) -> list[tuple[Any, dict]]:
@@ -181,6 +186,9 @@ def main() -> None:
     parser.add_argument("--unusual-reference", type=Path,
                         help="site store of public reference seizures for the unusual-seizure reference (default: the "
                              "demo's reference-site); use one made like the cohort's clips")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="also assess with this checkpoint (e.g. a region-stream model kept by "
+                             "bench/bench_region_stream.py --save); repeatable")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--write", action="store_true", help="write the section into docs/benchmarks.md")
     args = parser.parse_args()
@@ -190,7 +198,11 @@ def main() -> None:
 
     pairs = cohort(args.cohort)
     reference_count = len(reference_records(args.unusual_reference, ("FOS", "TCS"))) if args.unusual_reference else 0
-    results = {name: evaluate(ckpt, pairs) for name, ckpt in checkpoints(args.demo, args.unusual_reference).items()}
+    models = checkpoints(args.demo, args.unusual_reference)
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        models[name] = with_unusual(Path(path), models["federated DP"].meta["unusual"])
+    results = {name: evaluate(ckpt, pairs) for name, ckpt in models.items()}
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     first = next(iter(results.values()))
@@ -217,7 +229,10 @@ def main() -> None:
         f"`python bench/bench_explain.py --demo DEMO --cohort COHORTS/{args.cohort.name}"
         + (f" --unusual-reference COHORTS/{args.unusual_reference.parents[1].name}/sites/{args.unusual_reference.name}"
            if args.unusual_reference else "") + "` (DEMO: `semiofed demo --out DEMO`, seed 0; COHORTS: "
-        "`python bench/utility_cohorts.py --only explain-p40 explain-reference`). Held-out cohort: "
+        "`python bench/utility_cohorts.py --only explain-p40 explain-reference`)"
+        + (f", with {len(args.model)} more models (`--model NAME=CHECKPOINT`, the fold-0 final models kept by "
+           "`bench/bench_region_stream.py --save`: federated DP on the demo's sites, one row per seed)" if args.model
+           else "") + ". Held-out cohort: "
         f"{args.cohort.name}, {len(pairs)} phantom seizures of {len({r.patient_pseudonym for r, _ in pairs})} patients "
         f"never seen in training or calibration ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))}; "
         "hypermotor and non-epileptic (pnes) are semiologies no model or reference has seen), rendered and run "

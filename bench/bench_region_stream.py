@@ -53,8 +53,10 @@ def copy_sites(demo: Path, into: Path) -> list[Path]:
     return out
 
 
-def run_one(demo: Path, streams: tuple[str, ...], seed: int, test_fold: int, reference: list[Any]) -> dict[str, Any]:
-    """One federated DP run on fresh copies of the demo's sites; the final model's held-out predictions."""
+def run_one(demo: Path, streams: tuple[str, ...], seed: int, test_fold: int, reference: list[Any],
+            save: Path | None = None) -> dict[str, Any]:
+    """One federated DP run on fresh copies of the demo's sites; the final model's held-out predictions (and, with
+    `save`, the calibrated final model, with the demo's unusual-seizure reference, kept there)."""
     from semiofed.client.training.calibrate import calibrate_model
     from semiofed.common.learning.checkpoint import load_checkpoint
     from semiofed.server.demo import MODE_SIMULATION, DemoConfig, evaluate_everywhere, federate, site_tasks
@@ -73,6 +75,14 @@ def run_one(demo: Path, streams: tuple[str, ...], seed: int, test_fold: int, ref
         tasks = site_tasks(site_dirs, fed)
         result = evaluate_everywhere(final.model, 1.0, tasks, fed.n_segments)
         lateral = lateral_hits(final, tasks, demo)
+        if save is not None:
+            from semiofed.common.learning.checkpoint import CHECKPOINT_OWN_KEYS, save_checkpoint
+            from semiofed.common.learning.unusual import fit_unusual_on_records
+
+            meta = {k: v for k, v in final.meta.items() if k not in CHECKPOINT_OWN_KEYS}
+            save_checkpoint(save, final.model, meta | {"temperature": 1.0, "unusual": fit_unusual_on_records(reference).to_json(),
+                                                       "trained": f"federated DP, streams {','.join(streams)}, seed {seed}, "
+                                                                  f"test fold {test_fold}"})
         from semiofed.common.learning.classifier import parameter_count
 
         return {"y": result["y"], "p": result["p"], "seconds": time.monotonic() - t0, "lateral": lateral,
@@ -109,6 +119,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--save", type=Path, help="keep each model's fold-0 final checkpoint per seed here")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     from semiofed.client.training.calibrate import reference_records
@@ -122,7 +133,8 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             for fold in (0, 1):
-                runs.append(run_one(args.demo, streams, seed, fold, reference))
+                keep = None if args.save is None or fold else args.save / f"{'-'.join(streams)}-seed{seed}"
+                runs.append(run_one(args.demo, streams, seed, fold, reference, keep))
                 r = classification_report(np.array(runs[-1]["y"]), np.array(runs[-1]["p"]))
                 print(f"{name} seed {seed} fold {fold}: balanced accuracy {r['balanced_accuracy']:.3f} "
                       f"({runs[-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
