@@ -244,6 +244,7 @@ def test_predict_json_names_regions_by_side_and_writes_the_page(tmp_path, left_c
     for key in ("probabilities", "generalization_s", "regions", "unusual", "confidence_interval", "evolution"):
         assert key in report
     assert {k for k in report["regions"] if "left" in k} == {"left_arm", "left_hand", "left_leg"}
+    assert set(report["regions_direction"]) == set(report["regions"]) and report["top_region"] == "left_arm"
     assert report["unusual"]["flag"] is None and "semiofed calibrate" in report["unusual"]["note"]
     json.dumps(report)  # JSON-ready
 

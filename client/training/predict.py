@@ -103,6 +103,7 @@ class Assessment:
                 "confidence_interval": [round(v, 4) for v in e.interval], "probabilities": p.probabilities,
                 "temperature": p.temperature, "generalization_s": self.evolution.to_json()["generalization_s"],
                 "evolution": self.evolution.to_json(), "regions": e.to_json()["regions"],
+                "regions_direction": e.to_json()["regions_direction"],
                 "regions_read": e.region_read, "top_region": e.top_region, "regions_cover": e.covers,
                 "unusual": self.unusual}
 
