@@ -225,7 +225,8 @@ def test_the_assessment_page_renders_in_headless_chromium(tmp_path, left_clonic)
     assert dom.returncode == 0, dom.stderr[-2000:]
     for name in REGION_NAMES:  # every region drawn, coloured, with its score
         assert f'id="region-{name}"' in dom.stdout
-    assert "estimated phase" in dom.stdout and "Where in the body" in dom.stdout
+    assert "estimated phase" in dom.stdout and "Where in the body" in dom.stdout and "When each region mattered" in dom.stdout
+    assert dom.stdout.count("<svg") >= 3  # timeline, body diagram, region x time map
     shot = tmp_path / "page.png"
     done = subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2200", page.as_uri()],
                           capture_output=True, text=True, timeout=120)

@@ -112,6 +112,29 @@ def timeline_figure(assessment: Assessment):  # -> matplotlib Figure
     return fig
 
 
+def region_time_figure(assessment: Assessment):  # -> matplotlib Figure
+    """When each region mattered: the fall of each read snippet's log-odds when the region is held still."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, e = assessment.prediction, assessment.explanation
+    times = p.snippet_times if e.snippets is None else p.snippet_times[e.snippets]
+    rows = [k for k, r in enumerate(REGIONS) if e.region_read.get(r.name)]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(rows), 1) + 1.0), dpi=100)
+    data = e.region_timeline[rows] if rows else np.zeros((1, len(times)))
+    scale = float(np.abs(data).max()) or 1.0
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    image = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest",
+                      extent=(float(times[0]) - step / 2, float(times[-1]) + step / 2, len(data) - 0.5, -0.5))
+    ax.set_yticks(range(len(data)), [REGIONS[k].label for k in rows] or ["(no region read)"], fontsize=7)
+    ax.set_xlabel("time from video start (s)")
+    fig.colorbar(image, ax=ax, label=f"fall of log-odds({e.label})", fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
 def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup:
     """The whole page for one seizure."""
     p, e, ev, unusual = assessment.prediction, assessment.explanation, assessment.evolution, assessment.unusual
@@ -137,6 +160,11 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
                                    + ", ".join(PHASE_COLOURS) + "). Bottom: each snippet's share of the decision's "
                                    "log-odds (red for, blue against).")
     plt.close(fig)
+    fig = region_time_figure(assessment)
+    region_time = figure(fig, caption="When each region mattered: red where holding the region still lowers the "
+                                      "snippet's log-odds of the decision (its movement then spoke for it), blue "
+                                      "where it raises them.")
+    plt.close(fig)
     rows = [[r.name.replace("_", " "), r.side or "-", round(e.regions.get(r.name, 0.0), 4),
              round(e.direction.get(r.name, 0.0), 4), "yes" if e.region_read.get(r.name) else "no"] for r in REGIONS]
     regions = section(
@@ -149,14 +177,15 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
                         f"direction (fall of the log-odds of {e.label})", "read by the model"], rows) + "</div>"),
         paragraph(f"Attributions by occlusion: each region is held still in the landmark track and the model re-run. "
                   f"They cover the {e.covers}."),
+        region_time,
     )
     unusual_block = section("Is this seizure like the reference seizures?", paragraph(
         unusual.get("note") or ("Flagged: the movement pattern lies outside the reference seizures the model was "
                                 "calibrated on. Mark it for review; the classification is withheld." if unusual.get("flag")
                                 else "Within the reference seizures' range.")))
     notes = bullet_list([f"model: {model}", f"calibration temperature {p.temperature:.2f}",
-                         "phases and onset from the patient's own movement; generalisation from the model's per-snippet "
-                         "probabilities", "decision support only: a clinician reviews the video"])
+                         "onset, phases and the moment of generalisation from the patient's own movement (the first "
+                         "bilaterally synchronous arm movement); whether the seizure generalised, from the model", "decision support only: a clinician reviews the video"])
     status = STATUS_WARN if unusual.get("flag") else STATUS_INFO
     return page(title, section("Decision", summary), section("How the seizure evolved", timeline), regions,
                 unusual_block, section("About this page", notes),
