@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semiofed.common.records.activity import record_activity
+from semiofed.common.records.activity import Activity, record_activity
 from semiofed.common.records.schema import SNIPPET_TIMES, SeizureRecord
 
 INTERICTAL, FOCAL, TONIC, CLONIC, POSTICTAL = "interictal", "focal", "tonic", "clonic", "postictal"
@@ -62,11 +62,12 @@ class Evolution:
                 "segments": [{**s, "start_s": r(s["start_s"]), "end_s": r(s["end_s"])} for s in self.segments()]}
 
 
-def estimate_evolution(record: SeizureRecord, generalised: bool, model_generalisation_s: float | None = None) -> Evolution:
+def estimate_evolution(record: SeizureRecord, generalised: bool, model_generalisation_s: float | None = None, *,
+                       activity: Activity | None = None) -> Evolution:
     """Phases of every snippet of `record`; `generalised`: the classifier called the seizure TCS (with its own
     generalisation estimate `model_generalisation_s`, used when no bilateral movement is found)."""
     times = record.arrays[SNIPPET_TIMES].astype(np.float64).mean(axis=1)
-    activity = record_activity(record)
+    activity = activity or record_activity(record)
     onset, offset = activity.start_s, activity.end_s
     generalisation_s = None
     if generalised:

@@ -32,9 +32,9 @@ from semiofed.common.learning.checkpoint import Checkpoint
 from semiofed.common.learning.classifier import AttentionMLP
 from semiofed.common.learning.metrics import softmax
 from semiofed.common.learning.trainer import snippet_logits
-from semiofed.common.records.activity import seizure_snippets
+from semiofed.common.records.activity import Activity, seizure_snippets
 from semiofed.common.records.features import STCNN_STREAMS, record_inputs, segment_indices
-from semiofed.common.records.regions import REGIONS, held_still
+from semiofed.common.records.regions import REGIONS, held_still, noise_floor
 from semiofed.common.records.schema import SeizureRecord
 
 INTERVAL_DRAWS = 200
@@ -109,13 +109,13 @@ def segment_interval(checkpoint: Checkpoint, inputs: np.ndarray, c: int, *, draw
 
 
 def explain_record(checkpoint: Checkpoint, record: SeizureRecord, label: str | None = None, *,
-                   seizure_only: bool = True) -> Explanation:
+                   seizure_only: bool = True, activity: Activity | None = None) -> Explanation:
     """Attributions of the model's decision on one record, for `label` (default: the predicted class), over the
     snippets the decision reads (client/training/predict.py's `predict_record`)."""
     checkpoint.check_record(record)
     config = checkpoint.config
     t = checkpoint.temperature
-    read_snippets = seizure_snippets(record) if seizure_only else None
+    read_snippets = seizure_snippets(record, activity) if seizure_only else None
     inputs = record_inputs(record, config.streams)
     if read_snippets is not None:
         inputs = inputs[read_snippets]
@@ -127,8 +127,10 @@ def explain_record(checkpoint: Checkpoint, record: SeizureRecord, label: str | N
     direction: dict[str, float] = {}
     read: dict[str, bool] = {}
     timeline = np.zeros((len(REGIONS), inputs.shape[0]))
+    floor = noise_floor(record.arrays)  # one tracking-noise floor for every region of this video
     for k, body_region in enumerate(REGIONS):
-        still = record_inputs(replace(record, arrays=held_still(record.arrays, body_region.name)), config.streams)
+        still = record_inputs(replace(record, arrays=held_still(record.arrays, body_region.name, floor=floor)),
+                              config.streams)
         if read_snippets is not None:
             still = still[read_snippets]
         read[body_region.name] = bool(np.abs(still - inputs).max() > _UNCHANGED) if still.size else False

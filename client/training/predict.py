@@ -14,7 +14,7 @@ import numpy as np
 
 from semiofed.common.learning.checkpoint import Checkpoint
 from semiofed.common.learning.trainer import snippet_logits
-from semiofed.common.records.activity import seizure_snippets
+from semiofed.common.records.activity import Activity, record_activity, seizure_snippets
 from semiofed.common.records.features import record_inputs
 from semiofed.common.files import write_bytes_atomic
 from semiofed.common.learning.metrics import softmax
@@ -55,7 +55,8 @@ def estimate_generalisation(times: np.ndarray, p_tcs: np.ndarray, *, run: int = 
     return None
 
 
-def predict_record(checkpoint: Checkpoint, record: SeizureRecord, *, seizure_only: bool = True) -> Prediction:
+def predict_record(checkpoint: Checkpoint, record: SeizureRecord, *, seizure_only: bool = True,
+                   activity: Activity | None = None) -> Prediction:
     """Classify one record, calibrated by the checkpoint's temperature.
 
     The seizure-level decision reads the seizure itself: the snippets of the record's movement span and a little
@@ -65,7 +66,7 @@ def predict_record(checkpoint: Checkpoint, record: SeizureRecord, *, seizure_onl
     checkpoint.check_record(record)
     config = checkpoint.config
     inputs = record_inputs(record, config.streams)
-    read = seizure_snippets(record) if seizure_only else np.ones(inputs.shape[0], dtype=bool)
+    read = seizure_snippets(record, activity) if seizure_only else np.ones(inputs.shape[0], dtype=bool)
     whole, snippets = snippet_logits(checkpoint.model, inputs)
     seizure = whole if read.all() else snippet_logits(checkpoint.model, inputs[read])[0]
     t = checkpoint.temperature
@@ -108,31 +109,32 @@ class Assessment:
                 "unusual": self.unusual}
 
 
-def unusual_check(checkpoint: Checkpoint, record: SeizureRecord) -> dict[str, object]:
+def unusual_check(checkpoint: Checkpoint, record: SeizureRecord, activity: Activity | None = None) -> dict[str, object]:
     """The checkpoint's unusual-seizure reference applied to the record, or why there is none."""
     from semiofed.common.learning.unusual import NO_MOVEMENT, UnusualModel, movement_measured, seizure_embedding
 
     raw = checkpoint.meta.get("unusual")
-    if not movement_measured(seizure_embedding(record)):
+    embedding = seizure_embedding(record, activity)
+    if not movement_measured(embedding):
         return dict(NO_MOVEMENT)  # nothing to classify from, with or without a reference
     if not raw:
         return {"score": None, "flag": None,
                 "note": "this model has no unusual-seizure reference: calibrate it on public reference seizures "
                         "(`semiofed calibrate`)"}
-    return UnusualModel.from_json(raw).assess(record)
-
+    return UnusualModel.from_json(raw).assess_embedding(embedding)
 
 def assess_record(checkpoint: Checkpoint, record: SeizureRecord) -> Assessment:
     """Prediction, evolution, attributions and the unusual-seizure check of one record."""
     from semiofed.client.training.evolution import estimate_evolution
     from semiofed.client.training.explain import explain_record
 
-    prediction = predict_record(checkpoint, record)
+    activity = record_activity(record)  # the movement span every part reads, computed once
+    prediction = predict_record(checkpoint, record, activity=activity)
     generalised = prediction.predicted == GENERALISED_LABEL
     return Assessment(prediction=prediction,
-                      evolution=estimate_evolution(record, generalised, prediction.generalisation_s),
-                      explanation=explain_record(checkpoint, record, prediction.predicted),
-                      unusual=unusual_check(checkpoint, record))
+                      evolution=estimate_evolution(record, generalised, prediction.generalisation_s, activity=activity),
+                      explanation=explain_record(checkpoint, record, prediction.predicted, activity=activity),
+                      unusual=unusual_check(checkpoint, record, activity))
 
 
 def write_timeline_png(prediction: Prediction, path: Path, *, title: str = "") -> Path:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from semiofed.common.errors import SemiofedError
-from semiofed.common.records.activity import record_activity
+from semiofed.common.records.activity import Activity, record_activity
 from semiofed.common.records.motion import POOLED_FEATURE_NAMES, pool_seizure
 from semiofed.common.records.schema import SeizureRecord
 
@@ -37,10 +37,10 @@ FLAG_QUANTILE = 95.0
 MIN_REFERENCE = 8
 
 
-def seizure_embedding(record: SeizureRecord) -> np.ndarray:
+def seizure_embedding(record: SeizureRecord, activity: Activity | None = None) -> np.ndarray:
     """[POOLED_DIM] the record's motion descriptors pooled over its movement span (`pool_seizure`); the valid share
     is that of the whole record (-1: no window with a tracked torso)."""
-    activity = record_activity(record)
+    activity = activity or record_activity(record)
     pooled = pool_seizure(activity.features, activity.in_span if activity.in_span.any() else activity.valid)
     pooled[-1] = 2.0 * activity.valid.mean() - 1.0 if activity.valid.size else -1.0
     return pooled.astype(np.float64)
@@ -77,7 +77,10 @@ class UnusualModel:
     def assess(self, record: SeizureRecord) -> dict[str, Any]:
         """{score, tail, threshold, flag} for one record; a record with no measurable movement is flagged for review
         with score None (nothing to compare: it must not be classified silently)."""
-        embedding = seizure_embedding(record)
+        return self.assess_embedding(seizure_embedding(record))
+
+    def assess_embedding(self, embedding: np.ndarray) -> dict[str, Any]:
+        """`assess` of a record's `seizure_embedding`."""
         if not movement_measured(embedding):
             return NO_MOVEMENT | {"threshold": round(self.threshold, 4)}
         s = self.score(embedding)

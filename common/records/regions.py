@@ -130,7 +130,7 @@ def _quieten(points: np.ndarray, anchor: np.ndarray, ok: np.ndarray, times: np.n
     return out
 
 
-def held_still(arrays: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+def held_still(arrays: Mapping[str, np.ndarray], name: str, *, floor: float | None = None) -> dict[str, np.ndarray]:
     """A copy of the record's arrays with region `name` held still (see the module docstring); other arrays shared."""
     chosen = region(name)
     out = dict(arrays)
@@ -139,7 +139,7 @@ def held_still(arrays: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndar
     detected = np.asarray(arrays[POSE_MASK]).astype(bool)
     xy = pose[:, :, :2].astype(np.float64)
     finite = np.isfinite(xy).all(axis=2)
-    floor = noise_floor(arrays)
+    floor = noise_floor(arrays) if floor is None else floor  # the caller's, when it holds several regions still
     if chosen.name == "trunk":
         centre = xy[:, list(TORSO)].mean(axis=1)  # [T, 2]
         ok = detected & finite[:, list(TORSO)].all(axis=1)
