@@ -70,15 +70,18 @@ def fit_seconds(run: dict[str, Any]) -> list[float]:
 
 
 def done_rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rounds of a run.json that finished (checkpoint written, evaluated)."""
-    return [r for r in run["rounds"] if r.get("checkpoint") and r.get("evaluate")]
+    """The rounds of a run.json that finished: a global model written (rounds the run evaluates: evaluated too)."""
+    from semiofed.common.federation.run_config import FederationConfig
+
+    config = FederationConfig.from_run_config(run["config"]) if run.get("config") else None
+    return [r for r in run["rounds"] if r.get("checkpoint") and (r.get("evaluate") or (config and not config.evaluates(r["round"])))]
 
 
 def run_summary(run: dict[str, Any]) -> dict[str, Any]:
     """What the report needs of a run.json; its timestamps have 1-s resolution.
 
-    A round's entry starts once its budget queries are answered, so the span from one round's start to the
-    next one's is a whole round (fit, evaluate, the next budget query).
+    A round's entry starts once its budget queries (if any: each site is asked once per run) are answered, so the
+    span from one round's start to the next one's is a whole round (fit, evaluate).
     """
     done = done_rounds(run)
     return {"status": run.get("status"), "error": run.get("error"), "fit_seconds": fit_seconds(run),
@@ -92,7 +95,7 @@ def span_s(start: str, end: str) -> float:
     """Seconds between two run.json timestamps."""
     import datetime as dt
 
-    parse = lambda s: dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    parse = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731 - with or without milliseconds
     return (parse(end) - parse(start)).total_seconds()
 
 

@@ -49,6 +49,27 @@ def make_byte_counter(out_dir: str) -> Callable[..., Any]:
     return count_bytes
 
 
+SECAGG_STAGE_METHODS = ("setup_stage", "share_keys_stage", "collect_masked_vectors_stage", "unmask_stage")
+
+
+def time_secagg_stages(workflow: type) -> dict[str, list[float]]:
+    """Wrap the SecAgg+ workflow's stages so that each call's wall time (the coordinator's side: sending, waiting
+    for the sites, and in unmask the secret reconstruction) is appended to the returned lists, per stage."""
+    out: dict[str, list[float]] = {name: [] for name in SECAGG_STAGE_METHODS}
+    for name in SECAGG_STAGE_METHODS:
+        method = getattr(workflow, name)
+
+        def timed(self: Any, *args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            t = time.monotonic()
+            try:
+                return _method(self, *args, **kwargs)
+            finally:
+                out[_name].append(time.monotonic() - t)
+
+        setattr(workflow, name, timed)
+    return out
+
+
 def child_simulate(spec: dict[str, Any]) -> dict[str, Any]:
     """Run simulate() on spec's sites and config; timings and the run.json summary."""
     started = time.monotonic()
@@ -83,6 +104,7 @@ def child_simulate(spec: dict[str, Any]) -> dict[str, Any]:
             marks["main_end"] = time.monotonic()
 
     server_app.run_federation = timed_run_federation  # make_server_app's main looks it up when it runs
+    stage_s = time_secagg_stages(server_app.DropoutTolerantSecAggPlus)
     counter = [make_byte_counter(spec["bytes_dir"])] if spec.get("bytes_dir") else []
     try:
         simulate(Path(spec["sites_dir"]), config, cpus=CPUS, mods=counter)
@@ -98,4 +120,5 @@ def child_simulate(spec: dict[str, Any]) -> dict[str, Any]:
     return {"import_s": imported - started, "ray_start_s": ray_started - imported,
             "to_main_s": marks["main_start"] - ray_started, "run_s": marks["main_end"] - marks["main_start"],
             "teardown_s": done - marks["main_end"], "total_s": done - started, "run_dir": str(run_dir),
+            "secagg_stage_s": stage_s,
             **run_summary(read_run(run_dir))}

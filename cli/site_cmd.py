@@ -268,6 +268,7 @@ def join(
     clientapp_port: int = typer.Option(9094, "--clientapp-port", help="Local port (127.0.0.1) of the SuperNode's Runtime API, used by the site worker; 9094 or, when taken, a free one."),
     run_epsilon: float = typer.Option(0.0, "--run-epsilon", help="Most epsilon this site spends on federated runs in any --run-window-days window, all runs together (0: what its policy has left)."),
     run_window_days: float = typer.Option(30.0, "--run-window-days", help="The window of --run-epsilon, in days."),
+    poll_interval: float = typer.Option(0.25, "--poll-interval", min=0.05, max=3.0, help="Seconds between the SuperNode's requests for a message while a run is going on (Flower's 3 s when idle)."),
     background: bool = typer.Option(False, "--background", help="Detach and write supernode.pid (stop with `site leave`)."),
     output_format: OutputFormat = format_option(
         "table, or json (one object on stdout: the pid with --background, else the SuperNode's exit status when it ends)."),
@@ -277,7 +278,7 @@ def join(
     from semiofed.client.federation.supernode import join as join_federation
 
     code = join_federation(site_dir, superlink=superlink, ca=ca, clientapp_port=clientapp_port, run_epsilon=run_epsilon,
-                           run_window_days=run_window_days, background=background)
+                           run_window_days=run_window_days, poll_s=poll_interval, background=background)
     log = site_dir / "logs" / "supernode.log"
     if background:
         emit(output_format, {"superlink": superlink, "background": True, "pid": code, "log": str(log)},

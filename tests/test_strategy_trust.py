@@ -123,3 +123,66 @@ def test_only_the_rounds_the_run_evaluates_ask_the_sites(tmp_path, federation):
         strategy.configure_fit(round_, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager)
         asked[round_] = [p.cid for p, _ in strategy.configure_evaluate(round_, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager)]
     assert asked == {1: [], 2: [], 3: ["1"]}
+
+
+class CountingSite(FakeSite):
+    """A FakeSite that counts the budget queries it is sent."""
+
+    def __init__(self, cid: str, answer: dict[str, Any]) -> None:
+        super().__init__(cid, answer)
+        self.queries = 0
+
+    def get_properties(self, ins, timeout, group_id):  # noqa: ANN001
+        self.queries += 1
+        return super().get_properties(ins, timeout, group_id)
+
+
+def _fit_reply(site, *, code: Code = Code.OK, message: str = "", head: str | None = None):
+    from flwr.common import FitRes
+
+    metrics = {KEY_SITE_ID: site.site_id, "epsilon_spent": 0.5, "epsilon_max": 8.0, "delta": 1e-5,
+               KEY_LEDGER_HEAD: head if head is not None else _head(site)}
+    params = ndarrays_to_parameters([np.ones(2, np.float32)]) if code == Code.OK else ndarrays_to_parameters([])
+    return FitRes(Status(code, message), params, 6 if code == Code.OK else 0, metrics if code == Code.OK else {})
+
+
+def test_each_site_is_asked_its_budget_once_per_run_and_a_new_site_when_it_appears(federation):
+    strategy, sites = federation
+    a = CountingSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})
+    b = CountingSite("2", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_b", KEY_LEDGER_HEAD: _head(sites["hospital_b"])})
+    out = CountingSite("3", {KEY_ACCEPTS: 0, KEY_SITE_ID: "hospital_c", KEY_LEDGER_HEAD: _head(sites["hospital_c"])})
+    manager = Manager([a, out])
+    params = ndarrays_to_parameters([np.zeros(2, np.float32)])
+    chosen = {}
+    for round_ in (1, 2, 3):
+        if round_ == 2:
+            manager.proxies[b.cid] = b  # a site that connects during the run is asked when it is first seen
+        chosen[round_] = sorted(p.cid for p, _ in strategy.configure_fit(round_, params, manager))
+        replies = [(p, _fit_reply(sites[strategy.site_of[p.cid]])) for p in (manager.proxies[c] for c in chosen[round_])]
+        strategy.aggregate_fit(round_, replies, [])
+    assert chosen == {1: ["1"], 2: ["1", "2"], 3: ["1", "2"]}
+    assert (a.queries, b.queries, out.queries) == (1, 1, 1)  # the declined site is not asked again either
+    rounds = strategy.run_log.data["rounds"]
+    # every round's budget in run.json: from the query where there was one, then from the site's own fit reply
+    assert rounds[2]["budget"]["hospital_a"]["epsilon_spent"] == 0.5
+    assert rounds[2]["budget"]["hospital_a"]["ledger_head_verified"] is True
+
+
+def test_a_site_that_declines_inside_a_round_or_shows_a_bad_head_leaves_the_run(federation):
+    strategy, sites = federation
+    proxies = [FakeSite(str(i), {KEY_ACCEPTS: 1, KEY_SITE_ID: name, KEY_LEDGER_HEAD: _head(sites[name])})
+               for i, name in enumerate(("hospital_a", "hospital_b", "hospital_c"), start=1)]
+    manager = Manager(proxies)
+    params = ndarrays_to_parameters([np.zeros(2, np.float32)])
+    assert len(strategy.configure_fit(1, params, manager)) == 3
+    declining = (proxies[1], _fit_reply(sites["hospital_b"], code=Code.FIT_NOT_IMPLEMENTED,
+                                        message="declined: site hospital_b declines round 1: over budget"))
+    # hospital_c's reply carries hospital_a's head: it does not verify against hospital_c's key
+    forged = (proxies[2], _fit_reply(sites["hospital_c"], head=_head(sites["hospital_a"])))
+    strategy.aggregate_fit(1, [(proxies[0], _fit_reply(sites["hospital_a"])), forged], [declining])
+    declined = strategy.run_log.data["rounds"][0]["declined"]
+    assert set(declined) == {"hospital_b", "hospital_c"}
+    assert "over budget" in declined["hospital_b"] and "does not verify" in declined["hospital_c"]
+    # neither is evaluated: hospital_b did not train, hospital_c's ledger cannot be trusted
+    assert [p.cid for p, _ in strategy.configure_evaluate(1, params, manager)] == ["1"]
+    assert [p.cid for p, _ in strategy.configure_fit(2, params, manager)] == ["1"]

@@ -208,6 +208,29 @@ def secure_aggregation_problem(msg: Any, config: FederationConfig, settings: Any
     return None
 
 
+MAX_DECLINE_CHARS = 900  # SiteClient's decline texts are cut at this length
+
+
+class DeclinedInSecureRound(RuntimeError):
+    """The site declined a SecAgg+ round after its keys were shared: it drops out (the others' round goes on)."""
+
+
+def _failing_on_decline(call_next: Callable[..., Any]) -> Callable[..., Any]:
+    """The app below SecAgg+, made to raise when the site declines to train: SecAgg+ would otherwise mask an empty
+    update and send it (a vector of the wrong shape, spoiling the sum); an error is a dropout the round survives."""
+    from flwr.compat.common import recorddict_compat as compat
+
+    def call(msg: Any, context: Context) -> Any:
+        reply = call_next(msg, context)
+        if not reply.has_error():
+            status = compat.recorddict_to_fitres(reply.content, keep_input=True).status
+            if status.code != Code.OK:  # the egress policy checked this text in the fit reply: it may leave as it is
+                raise DeclinedInSecureRound(str(status.message)[:MAX_DECLINE_CHARS])
+        return reply
+
+    return call
+
+
 def make_secure_aggregation_mod(run_of: Callable[[Context], tuple[FederationConfig, Any]]) -> Callable[..., Any]:
     """SecAgg+ for the train messages of a run that uses it; a run without it (--no-secure-aggregation) passes through.
 
@@ -221,7 +244,7 @@ def make_secure_aggregation_mod(run_of: Callable[[Context], tuple[FederationConf
                 log.error("refused a train message: %s", problem)
                 raise SecureAggregationRefused(f"secure aggregation refused: {problem}")
             if SECAGG_CONFIGS in msg.content.config_records:
-                return secaggplus_mod(msg, context, call_next)
+                return secaggplus_mod(msg, context, _failing_on_decline(call_next))
         return call_next(msg, context)
 
     return secure_aggregation_mod

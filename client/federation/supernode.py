@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from semiofed.client.federation import supernode_process
 from semiofed.client.site import Site, open_site
 from semiofed.common.federation import processes
 from semiofed.common.errors import SemiofedError
@@ -59,24 +60,25 @@ def check_ca(path: Path) -> Path:
 
 
 def supernode_command(site: Site, *, superlink: str, ca: Path, clientapp_port: int, run_epsilon: float = 0.0,
-                      run_window_days: float = 30.0, secret_file: Path | None = None) -> list[str]:
-    """The flower-supernode command line for this site (process isolation: the site worker runs each message)."""
+                      run_window_days: float = 30.0, secret_file: Path | None = None,
+                      poll_s: float = supernode_process.POLL_S) -> list[str]:
+    """The SuperNode command line for this site: Flower's flower-supernode with the poll clock of
+    client/federation/supernode_process.py, in process isolation (the site worker runs each message)."""
     node_config = f'site-dir="{site.layout.root.resolve()}"'
     if run_epsilon > 0:
         node_config += f" run-epsilon={float(run_epsilon)} run-window-days={float(run_window_days)}"
-    return [
-        processes.flower_bin("flower-supernode"),
+    return supernode_process.command([
         "--superlink", check_superlink_address(superlink),
         "--root-certificates", str(check_ca(ca)),
         "--auth-supernode-private-key", str(supernode_key(site)),
         "--node-config", node_config,
         "--isolation", "process", "--host", "127.0.0.1", "--port", str(clientapp_port),
         *(["--superexec-auth-secret-file", str(secret_file)] if secret_file is not None else []),
-    ]
+    ], poll_s=poll_s)
 
 
 def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = DEFAULT_RUNTIME_PORT, run_epsilon: float = 0.0,
-         run_window_days: float = 30.0, background: bool = False) -> int:
+         run_window_days: float = 30.0, poll_s: float = supernode_process.POLL_S, background: bool = False) -> int:
     """Start this site's worker and SuperNode: in the foreground (a service) or detached with a pid file;
     returns the pid or exit code."""
     from semiofed.client.federation import worker
@@ -97,14 +99,14 @@ def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = DEFA
     supernode_key(site)
     if background:
         command = worker.command(site.layout.root, superlink=superlink, ca=ca, runtime_port=clientapp_port,
-                                 run_epsilon=run_epsilon, run_window_days=run_window_days)
+                                 run_epsilon=run_epsilon, run_window_days=run_window_days, poll_s=poll_s)
         return processes.start_detached(command, log_file=site.layout.root / "logs" / LOG_FILE,
                                         pid_file=site.layout.root / PID_FILE)
     # in the foreground (a service): this process is the worker, and SIGINT or SIGTERM stops it and its SuperNode
     write_bytes_atomic(site.layout.root / PID_FILE, f"{os.getpid()}\n".encode(), mode=0o644)
     try:
         return worker.run(site.layout.root, superlink=superlink, ca=ca, runtime_port=clientapp_port, run_epsilon=run_epsilon,
-                          run_window_days=run_window_days)
+                          run_window_days=run_window_days, poll_s=poll_s)
     finally:
         (site.layout.root / PID_FILE).unlink(missing_ok=True)
 

@@ -36,11 +36,13 @@ import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from semiofed.client.federation.supernode_process import POLL_S as SUPERNODE_POLL_S
+
 log = logging.getLogger(__name__)
 
 CLIENTAPP_REF = "semiofed.client.federation.client_app:app"
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what a configuration-only Flower app contains
-POLL_S = 0.2  # Flower's SuperExec polls every second
+POLL_S = 0.1  # Flower's SuperExec polls every second; a local call, so a task waits 0.05 s on average here
 SECRET_FILE = "runtime.secret"
 SECRET_BYTES = 32
 
@@ -151,6 +153,7 @@ class SiteWorker:
         from flwr.supercore.heartbeat import HeartbeatSender
         from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+        from semiofed.client.federation.client_app import DeclinedInSecureRound
         from semiofed.client.federation.egress import failure_text
 
         client = self._client(token)
@@ -172,7 +175,9 @@ class SiteWorker:
             log.error("task failed: %s", exc, exc_info=not isinstance(exc, (ForeignApp, KeyboardInterrupt)))
             kind = message.metadata.message_type if message is not None else "task"
             if message is not None:
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=failure_text(kind)), reply_to=message)
+                # a decline inside a SecAgg+ round: the text the egress policy let out in the fit reply, and only it
+                reason = str(exc) if isinstance(exc, DeclinedInSecureRound) else failure_text(kind)
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
         finally:
             try:
                 if reply is not None and context is not None and not self._cancelled.is_set():
@@ -190,7 +195,7 @@ class SiteWorker:
 
 
 def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0,
-        run_window_days: float = 30.0) -> int:
+        run_window_days: float = 30.0, poll_s: float = SUPERNODE_POLL_S) -> int:
     """Start the site's SuperNode (process isolation) and serve its tasks until either stops; returns an exit code."""
     from semiofed.client.federation.supernode import LOG_FILE, supernode_command
     from semiofed.client.site import open_site
@@ -199,7 +204,7 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
     site = open_site(site_dir)
     secret_file = runtime_secret(site.layout.keys_dir)
     command = supernode_command(site, superlink=superlink, ca=ca, clientapp_port=runtime_port, run_epsilon=run_epsilon,
-                                run_window_days=run_window_days, secret_file=secret_file)
+                                run_window_days=run_window_days, secret_file=secret_file, poll_s=poll_s)
     stop = threading.Event()
     supernode = subprocess.Popen(command, env=processes.flower_env())
 
@@ -236,11 +241,11 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
 
 
 def command(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0,
-            run_window_days: float = 30.0) -> list[str]:
+            run_window_days: float = 30.0, poll_s: float = SUPERNODE_POLL_S) -> list[str]:
     """The command line that runs the worker (and its SuperNode) for a site."""
     return [sys.executable, "-m", __name__, "--site-dir", str(Path(site_dir).resolve()), "--superlink", superlink,
             "--ca", str(Path(ca).resolve()), "--runtime-port", str(runtime_port), "--run-epsilon", repr(float(run_epsilon)),
-            "--run-window-days", repr(float(run_window_days))]
+            "--run-window-days", repr(float(run_window_days)), "--poll-interval", repr(float(poll_s))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runtime-port", required=True, type=int)
     parser.add_argument("--run-epsilon", type=float, default=0.0)
     parser.add_argument("--run-window-days", type=float, default=30.0)
+    parser.add_argument("--poll-interval", type=float, default=SUPERNODE_POLL_S)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -258,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(args.site_dir, superlink=args.superlink, ca=args.ca, runtime_port=args.runtime_port,
-                   run_epsilon=args.run_epsilon, run_window_days=args.run_window_days)
+                   run_epsilon=args.run_epsilon, run_window_days=args.run_window_days, poll_s=args.poll_interval)
     except SemiofedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

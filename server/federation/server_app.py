@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.common import Context, ndarrays_to_parameters
+from flwr.common import Code, Context, FitRes, Parameters, Status, ndarrays_to_parameters
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
@@ -43,7 +43,7 @@ SECAGG_QUANTIZATION = 2**24
 SECAGG_MAX_WEIGHT = 1000.0  # training patients of the largest site; a larger site's weight would be capped
 
 
-REPLY_POLL_S = 0.25  # Flower 1.41's grid sleeps 3 s between pulls; replies of a warm site worker come in well under 1 s
+REPLY_POLL_S = 0.1  # Flower 1.41's grid sleeps 3 s between pulls; a warm site worker answers a SecAgg+ key stage in milliseconds
 
 
 class TimeoutGrid:
@@ -91,11 +91,70 @@ def secagg_shape(config: FederationConfig, n_sites: int | None) -> dict[str, Any
     return {"num_shares": neighbours, "reconstruction_threshold": neighbours // 2 + 1, "quantization_range": quantization}
 
 
+class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, with a site lost in the setup or share_keys stage left out of the round.
+
+    Such a site sent no key shares (or no keys), so no other site masks its update with it or holds a share of its
+    secrets. Flower 1.41 still lists it as dropped in the unmask stage, asks the others for shares of its secret key,
+    and they fail on it (secaggplus_mod._unmask: KeyError): one site lost early loses the whole round. Here the
+    round's sites become those still in after share_keys; the threshold is checked against them. A site lost later
+    (collect_masked_vectors) is a dropout as Flower handles it: its pairwise masks are rebuilt from the shares.
+
+    The round's failures reach the strategy named: (the node's proxy, a FitRes carrying the reply's error text), from
+    the node the SuperLink authenticated as the reply's sender, so a site that declines inside the round (its budget)
+    is booked as declining, where Flower passes anonymous exceptions."""
+
+    def __call__(self, grid: Any, context: Any) -> None:
+        self._errors: dict[int, str] = {}
+        super().__call__(_ErrorRecordingGrid(grid, self._errors), context)
+
+    def unmask_stage(self, grid: Any, context: Any, state: Any) -> bool:
+        named = [(state.nid_to_proxies[nid], FitRes(Status(Code.FIT_NOT_IMPLEMENTED, reason[:900]), Parameters([], ""), 0, {}))
+                 for nid, reason in self._errors.items() if nid in state.nid_to_proxies]
+        state.failures = named + [f for f in state.failures if not isinstance(f, Exception)]
+        return super().unmask_stage(grid, context, state)
+
+    def setup_stage(self, grid: Any, context: Any, state: Any) -> bool:
+        ok = super().setup_stage(grid, context, state)
+        if ok or not state.nid_to_publickeys:  # nothing sampled, or nobody sent keys: nothing to save
+            return ok
+        return self._without_lost_sites(state)
+
+    def share_keys_stage(self, grid: Any, context: Any, state: Any) -> bool:
+        super().share_keys_stage(grid, context, state)
+        return self._without_lost_sites(state)
+
+    def _without_lost_sites(self, state: Any) -> bool:
+        lost = state.sampled_node_ids - state.active_node_ids
+        if lost:
+            log.warning("SecAgg+: %d site(s) lost before sharing their keys leave this round", len(lost))
+        state.sampled_node_ids = set(state.active_node_ids)
+        return self._check_threshold(state)
+
+
+class _ErrorRecordingGrid:
+    """The grid as SecAgg+ uses it, noting each error reply's text under the node it came from."""
+
+    def __init__(self, grid: Any, errors: dict[int, str]) -> None:
+        self._grid, self._errors = grid, errors
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            if reply.has_error():
+                self._errors.setdefault(reply.metadata.src_node_id, str(reply.error.reason or "an error reply"))
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
 def secure_fit_workflow(config: FederationConfig, n_sites: int | None = None) -> SecAggPlusWorkflow:
-    """SecAgg+ for the fit stage; a site that drops out after sharing its keys does not hang or spoil the round."""
+    """SecAgg+ for the fit stage; a site that drops out at any stage does not hang or spoil the round while enough
+    sites remain."""
     # Distributed DP: no sum of fewer than min-sites updates may be unmasked, so that it carries the noise every site
     # accounted (each site checks this threshold before it shares anything: client/federation/client_app.py)
-    return SecAggPlusWorkflow(**secagg_shape(config, n_sites), clipping_range=SECAGG_CLIPPING_RANGE,
+    return DropoutTolerantSecAggPlus(**secagg_shape(config, n_sites), clipping_range=SECAGG_CLIPPING_RANGE,
                               max_weight=SECAGG_MAX_WEIGHT, modulus_range=SECAGG_MODULUS, timeout=config.round_timeout)
 
 

@@ -1,9 +1,11 @@
-"""The coordinator's strategy: ask each site's budget before a round, aggregate with FedAvg/FedProx/FedAdam, checkpoint.
+"""The coordinator's strategy: ask each site's budget once per run, aggregate with FedAvg/FedProx/FedAdam, checkpoint.
 
 Flower's strategies do the aggregation; this wrapper adds what a federation of
-hospitals needs around it: sites that decline (their privacy budget or policy
-says no) are left out before the round starts, and the round goes on only if
-at least `min_sites` remain; every site's signed ledger head is checked
+hospitals needs around it: each site is asked its budget when the run first
+sees it (one message per site per run, not per round); sites that decline
+(their privacy budget or policy says no) are left out, a site that declines
+inside a later round is dropped from the run, and a round goes on only if at
+least `min_sites` remain; every site's signed ledger head is checked
 against its enrolled key; each round's global model is written as a
 checkpoint that `semiofed predict` loads.
 """
@@ -50,6 +52,8 @@ from semiofed.common.federation.run_config import (
 from semiofed.server.run_log import RunLog
 
 log = logging.getLogger(__name__)
+
+BUDGET_KEYS = ("epsilon_spent", "epsilon_max", "epsilon_projected", "delta")
 
 
 def build_inner_strategy(config: FederationConfig, initial: Parameters) -> Strategy:
@@ -99,6 +103,7 @@ class SiteAwareStrategy(Strategy):
         self.save_checkpoint = save_checkpoint
         self.verify = HeadVerifier(config.site_keys_dir)
         self.site_of: dict[str, str] = {}  # Flower node id -> site id (from budget answers whose ledger head verified)
+        self.admitted: dict[str, bool] = {}  # Flower node id -> takes part in this run (asked once, when first seen)
         self.trained: set[str] = set()  # node ids of the latest round's accepted sites: the only ones evaluated
         self.pooled_temperature = 1.0
         self.extractor_sha: dict[str, str] = {}
@@ -120,31 +125,15 @@ class SiteAwareStrategy(Strategy):
         return dict(res.properties)
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        """The sites that train this round. Each site is asked its budget once per run, when it is first seen: a site
+        chooses its noise for the whole run at its first round, so what it can afford does not change within the run;
+        a site whose budget or policy says no later declines inside the round, and it is dropped from the run."""
         client_manager.wait_for(self.config.min_sites, timeout=int(self.config.round_timeout))
         proxies = list(client_manager.all().values())
-        with ThreadPoolExecutor(max_workers=max(1, min(16, len(proxies)))) as pool:
-            answers = list(pool.map(lambda p: self._ask_budget(p, server_round), proxies))
-        accepted, budget, declined = [], {}, {}
-        for proxy, answer in zip(proxies, answers):
-            site = str(answer.get(KEY_SITE_ID, f"node-{proxy.cid}"))
-            self.site_of[proxy.cid] = site
-            verified = self.verify(site, answer.get(KEY_LEDGER_HEAD)) if KEY_LEDGER_HEAD in answer else None
-            if verified is None and self.verify.keys:
-                verified = False  # sites are enrolled here: a site that cannot show a verified head does not train
-                answer[KEY_DECLINE_REASON] = (
-                    f"site id {site} has no enrolled key here; enroll its site_key.pub with --name {site}"
-                    if KEY_LEDGER_HEAD in answer else f"site id {site} sent no signed ledger head")
-            budget[site] = {k: answer[k] for k in ("epsilon_spent", "epsilon_max", "epsilon_projected", "delta") if k in answer}
-            budget[site].update(ledger_head_verified=verified, ledger_head=answer.get(KEY_LEDGER_HEAD))
-            if KEY_FEATURE_SHA in answer:
-                self.extractor_sha[site] = str(answer[KEY_FEATURE_SHA])
-            if int(answer.get(KEY_ACCEPTS, 0)) == 1 and verified is not False:
-                accepted.append(proxy)
-            else:
-                reason = answer.get(KEY_DECLINE_REASON) or "its ledger head does not verify against its enrolled key"
-                declined[site] = str(reason)
-                log.warning("round %d: site %s declines: %s", server_round, site, reason)
+        new = [p for p in proxies if p.cid not in self.admitted]
+        budget, declined = self._admit(new, server_round)
         self.run_log.update(server_round, budget=budget, declined=declined)
+        accepted = [p for p in proxies if self.admitted.get(p.cid)]
         self.trained = set()
         if len(accepted) < self.config.min_sites:
             why = f"only {len(accepted)} of {len(proxies)} sites can take part, fewer than min-sites {self.config.min_sites}"
@@ -154,6 +143,33 @@ class SiteAwareStrategy(Strategy):
         config: dict[str, Scalar] = {CFG_ROUND: server_round, CFG_RUN_ID: self.run_id}
         self.trained = {proxy.cid for proxy in accepted}
         return [(proxy, FitIns(parameters, dict(config))) for proxy in accepted]
+
+    def _admit(self, proxies: list[ClientProxy], server_round: int) -> tuple[dict[str, Any], dict[str, str]]:
+        """Ask these (new) sites their budget; admit those that accept and show a verified ledger head."""
+        if not proxies:
+            return {}, {}
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(proxies)))) as pool:
+            answers = list(pool.map(lambda p: self._ask_budget(p, server_round), proxies))
+        budget, declined = {}, {}
+        for proxy, answer in zip(proxies, answers):
+            site = str(answer.get(KEY_SITE_ID, f"node-{proxy.cid}"))
+            self.site_of[proxy.cid] = site
+            verified = self.verify(site, answer.get(KEY_LEDGER_HEAD)) if KEY_LEDGER_HEAD in answer else None
+            if verified is None and self.verify.keys:
+                verified = False  # sites are enrolled here: a site that cannot show a verified head does not train
+                answer[KEY_DECLINE_REASON] = (
+                    f"site id {site} has no enrolled key here; enroll its site_key.pub with --name {site}"
+                    if KEY_LEDGER_HEAD in answer else f"site id {site} sent no signed ledger head")
+            budget[site] = {k: answer[k] for k in BUDGET_KEYS if k in answer}
+            budget[site].update(ledger_head_verified=verified, ledger_head=answer.get(KEY_LEDGER_HEAD))
+            if KEY_FEATURE_SHA in answer:
+                self.extractor_sha[site] = str(answer[KEY_FEATURE_SHA])
+            self.admitted[proxy.cid] = int(answer.get(KEY_ACCEPTS, 0)) == 1 and verified is not False
+            if not self.admitted[proxy.cid]:
+                reason = answer.get(KEY_DECLINE_REASON) or "its ledger head does not verify against its enrolled key"
+                declined[site] = str(reason)
+                log.warning("round %d: site %s declines: %s", server_round, site, reason)
+        return budget, declined
 
     def _site(self, proxy: ClientProxy, metrics: dict[str, Any]) -> str:
         """The site of a reply: the node's site from its budget answer, never only what the reply says of itself."""
@@ -167,22 +183,34 @@ class SiteAwareStrategy(Strategy):
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
-        fit, problems = {}, []
+        fit, problems, budget, declined = {}, [], {}, {}
         for proxy, res in results:
             site = self._site(proxy, res.metrics)
             fit[site] = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
             fit[site]["num_examples"] = res.num_examples
+            budget[site] = {k: res.metrics[k] for k in BUDGET_KEYS if k in res.metrics}  # after this round's release
             if KEY_LEDGER_HEAD in res.metrics:
                 fit[site]["ledger_head_verified"] = self.verify(site, res.metrics[KEY_LEDGER_HEAD])
                 fit[site]["ledger_seq"] = json.loads(str(res.metrics[KEY_LEDGER_HEAD])).get("seq")
+                budget[site].update(ledger_head_verified=fit[site]["ledger_head_verified"],
+                                    ledger_head=res.metrics[KEY_LEDGER_HEAD])
+                if fit[site]["ledger_head_verified"] is False:  # its update is in this round; no later round has it
+                    self.admitted[proxy.cid] = False
+                    declined[site] = "its ledger head after this round does not verify against its enrolled key"
         for failure in failures:
             if isinstance(failure, tuple):
                 proxy, res = failure
-                problems.append(f"{self.site_of.get(proxy.cid, proxy.cid)}: {res.status.message}")
+                site = self.site_of.get(proxy.cid, f"node-{proxy.cid}")
+                problems.append(f"{site}: {res.status.message}")
+                if str(res.status.message).startswith("declined"):  # the site's budget or policy: out of this run
+                    self.admitted[proxy.cid] = False
+                    declined[site] = str(res.status.message)[:900]
             else:
                 problems.append(str(failure)[:300])
+        self.trained = {proxy.cid for proxy, _ in results if self.admitted.get(proxy.cid, True)}  # evaluated: these only
         if not results:
-            self.run_log.update(server_round, fit=fit, failures=problems, skipped="no site returned an update")
+            self.run_log.update(server_round, fit=fit, failures=problems, declined=declined,
+                                skipped="no site returned an update")
             return None, {}
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         checkpoint = None
@@ -191,7 +219,7 @@ class SiteAwareStrategy(Strategy):
             self.latest = [np.asarray(a, dtype=np.float32) for a in parameters_to_ndarrays(parameters)]
             parameters = ndarrays_to_parameters(self.latest)
             checkpoint = self.save_checkpoint(server_round, self.latest, {"sites": sorted(fit), "round": server_round})
-        self.run_log.update(server_round, fit=fit, failures=problems, checkpoint=checkpoint)
+        self.run_log.update(server_round, fit=fit, failures=problems, declined=declined, budget=budget, checkpoint=checkpoint)
         return parameters, metrics
 
     # --- evaluate ----------------------------------------------------------
