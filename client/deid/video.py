@@ -70,8 +70,18 @@ def probe(path: Path) -> VideoInfo:
         # index says less: a truncated AVI shows up as a shortfall here.
         if stream.frames and fps:
             duration = max(duration, stream.frames / fps)
-        codec = stream.codec_context.name if stream.codec_context else "unknown"
+        codec = _codec_name(stream)
+        if not codec:
+            raise VideoError(f"video {path} uses a codec this FFmpeg cannot decode", "re-export it as MP4 (H.264)")
         return VideoInfo(duration_s=duration, fps=fps, width=stream.width, height=stream.height, codec=codec)
+
+
+def _codec_name(stream: av.video.stream.VideoStream) -> str | None:
+    """The stream's decoder name, or None where FFmpeg has no decoder for it (PyAV then has no codec context)."""
+    try:
+        return stream.codec_context.name or None
+    except Exception:  # noqa: BLE001 - PyAV raises various errors for unknown codecs
+        return None
 
 
 def _scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -101,11 +111,7 @@ def iter_frames(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        try:
-            codec_name = stream.codec_context.name
-        except Exception:  # noqa: BLE001 - PyAV raises various errors for unknown codecs
-            codec_name = None
-        if not codec_name:
+        if not _codec_name(stream):
             raise VideoError(f"video {path} uses a codec this FFmpeg cannot decode", "re-export it as MP4 (H.264)")
         declared = probe(path).duration_s
         width, height = _scaled_size(stream.width, stream.height, max_side)
