@@ -107,10 +107,17 @@ def quantisation_tolerance(counts: tuple[int, ...]) -> float:
     return (len(counts) * level + 2 * largest * len(counts) / (2 * levels)) / sum(ratios) + 1e-9
 
 
-@pytest.mark.parametrize("n_sites", [3, MANY_SITES])
-def test_secaggplus_aggregate_is_the_weighted_mean(n_sites):
+def _narrowing_secaggplus_mod(msg, context, call_next):
+    """secaggplus_mod with the site's wire format: the masked update sent as 4-byte integers."""
+    from semiofed.client.federation.client_app import narrow_masked_vector
+
+    return narrow_masked_vector(secaggplus_mod(msg, context, call_next))
+
+
+@pytest.mark.parametrize(("n_sites", "narrow"), [(3, False), (3, True), (MANY_SITES, True)])
+def test_secaggplus_aggregate_is_the_weighted_mean(n_sites, narrow):
     seen: dict = {}
-    client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+    client_app = ClientApp(client_fn=client_fn, mods=[_narrowing_secaggplus_mod if narrow else secaggplus_mod])
     run_simulation(server_app=make_server_app(seen, n_sites), client_app=client_app, num_supernodes=n_sites,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "num_gpus": 0, "logging_level": "ERROR"}})
@@ -210,3 +217,38 @@ def test_a_site_declining_inside_a_secure_round_drops_out_and_the_others_aggrega
              for i in range(len(SHAPES))]
     error = max(float(np.abs(a - e).max()) for a, e in zip(seen["aggregate"], exact))
     assert error <= quantisation_tolerance(counts), (error, quantisation_tolerance(counts))
+
+
+def test_the_masked_update_travels_in_four_bytes_a_value_and_is_summed_unchanged():
+    """narrow_masked_vector halves what a site sends in collect_masked_vectors; the coordinator's grid widens it back
+    to exactly the int64 values Flower sums (masked values lie in [0, 2**32): nothing is lost)."""
+    from types import SimpleNamespace
+
+    from flwr.common import ConfigRecord, RecordDict, bytes_to_ndarray, ndarray_to_bytes
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+    from semiofed.client.federation.client_app import narrow_masked_vector
+    from semiofed.server.federation.server_app import _SecAggGrid
+
+    rng = np.random.default_rng(0)
+    masked = [rng.integers(0, 2**32, size=shape, dtype=np.int64) for shape in ((1000,), (50, 40), (7,))]
+
+    def reply_with(arrays):
+        content = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.MASKED_PARAMETERS: [ndarray_to_bytes(a) for a in arrays]})})
+        return SimpleNamespace(content=content, has_error=lambda: False)  # what both ends read of a reply
+
+    wire = narrow_masked_vector(reply_with(masked))
+    sent = wire.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+    assert sum(len(b) for b in sent) < 0.55 * sum(len(ndarray_to_bytes(a)) for a in masked)
+
+    class Loopback:
+        def send_and_receive(self, messages, *, timeout=None):
+            return [wire]
+
+    received = _SecAggGrid(Loopback(), {}).send_and_receive([])[0]
+    widened = [bytes_to_ndarray(b) for b in received.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+    assert all(w.dtype == np.int64 and np.array_equal(w, m) for w, m in zip(widened, masked))
+    # values of a larger modulus than 2**32 are sent as Flower sends them
+    big = [np.array([2**40, 5], dtype=np.int64)]
+    kept = narrow_masked_vector(reply_with(big)).content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+    assert bytes_to_ndarray(kept[0]).dtype == np.int64

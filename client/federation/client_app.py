@@ -231,6 +231,24 @@ def _failing_on_decline(call_next: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def narrow_masked_vector(reply: Any) -> Any:
+    """The masked update as 4-byte integers where Flower sends 8: its values lie in [0, modulus) and the modulus the
+    coordinator configures is 2**32, so nothing is lost, and a SecAgg+ update costs what the float32 model does. The
+    coordinator widens them again (server_app._SecAggGrid). Values of a larger modulus are left as they are."""
+    import numpy as np
+    from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+
+    if reply.has_error():
+        return reply
+    configs = reply.content.config_records.get(SECAGG_CONFIGS)
+    if configs is None or SecAggKey.MASKED_PARAMETERS not in configs:
+        return reply
+    arrays = [bytes_to_ndarray(b) for b in configs[SecAggKey.MASKED_PARAMETERS]]
+    if all(a.size == 0 or (int(a.min()) >= 0 and int(a.max()) < 2**32) for a in arrays):
+        configs[SecAggKey.MASKED_PARAMETERS] = [ndarray_to_bytes(a.astype(np.uint32)) for a in arrays]
+    return reply
+
+
 def make_secure_aggregation_mod(run_of: Callable[[Context], tuple[FederationConfig, Any]]) -> Callable[..., Any]:
     """SecAgg+ for the train messages of a run that uses it; a run without it (--no-secure-aggregation) passes through.
 
@@ -244,7 +262,7 @@ def make_secure_aggregation_mod(run_of: Callable[[Context], tuple[FederationConf
                 log.error("refused a train message: %s", problem)
                 raise SecureAggregationRefused(f"secure aggregation refused: {problem}")
             if SECAGG_CONFIGS in msg.content.config_records:
-                return secaggplus_mod(msg, context, _failing_on_decline(call_next))
+                return narrow_masked_vector(secaggplus_mod(msg, context, _failing_on_decline(call_next)))
         return call_next(msg, context)
 
     return secure_aggregation_mod

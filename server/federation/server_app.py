@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.common import Code, Context, FitRes, Parameters, Status, ndarrays_to_parameters
+from flwr.common import Code, Context, FitRes, Parameters, Status, bytes_to_ndarray, ndarray_to_bytes, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_RECORD
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
@@ -43,7 +45,7 @@ SECAGG_QUANTIZATION = 2**24
 SECAGG_MAX_WEIGHT = 1000.0  # training patients of the largest site; a larger site's weight would be capped
 
 
-REPLY_POLL_S = 0.1  # Flower 1.41's grid sleeps 3 s between pulls; a warm site worker answers a SecAgg+ key stage in milliseconds
+REPLY_POLL_S = 0.2  # Flower 1.41's grid sleeps 3 s between pulls; a warm site worker answers a SecAgg+ key stage in milliseconds
 
 
 class TimeoutGrid:
@@ -106,7 +108,7 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
 
     def __call__(self, grid: Any, context: Any) -> None:
         self._errors: dict[int, str] = {}
-        super().__call__(_ErrorRecordingGrid(grid, self._errors), context)
+        super().__call__(_SecAggGrid(grid, self._errors), context)
 
     def unmask_stage(self, grid: Any, context: Any, state: Any) -> bool:
         named = [(state.nid_to_proxies[nid], FitRes(Status(Code.FIT_NOT_IMPLEMENTED, reason[:900]), Parameters([], ""), 0, {}))
@@ -132,8 +134,9 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
         return self._check_threshold(state)
 
 
-class _ErrorRecordingGrid:
-    """The grid as SecAgg+ uses it, noting each error reply's text under the node it came from."""
+class _SecAggGrid:
+    """The grid as SecAgg+ uses it: notes each error reply's text under the node it came from, and widens a masked
+    update a site sent as 4-byte integers (client_app.narrow_masked_vector) back to the int64 Flower sums."""
 
     def __init__(self, grid: Any, errors: dict[int, str]) -> None:
         self._grid, self._errors = grid, errors
@@ -143,6 +146,11 @@ class _ErrorRecordingGrid:
         for reply in replies:
             if reply.has_error():
                 self._errors.setdefault(reply.metadata.src_node_id, str(reply.error.reason or "an error reply"))
+                continue
+            configs = reply.content.config_records.get(SECAGG_RECORD)
+            if configs is not None and SecAggKey.MASKED_PARAMETERS in configs:
+                configs[SecAggKey.MASKED_PARAMETERS] = [ndarray_to_bytes(bytes_to_ndarray(b).astype(np.int64))
+                                                        for b in configs[SecAggKey.MASKED_PARAMETERS]]
         return replies
 
     def __getattr__(self, name: str) -> Any:
