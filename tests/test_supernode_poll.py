@@ -74,7 +74,8 @@ def test_installed_in_flowers_loop_a_pulled_message_or_pushed_reply_marks_the_si
     pulled = iter([None, 42])
     monkeypatch.setattr(loop, "_pull_and_store_message", lambda **kw: next(pulled))
     monkeypatch.setattr(loop, "_push_messages", lambda **kw: None)
-    monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
+    monkeypatch.setattr(loop, "time", loop.time)
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)  # restored after the test
     t = FakeTime()
     clock = PollClock(poll_s=0.25, now=lambda: t.now, sleep=t.sleep)
     install(clock)
@@ -98,3 +99,34 @@ def test_site_join_starts_flowers_supernode_through_the_poll_clock(tmp_path):
     command = supernode_command(site, superlink="127.0.0.1:9092", ca=files.ca_certificate, clientapp_port=9999, poll_s=0.5)
     assert command[:5] == [sys.executable, "-m", "semiofed.client.federation.supernode_process", "--poll-interval", "0.5"]
     assert "--isolation" in command and command[command.index("--isolation") + 1] == "process"
+
+
+def test_the_supernode_announces_each_stored_message_to_the_worker_over_its_pipe(monkeypatch):
+    """A message pulled (and stored with its task) writes one byte the worker waits on; no message, no byte; a full
+    pipe or a worker gone never blocks or breaks the SuperNode's loop."""
+    import os
+
+    from flwr.supernode import start_client_internal as loop
+
+    from semiofed.client.federation.supernode_process import task_notifier
+    from semiofed.client.federation.worker import wait_for_notice
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    pulled = iter([None, 7, 8])
+    monkeypatch.setattr(loop, "_pull_and_store_message", lambda **kw: next(pulled))
+    monkeypatch.setattr(loop, "_push_messages", lambda **kw: None)
+    monkeypatch.setattr(loop, "time", loop.time)
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    install(PollClock(), task_notifier(write_end))
+    loop._pull_and_store_message()
+    assert not wait_for_notice(read_end, 0.05)  # nothing pulled: the worker is not woken
+    loop._pull_and_store_message()
+    assert wait_for_notice(read_end, 1.0)
+    notify = task_notifier(write_end)
+    for _ in range(100_000):  # far more than a pipe holds: the SuperNode never blocks on a worker that is slow
+        notify()
+    assert wait_for_notice(read_end, 1.0)
+    os.close(read_end)
+    loop._pull_and_store_message()  # the worker is gone: no BrokenPipeError in the SuperNode's loop
+    os.close(write_end)

@@ -16,6 +16,11 @@ that its `time` is a clock whose sleep is shorter while the site is busy:
 - otherwise Flower's own 3 s, so an idle site asks the SuperLink no more often
   than Flower's SuperNode does.
 
+With `site join` the SuperNode also tells the site worker, over a pipe, when it
+has stored a message: the worker takes the task at once instead of asking the
+SuperNode's Runtime API ten times a second (each ask is an HTTP request: ten
+sites asking at that rate kept two cores busy).
+
 Nothing else of Flower is touched: the Fleet API, TLS, node authentication and
 the messages are Flower's. `check_flower()` refuses to start if the loop no
 longer has the sleeps this clock stands in for (another Flower version).
@@ -23,7 +28,9 @@ longer has the sleeps this clock stands in for (another Flower version).
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 import sys
 import threading
 import time
@@ -33,6 +40,7 @@ FLOWER_IDLE_SLEEP_S = 3  # flwr 1.41 start_client_internal: `time.sleep(3)` when
 FLOWER_REPLY_SLEEP_S = 0.5  # and `time.sleep(0.5)` while waiting for the ClientApp's reply
 POLL_S = 0.25  # idle poll while a run is going on: a message waits 0.125 s on average instead of 1.5-3 s
 REPLY_S = 0.05  # the reply is in the SuperNode's own memory: looking is free
+PULL_BACKOFF_S, PULL_BACKOFF_CAP_S = 0.05, 1.0  # Flower's 1 s and 10 s: see install()
 ACTIVE_WINDOW_S = 300.0  # a round's next message comes within this (local training longer than it: Flower's 3 s)
 POLL_OPTION = "--poll-interval"
 
@@ -76,14 +84,33 @@ def check_flower(module: Any) -> None:
     """Refuse a SuperNode loop that no longer sleeps as Flower 1.41's does (the clock would not apply)."""
     source = inspect.getsource(module)
     for needle in (f"time.sleep({FLOWER_IDLE_SLEEP_S})", f"time.sleep({FLOWER_REPLY_SLEEP_S})",
-                   "_pull_and_store_message(", "_push_messages("):
+                   "_pull_and_store_message(", "_push_messages(", "pull_objects("):
         if needle not in source:
             raise RuntimeError(f"this Flower's SuperNode loop has no `{needle}` (flwr 1.41 has): semiofed's poll "
                                "clock does not fit it; install the flwr version semiofed pins")
 
 
-def install(clock: PollClock) -> None:
-    """Put `clock` in Flower's SuperNode loop; a pulled message or a pushed reply marks the site active."""
+TASK_NOTICE_FD = "SEMIOFED_TASK_NOTICE_FD"  # env: a pipe's write end; a byte on it tells the site worker a task is in
+
+
+def task_notifier(fd: int | None) -> Callable[[], None]:
+    """A function that writes one byte to the worker's pipe (never blocks; a full or closed pipe is ignored)."""
+    if fd is None:
+        return lambda: None
+    os.set_blocking(fd, False)
+
+    def notify() -> None:
+        try:
+            os.write(fd, b"\x01")
+        except (BlockingIOError, BrokenPipeError, OSError):
+            pass  # the worker has a byte waiting already, or is gone (then the SuperNode stops with it)
+
+    return notify
+
+
+def install(clock: PollClock, notify: Callable[[], None] = lambda: None) -> None:
+    """Put `clock` in Flower's SuperNode loop; a pulled message or a pushed reply marks the site active, and a pulled
+    message is announced to the site worker (`notify`), which then takes its task at once instead of polling."""
     from flwr.supernode import start_client_internal as loop
 
     check_flower(loop)
@@ -91,8 +118,9 @@ def install(clock: PollClock) -> None:
 
     def pull_and_mark(*args: Any, **kwargs: Any) -> Any:
         run_id = pull(*args, **kwargs)
-        if run_id is not None:
+        if run_id is not None:  # stored, with its task: the worker's AcquireTask finds it now
             clock.mark_active()
+            notify()
         return run_id
 
     def push_and_mark(*args: Any, **kwargs: Any) -> Any:
@@ -101,6 +129,9 @@ def install(clock: PollClock) -> None:
         finally:
             clock.mark_active()
 
+    # a message's objects are pulled as soon as the ServerApp has pushed them: Flower backs off 1 s (doubling to 10 s)
+    # each time one is not there yet, so a small model's message took 4-5 s to arrive; back off from 0.05 s instead
+    loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=PULL_BACKOFF_S, backoff_cap=PULL_BACKOFF_CAP_S)
     loop.time = clock
     loop._pull_and_store_message = pull_and_mark
     loop._push_messages = push_and_mark
@@ -128,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     poll_s, flower_args = split_argv(sys.argv[1:] if argv is None else argv)
     try:
         clock = PollClock(poll_s=poll_s)
-        install(clock)
+        fd = os.environ.pop(TASK_NOTICE_FD, None)
+        install(clock, task_notifier(int(fd) if fd else None))
     except (ValueError, RuntimeError) as exc:
         raise SystemExit(f"error: {exc}") from None
     from flwr.supernode.cli.flower_supernode import flower_supernode

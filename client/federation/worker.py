@@ -27,22 +27,26 @@ import io
 import logging
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from semiofed.client.federation.supernode_process import POLL_S as SUPERNODE_POLL_S
+from semiofed.client.federation.supernode_process import TASK_NOTICE_FD
 
 log = logging.getLogger(__name__)
 
 CLIENTAPP_REF = "semiofed.client.federation.client_app:app"
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what a configuration-only Flower app contains
-POLL_S = 0.1  # Flower's SuperExec polls every second; a local call, so a task waits 0.05 s on average here
+POLL_S = 0.2  # without the SuperNode's notices (Flower's SuperExec polls every second)
+IDLE_POLL_S = 1.0  # with them: a safety net only, each message is announced
 SECRET_FILE = "runtime.secret"
 SECRET_BYTES = 32
 
@@ -88,6 +92,22 @@ def _retry_invoker() -> Any:
     return RetryInvoker(lambda: exponential(max_delay=2.0), httpx.TransportError, max_tries=6, max_time=30.0)
 
 
+def wait_for_notice(fd: int, timeout: float) -> bool:
+    """Wait up to `timeout` s for the SuperNode's byte on `fd`; drain what is there; True if one came."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return False
+    data = b""
+    try:
+        while chunk := os.read(fd, 65536):  # every byte there: one AcquireTask serves all the messages announced
+            data += chunk
+    except BlockingIOError:
+        pass
+    if not data:  # the SuperNode closed its end: it is stopping (the worker stops with it)
+        time.sleep(timeout)
+    return bool(data)
+
+
 class SiteWorker:
     """Takes tasks from a SuperNode's Runtime API and runs the installed ClientApp for each."""
 
@@ -113,8 +133,10 @@ class SiteWorker:
         return RuntimeHttpClient.from_server_address(server_address=self.runtime_address, insecure=True, root_certificates=None,
                                                      interceptors=interceptors, retry_invoker=_retry_invoker())
 
-    def serve(self, stop: threading.Event) -> None:
-        """Take and run tasks until `stop` is set."""
+    def serve(self, stop: threading.Event, notices: int | None = None) -> None:
+        """Take and run tasks until `stop` is set. With `notices` (a pipe's read end the SuperNode writes a byte to
+        for each message it stores) the worker asks for a task when told and every IDLE_POLL_S otherwise; without,
+        every `poll_s`."""
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
         from flwr.supercore.constant import TaskType
 
@@ -124,8 +146,10 @@ class SiteWorker:
                 response = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
                 if response.HasField("task") and response.token:
                     self.run_task(response.token)
-                else:
+                elif notices is None:
                     stop.wait(self.poll_s)
+                else:
+                    wait_for_notice(notices, IDLE_POLL_S)
         finally:
             client.close()
 
@@ -194,6 +218,16 @@ class SiteWorker:
         return ok
 
 
+def warm_up() -> None:
+    """Import the ClientApp and the training code (torch, Opacus) while the site waits for its first message, so
+    that the first message of a run does not pay for them (about 5 s, more with several sites on one machine)."""
+    try:
+        import semiofed.client.federation.client_app  # noqa: F401
+        import semiofed.client.training.federated_round  # noqa: F401
+    except Exception as exc:  # pylint: disable=broad-exception-caught - the first task imports them again, and says why
+        log.warning("could not import the training code ahead of the first message: %s", exc)
+
+
 def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsilon: float = 0.0,
         run_window_days: float = 30.0, poll_s: float = SUPERNODE_POLL_S) -> int:
     """Start the site's SuperNode (process isolation) and serve its tasks until either stops; returns an exit code."""
@@ -206,7 +240,11 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
     command = supernode_command(site, superlink=superlink, ca=ca, clientapp_port=runtime_port, run_epsilon=run_epsilon,
                                 run_window_days=run_window_days, secret_file=secret_file, poll_s=poll_s)
     stop = threading.Event()
-    supernode = subprocess.Popen(command, env=processes.flower_env())
+    notices, notice_end = os.pipe()  # the SuperNode writes a byte for each message it stores (supernode_process)
+    os.set_blocking(notices, False)
+    supernode = subprocess.Popen(command, env=processes.flower_env({TASK_NOTICE_FD: str(notice_end)}),
+                                 pass_fds=(notice_end,))
+    os.close(notice_end)
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()
@@ -216,12 +254,13 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
         processes.wait_listening("127.0.0.1", runtime_port, pid=supernode.pid, timeout=60.0,
                                  log_file=site.layout.root / "logs" / LOG_FILE)
         worker = SiteWorker(f"127.0.0.1:{runtime_port}", secret_file.read_bytes())
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
         watcher = threading.Thread(target=lambda: (supernode.wait(), stop.set()), daemon=True)
         watcher.start()
         log.info("site %s: worker serving the SuperNode's tasks (pid %d)", site.site_id, os.getpid())
         while not stop.is_set():
             try:
-                worker.serve(stop)
+                worker.serve(stop, notices)
             except KeyboardInterrupt:
                 stop.set()
             except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -237,6 +276,7 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
             except subprocess.TimeoutExpired:
                 supernode.kill()
                 supernode.wait()
+        os.close(notices)
     return 0 if supernode.returncode in (0, -signal.SIGTERM) else int(supernode.returncode or 1)
 
 

@@ -21,9 +21,15 @@ def flower_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+# A Flower message is a tree of objects (each array, each record), pulled and pushed one request each; Flower's own
+# default is 2 requests at a time (its environment variables, read when flwr is imported)
+OBJECT_TRANSFERS = {"FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS": "8", "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES": "8"}
+
+
 def flower_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for Flower processes: the venv's bin first on PATH (the SuperLink starts `flower-superexec`)."""
-    env = dict(os.environ)
+    """The environment for Flower processes: the venv's bin first on PATH (the SuperLink starts `flower-superexec`),
+    and OBJECT_TRANSFERS unless the operator set them."""
+    env = {**OBJECT_TRANSFERS, **os.environ}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra or {})
     return env
