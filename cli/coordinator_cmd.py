@@ -33,11 +33,12 @@ def init(
     san: List[str] = typer.Option([], "--san", help="Host name or IP the sites use to reach the SuperLink (repeat); localhost is always included."),
     port: int = typer.Option(9092, "--port", help="HTTPS port of the SuperLink (sites and `flwr`)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the SuperLink listens on (0.0.0.0 for every interface)."),
+    superlink_state: str = typer.Option("database", "--superlink-state", help="database: runs and registered sites survive a restart; memory: rounds about twice as fast, a restart forgets them (sites join again)."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Create a coordinator directory: a private CA and the SuperLink's TLS certificate."""
     coordinator = _coordinator(directory)
-    state = coordinator.init(sans=san, host=host, port=port)
+    state = coordinator.init(sans=san, host=host, port=port, superlink_state=superlink_state)
     emit(output_format, {"dir": str(coordinator.root), "ca_certificate": str(coordinator.tls.ca_certificate),
                          "sans": list(state.sans)},
          lambda: Console().print(f"coordinator directory {coordinator.root}: CA {coordinator.tls.ca_certificate} "

@@ -9,7 +9,7 @@ DIR/
   tls/ca.pem, ca.key      the federation's CA (sites get ca.pem only)
   tls/superlink.pem, .key the SuperLink's certificate
   sites/<site>.pub        enrolled site keys (ECDSA P-384, OpenSSH)
-  state/superlink.db      SuperLink state (runs, registered nodes) survives restarts
+  state/superlink.db      SuperLink state (runs, registered nodes) survives restarts (unless init --superlink-state memory)
   checkpoints/run-<id>/   each run's run.json, round checkpoints and final model
   app/pyproject.toml      the Flower app: only configuration, the code is each side's installed semiofed
   flwr-home/config.toml   the `flwr` CLI's connection to this SuperLink
@@ -49,6 +49,10 @@ class CoordinatorError(SemiofedError):
     """The coordinator directory is missing, incomplete, or its SuperLink is not in the needed state."""
 
 
+SUPERLINK_STATES = ("database", "memory")
+FLOWER_IN_MEMORY = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME: Flower's Python in-memory state
+
+
 @dataclass
 class CoordinatorState:
     """coordinator.json."""
@@ -59,6 +63,10 @@ class CoordinatorState:
     sans: list[str] = field(default_factory=lambda: list(DEFAULT_SANS))
     enrolled: dict[str, str] = field(default_factory=dict)  # site -> key fingerprint
     registered: dict[str, str] = field(default_factory=dict)  # site -> Flower node id
+    # "database": state/superlink.db, runs and registered sites survive a restart; "memory": Flower's in-memory state,
+    # rounds about twice as fast (every Fleet request of the database state takes SQLite's write lock), but a restart
+    # forgets the runs and registers every site anew (the sites' SuperNodes must be restarted: `site join` again)
+    superlink_state: str = "database"
 
 
 class Coordinator:
@@ -97,8 +105,12 @@ class Coordinator:
         write_json_atomic(self.root / COORDINATOR_FILE, asdict(state), mode=0o644)
 
     # --- init and enrolment ----------------------------------------------
-    def init(self, *, sans: Sequence[str] = (), host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> CoordinatorState:
+    def init(self, *, sans: Sequence[str] = (), host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+             superlink_state: str = "database") -> CoordinatorState:
         """Create the CA, the SuperLink certificate and the directory layout (refuses to overwrite)."""
+        if superlink_state not in SUPERLINK_STATES:
+            raise CoordinatorError(f"SuperLink state {superlink_state!r} is not one of {', '.join(SUPERLINK_STATES)}",
+                                   "give --superlink-state database (survives restarts) or memory (faster rounds)")
         if (self.root / COORDINATOR_FILE).exists():
             raise CoordinatorError(f"{self.root} is already a coordinator directory", "use it as it is, or choose a new --dir")
         names = list(dict.fromkeys([*sans, *DEFAULT_SANS]))
@@ -106,7 +118,7 @@ class Coordinator:
             make_private_dir(d)
         make_ca(self.tls)
         make_server_certificate(self.tls, names)
-        state = CoordinatorState(host=host, port=port, sans=names)
+        state = CoordinatorState(host=host, port=port, sans=names, superlink_state=superlink_state)
         self.save_state(state)
         return state
 
@@ -162,7 +174,8 @@ class Coordinator:
             processes.flower_bin("flower-superlink"),
             "--ssl-certfile", str(tls.server_certificate), "--ssl-keyfile", str(tls.server_key),
             "--ssl-ca-certfile", str(tls.ca_certificate),
-            "--enable-supernode-auth", "--database", str(self.database),
+            "--enable-supernode-auth",
+            "--database", FLOWER_IN_MEMORY if state.superlink_state == "memory" else str(self.database),
             "--disable-runtime-dependency-installation",
             # Flower 1.41 serves Fleet, Control and Runtime APIs on this one port: loopback only, the sites use the gateway
             "--host", LOOPBACK, "--port", str(state.superlink_port),
@@ -186,6 +199,8 @@ class Coordinator:
         if port is not None or host is not None:
             state.port, state.host = port or state.port, host or state.host
         processes.check_port_free(state.host, state.port)
+        if state.superlink_state == "memory":
+            state.registered = {}  # a SuperLink that starts in memory knows no site: register every enrolled one
         if not state.superlink_port or not processes.port_free(LOOPBACK, state.superlink_port) or state.superlink_port == state.port:
             state.superlink_port = processes.free_port(LOOPBACK)
         self.save_state(state)

@@ -266,7 +266,7 @@ def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, o
 
     coordinator = Coordinator(config.out / "coordinator")
     if not (coordinator.root / "coordinator.json").exists():
-        coordinator.init(port=free_port())
+        coordinator.init(port=free_port(), superlink_state="memory")  # a fresh coordinator per demo: nothing to keep
     sites = [open_site(d) for d in site_dirs]
     for site in sites:
         if site.site_id not in coordinator.state().enrolled:

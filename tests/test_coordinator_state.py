@@ -1,0 +1,40 @@
+"""The coordinator's SuperLink state: a database that survives restarts (the default), or Flower's in-memory state
+(faster rounds) that a restart forgets, so every enrolled site is registered again when the SuperLink starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from semiofed.client.site import init_site
+from semiofed.common.federation.processes import free_port, is_running
+from semiofed.server.coordinator import Coordinator, CoordinatorError
+
+
+def test_an_unknown_superlink_state_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(CoordinatorError, match="not one of database, memory"):
+        Coordinator(tmp_path / "c").init(port=free_port(), superlink_state="redis")
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_in_memory_superlink_registers_every_enrolled_site_at_each_start(tmp_path):
+    database = Coordinator(tmp_path / "db")
+    database.init(port=free_port())
+    assert str(database.database) in database.superlink_command()
+    coordinator = Coordinator(tmp_path / "mem")
+    coordinator.init(port=free_port(), superlink_state="memory")
+    assert ":flwr-in-memory:" in coordinator.superlink_command()
+    assert str(coordinator.database) not in coordinator.superlink_command()
+    site = init_site(tmp_path / "site-a", "site-a")
+    coordinator.enroll(site.layout.public_key, name="site-a")
+    try:
+        coordinator.start()
+        first = dict(coordinator.state().registered)
+        assert set(first) == {"site-a"} and first["site-a"]
+        coordinator.stop()
+        coordinator.start()  # a SuperLink in memory has forgotten the site: it is registered again, not skipped
+        assert set(coordinator.state().registered) == {"site-a"}
+        assert coordinator.site_status()["site-a"] != "unknown"  # the node the SuperLink knows now, not a stale id
+    finally:
+        pid = coordinator.pid()
+        coordinator.stop()
+    assert not is_running(pid)
