@@ -20,7 +20,7 @@ from federation_runs import BENCH_DIR, TreeSampler, process_tree, run_summary, s
 from semiofed.common.federation.run_config import FederationConfig
 
 
-def deployment_run(sites_dir: Path, config: dict[str, Any], timeout: float) -> dict[str, Any]:
+def deployment_run(sites_dir: Path, config: dict[str, Any], timeout: float, superlink_state: str = "database") -> dict[str, Any]:
     """Coordinator + SuperLink (TLS, site auth) + one SuperNode per site on 127.0.0.1; one run; everything stopped after."""
     from semiofed.client.federation import supernode
     from semiofed.client.site import open_site
@@ -31,7 +31,7 @@ def deployment_run(sites_dir: Path, config: dict[str, Any], timeout: float) -> d
     root = BENCH_DIR / "deployment"
     shutil.rmtree(root, ignore_errors=True)
     coordinator = Coordinator(root / "coordinator")
-    coordinator.init(port=free_port())
+    coordinator.init(port=free_port(), superlink_state=superlink_state)
     sites = find_sites(sites_dir)
     for site_dir in sites:
         site = open_site(site_dir)
@@ -54,7 +54,9 @@ def deployment_run(sites_dir: Path, config: dict[str, Any], timeout: float) -> d
         run_config = FederationConfig(**{k: v for k, v in config.items() if k not in ("checkpoints_dir", "semiofed_version")})
         with TreeSampler(os.getpid(), interval=0.2) as sampler:
             t = time.monotonic()
-            run = coordinator.run(run_config, timeout=timeout)
+            with open(BENCH_DIR / "deployment-serverapp.log", "w", encoding="utf-8") as serverapp_log:  # `flwr run --stream`
+                run = coordinator.run(run_config, timeout=timeout, on_line=lambda line: serverapp_log.write(
+                    f"{time.strftime('%H:%M:%S')}.{int(time.time() % 1 * 1000):03d} {line}\n"))
             out["run_s"] = time.monotonic() - t
         out["clientapp_processes"] = len(sampler.clientapps)
         lifetimes = sorted(b - a for a, b in sampler.clientapps.values())
