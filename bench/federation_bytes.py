@@ -1,4 +1,4 @@
-"""Part 2 of bench_federation.py: bytes a site sends and receives per round, FedAvg vs SecAgg+, small and production model.
+"""Part 2 of bench_federation.py: bytes a site sends and receives per round, FedAvg vs SecAgg+, three model sizes.
 
 Measured in the simulation engine (3 sites x 10 patients) by the byte-counting
 ClientApp mod of federation_sim.py: what Flower 1.41 ships per message (the
@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from federation_runs import BENCH_DIR, LARGE, SECAGG_STAGES, SMALL, make_sites, run_child, sim_config, with_load
+from federation_runs import BENCH_DIR, DEFAULT, GESTURES, SECAGG_STAGES, SMALL, make_sites, run_child, sim_config, with_load
 
 from semiofed.common.federation.run_config import FederationConfig
 
@@ -47,10 +47,13 @@ def summarise_bytes(bytes_dir: Path, rounds: set[str] | None = None) -> dict[str
     return {"sites": len(sites), "rounds": len(rounds), "per_site_round": kinds}
 
 
+SHAPES = (("small", SMALL, 16, 2), ("default", DEFAULT, 1024, 1), ("GESTURES-sized", GESTURES, 1024, 1))
+
+
 def bytes_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Small (2 rounds) and production (1 round) model, FedAvg and SecAgg+, 3 sites x 10 patients: results["bytes"]."""
+    """Small (2 rounds), default and GESTURES-sized (1 round) model, FedAvg and SecAgg+, 3 sites x 10 patients."""
     part: dict[str, Any] = {}
-    for shape, extra, dim, rounds in (("small", SMALL, 16, 2), ("production", LARGE, 1024, 1)):
+    for shape, extra, dim, rounds in SHAPES:
         sites_dir = make_sites(BENCH_DIR / f"sites-bytes-{shape}", 3, n_patients=10, dim=dim)
         for secure in (False, True):
             make_sites(sites_dir, 3, n_patients=10, dim=dim)
@@ -58,10 +61,11 @@ def bytes_part(args: argparse.Namespace, results: dict[str, Any]) -> None:
             bytes_dir = BENCH_DIR / "bytes" / tag
             shutil.rmtree(bytes_dir, ignore_errors=True)
             bytes_dir.mkdir(parents=True)
-            config = {**sim_config(f"bytes-{tag}", rounds, secure), **{k: v for k, v in extra.items()}}
-            if shape == "production":
-                for key in ("temporal", "hidden", "embed_dim", "n_segments", "stcnn_dim"):
-                    config.pop(key, None)  # FederationConfig's defaults
+            config = {**sim_config(f"bytes-{tag}", rounds, secure), **extra}
+            if shape != "small":
+                for key in ("temporal", "hidden", "embed_dim", "n_segments", "stcnn_dim", "descriptors", "streams"):
+                    if key not in extra:
+                        config.pop(key, None)  # FederationConfig's defaults
             sim = with_load(lambda: run_child("sim", {"sites_dir": str(sites_dir), "config": config, "bytes_dir": str(bytes_dir)},
                                               timeout=900))
             if sim["status"] != "finished":
@@ -78,12 +82,13 @@ def render_bytes(b: dict[str, Any]) -> list[str]:
            "Measured in the simulation engine (3 sites x 10 patients) by a ClientApp mod outside secaggplus_mod: each "
            "message's unique inflatable objects, deflated, i.e. what a SuperNode pulls from and pushes to the SuperLink "
            "in Flower 1.41, before HTTP/2, TLS and TCP framing. Mean per site per round. Model bytes: the float32 "
-           "state_dict. Small: the model of part 1 (2 rounds); production: FederationConfig's defaults (BLSTM "
-           "hidden 64, embed 64, 16 segments, 1024-d I3D features + keypoints; 1 round).", "",
+           "state_dict. Small: the model of part 1 (2 rounds); default: FederationConfig's defaults, the DP-sized model "
+           "the sites train (1 round); GESTURES-sized: BLSTM hidden 64, embed 64, 16 segments over the 1024-d I3D "
+           "features and the keypoint stream (1 round).", "",
            "| model | model B | mode | budget query B | train B | evaluate B | **sent B** | sent / model | received B |",
            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     expansion = []
-    for shape in ("small", "production"):
+    for shape, *_ in SHAPES:
         train_sent = {}
         for mode in ("plain", "secagg"):
             e = b.get(f"{shape}_{mode}")
@@ -108,9 +113,10 @@ def render_bytes(b: dict[str, Any]) -> list[str]:
                              f"({train_sent['secagg']:,.0f} B over 4 stages vs {train_sent['plain']:,.0f} B), "
                              f"{secagg_total / plain_total:.2f}x for all a site sends in a round")
     out += ["", "SecAgg+ expansion with 3 sites: " + "; ".join(expansion) + ". The masked update is the model quantised "
-            "to integers (2^22 levels) and sent as int64, 8 bytes a value where FedAvg sends 4, so the ratio tends to "
-            "2x for a large model; the key stages (public keys, one encrypted share per peer) add a little that grows "
-            "with the number of sites (part 3)."]
+            "to integers below the 2^32 modulus and sent as 4-byte integers (client_app.narrow_masked_vector), as many "
+            "bytes a value as FedAvg's float32, so the ratio tends to 1x for a large model; the key stages (public keys, "
+            "one encrypted share per neighbour) and each message's headers add a fixed amount that dominates for a "
+            "model of a few hundred values and grows with the number of neighbours (bench_federation_scale.py)."]
     timing = []
     for tag in ("small_plain", "small_secagg"):
         k = b.get(tag, {}).get("per_site_round", {})
@@ -121,7 +127,7 @@ def render_bytes(b: dict[str, Any]) -> list[str]:
         out += ["", "The ClientApp's own time per message (small model, simulation, mean s per site per round, "
                 "measured around the rest of the app by the same mod): " + "; ".join(timing) + "."]
     received = []
-    for shape in ("small", "production"):
+    for shape, *_ in SHAPES:
         p, q = b.get(f"{shape}_plain"), b.get(f"{shape}_secagg")
         if p and q:
             ep = p["per_site_round"].get("evaluate", {}).get("received_objects", 0)
@@ -129,6 +135,6 @@ def render_bytes(b: dict[str, Any]) -> list[str]:
             received.append(f"{shape} {ep:,.0f} B with FedAvg, {eq:,.0f} B with SecAgg+ ({eq / max(ep, 1):.2f}x)")
     if received:
         out += ["", "Global model the server sends for evaluation (received per site per round): " + "; ".join(received) +
-                ". After SecAgg+ the server's unmasked aggregate comes out of Flower's dequantisation as float64 and "
-                "is sent on as such (evaluate, and the next round's fit), twice the float32 size."]
+                ". After SecAgg+ the unmasked aggregate comes out of Flower's dequantisation as float64; the "
+                "coordinator casts it back to float32 before sending it on (evaluate, and the next round's fit)."]
     return out

@@ -26,8 +26,11 @@ SIGMA = 1.0
 # the small model and schedule of tests/test_federation_deploy.py
 SMALL = dict(local_epochs=1, batch_patients=3, temporal="attn", hidden=8, embed_dim=8, n_segments=4, stcnn_dim=16,
              noise_multiplier=SIGMA, min_sites=2, round_timeout=300.0)
-# the production shape (FederationConfig's defaults: BLSTM 64 over 1024-d I3D features), for bytes only
-LARGE = dict(local_epochs=1, batch_patients=3, noise_multiplier=SIGMA, min_sites=2, round_timeout=300.0)
+# for bytes only: FederationConfig's defaults (the DP-sized model the sites train), and a GESTURES-sized model (BLSTM 64
+# over 1024-d I3D features and the keypoint stream) whose update dwarfs the per-message overhead
+DEFAULT = dict(local_epochs=1, batch_patients=3, noise_multiplier=SIGMA, min_sites=2, round_timeout=300.0)
+GESTURES = dict(DEFAULT, streams=("keypoints", "stcnn"), temporal="blstm", hidden=64, embed_dim=64, n_segments=16,
+                descriptors=())
 SECAGG_STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
 
 
@@ -44,7 +47,9 @@ def make_sites(root: Path, n_sites: int, *, n_patients: int, dim: int, n_snippet
     for i in range(n_sites):
         # ample budget: the bench measures time and bytes, not privacy; sigma is fixed by the run config
         site = init_site(root / f"site-{i:03d}", f"site-{i:03d}", PrivacyPolicy(max_epsilon=1e4))
-        populate(site.layout.records_dir, n_patients=n_patients, dim=dim, n_snippets=n_snippets, seed=i)
+        # the STCNN features as `site prepare` makes them (a run that trains on them checks the records agree)
+        populate(site.layout.records_dir, n_patients=n_patients, dim=dim, n_snippets=n_snippets, seed=i,
+                 stcnn_input="patient-window")
     return root
 
 
@@ -70,11 +75,13 @@ def fit_seconds(run: dict[str, Any]) -> list[float]:
 
 
 def done_rounds(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rounds of a run.json that finished: a global model written (rounds the run evaluates: evaluated too)."""
+    """The rounds of a run.json that finished: a global model written and, in the rounds the run evaluates, every
+    site's evaluation answered (a result or a decline, e.g. too few test patients for the site's policy)."""
     from semiofed.common.federation.run_config import FederationConfig
 
     config = FederationConfig.from_run_config(run["config"]) if run.get("config") else None
-    return [r for r in run["rounds"] if r.get("checkpoint") and (r.get("evaluate") or (config and not config.evaluates(r["round"])))]
+    evaluated = lambda r: r.get("evaluate") or r.get("evaluation_declined")  # noqa: E731
+    return [r for r in run["rounds"] if r.get("checkpoint") and (evaluated(r) or (config and not config.evaluates(r["round"])))]
 
 
 def run_summary(run: dict[str, Any]) -> dict[str, Any]:

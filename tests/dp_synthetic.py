@@ -14,7 +14,7 @@ FAKE_I3D_SHA = "a5b185914226a2ad4d5de1a2c9f9974f1c661039daa651c8aa28986144e3141b
 
 def make_record(
     rng: np.random.Generator, *, patient: str, index: int, label: str, n_snippets: int = 20, dim: int = 32,
-    signal: float = 1.0, fps: float = 15.0, stcnn: str = "i3d", sha: str = FAKE_I3D_SHA,
+    signal: float = 1.0, fps: float = 15.0, stcnn: str = "i3d", sha: str = FAKE_I3D_SHA, stcnn_input: str = "",
 ) -> SeizureRecord:
     """One record: TCS snippets drift in STCNN space and shake the limbs harder over time."""
     snippet_frames = 8
@@ -57,12 +57,12 @@ def make_record(
         record_id=f"{patient}-{index:02d}", patient_pseudonym=patient, label=label, fps=fps,
         duration_s=float(n_frames / fps), arrays=arrays, onset_s=0.0,
         generalization_s=float(n_frames / fps / 2) if tcs else None, stcnn=stcnn, snippet_frames=snippet_frames,
-        models={"i3d_kinetics400_rgb": sha},
+        models={"i3d_kinetics400_rgb": sha}, stcnn_input=stcnn_input,
     )
 
 
 def populate(records_dir: Path, *, n_patients: int = 12, seizures: tuple[int, ...] = (1, 2, 3), seed: int = 0,
-             dim: int = 32, n_snippets: int = 20, signal: float = 1.0) -> list[SeizureRecord]:
+             dim: int = 32, n_snippets: int = 20, signal: float = 1.0, stcnn_input: str = "") -> list[SeizureRecord]:
     """Write records for n patients (alternating majority label) and return them."""
     rng = np.random.default_rng(seed)
     out = []
@@ -70,7 +70,8 @@ def populate(records_dir: Path, *, n_patients: int = 12, seizures: tuple[int, ..
         k = seizures[p % len(seizures)]
         for j in range(k):
             label = "TCS" if (p + (j == k - 1 and k > 2)) % 2 else "FOS"
-            rec = make_record(rng, patient=f"p{p:03d}", index=j, label=label, dim=dim, n_snippets=n_snippets, signal=signal)
+            rec = make_record(rng, patient=f"p{p:03d}", index=j, label=label, dim=dim, n_snippets=n_snippets, signal=signal,
+                              stcnn_input=stcnn_input)
             write_record(records_dir, rec)
             out.append(rec)
     return out
