@@ -170,7 +170,8 @@ def test_the_client_app_sends_a_distributed_update_only_under_secagg_with_a_thre
     with pytest.raises(SecureAggregationRefused, match="threshold is 2"):
         secure_aggregation_mod(_train_message(low), context, call_next)
     assert answered == []
-    with mock.patch.object(client_app, "secaggplus_mod", lambda msg, ctx, nxt: "secagg") as _:
+    with mock.patch.object(client_app, "secaggplus_mod", lambda msg, ctx, nxt: "secagg"), \
+            mock.patch.object(client_app, "narrow_masked_vector", lambda reply: reply):  # a stand-in reply
         assert secure_aggregation_mod(_train_message({**low, Key.THRESHOLD: 3}), context, call_next) == "secagg"
     # a local-DP run is unchanged: plain train messages pass (its updates carry the full noise)
     local = replace(RUN, dp_mode="local", strategy="fedavg")

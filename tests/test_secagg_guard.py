@@ -28,7 +28,9 @@ def _site(tmp_path, name, **policy):
 
 
 def _answer(msg, context):
-    with mock.patch.object(client_app, "secaggplus_mod", lambda m, c, n: "secagg"):
+    # Flower's SecAgg+ stand-in answers "secagg"; the wire narrowing of its reply is tested in test_secagg.py
+    with mock.patch.object(client_app, "secaggplus_mod", lambda m, c, n: "secagg"), \
+            mock.patch.object(client_app, "narrow_masked_vector", lambda reply: reply):
         return secure_aggregation_mod(msg, context, lambda m, c: "plain")
 
 
