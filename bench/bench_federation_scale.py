@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from federation_runs import BENCH_DIR, CPUS, SECAGG_STAGES, load_text  # noqa: E402
+from federation_bytes import model_size  # noqa: E402
 from federation_scale import scale_part  # noqa: E402
 from report import write_section  # noqa: E402
 
 SAVED = BENCH_DIR / "scale_sites.json"
-MODEL_VALUES = 3931  # the small model's parameters (bench_federation.py part 2): float32 model = 15,724 B
 
 
 def measure(sites: list[int], rounds: int, timeout: float) -> dict[str, Any]:
@@ -58,6 +58,7 @@ def render(results: dict[str, Any], rounds: int) -> str:
     for key in sorted(results, key=int):
         sc = results[key]
         sim, n = sc["sim"], int(key)
+        model = model_size(sc["config"])
         k = sc["bytes"].get("per_site_round", {})
         sent = sum(v["sent_objects"] for v in k.values())
         update = sum(k[x]["sent_objects"] for x in SECAGG_STAGES if x in k)
@@ -70,14 +71,15 @@ def render(results: dict[str, Any], rounds: int) -> str:
         status = "stopped at the time limit" if sim.get("timed_out") else sim.get("status")
         lines.append(f"| {n} | {_shape(n)} | {status} | {done} of {sc['rounds']} | {per_round:.0f} | {median:.0f} | "
                      f"{(sum(unmask) / len(unmask)) if unmask else float('nan'):.2f} | {sim['peak_rss_mib']:.0f} | "
-                     f"{sim['peak_pss_mib']:.0f} | {sent:,.0f} ({share:,.0f}) | {update / (4 * MODEL_VALUES):.2f} | "
+                     f"{sim['peak_pss_mib']:.0f} | {sent:,.0f} ({share:,.0f}) | {update / model['bytes']:.2f} | "
                      f"{load_text(sim)} |")
         if k:
             notes.append(f"{n} sites: " + ", ".join(f"{kind} {v['seconds']:.2f} s" for kind, v in k.items()))
     return "\n".join([
         f"`python bench/bench_federation_scale.py --sites {' '.join(sorted(results, key=int))} --rounds {rounds}`. "
         f"Flower's simulation engine, {CPUS} Ray actors of 1 CPU serving every virtual site in turn; each site 3 "
-        "synthetic patients in 3 folds (one DP step a round), the small model (3,931 values, 15,724 B as float32), "
+        f"synthetic patients in 3 folds (one DP step a round), the small model of bench_federation.py ({model['values']:,} "
+        f"values, {model['bytes']:,} B as float32), "
         "SecAgg+ as the coordinator configures it for n sites: share graph (neighbours; 'all': complete) / Shamir "
         "threshold / quantisation levels (kept below the 2^32 modulus divided by n + 1, so the masked sum cannot "
         "wrap). Min-sites n. Each site's budget is asked once per run; the last round is evaluated. Peak memory: "
@@ -102,7 +104,9 @@ def main() -> None:
     body = render({k: v for k, v in results.items() if int(k) in args.sites} if not args.from_saved else results, args.rounds)
     print(body)
     if args.write:
-        print("written to", write_section("federation-scale", "Federation at 50, 200 and 500 simulated sites (issue 16)", body))
+        counts = sorted(results if args.from_saved else args.sites, key=int)
+        title = f"Federation at {', '.join(map(str, counts[:-1]))}{' and ' if len(counts) > 1 else ''}{counts[-1]} simulated sites"
+        print("written to", write_section("federation-scale", f"{title} (issue 16)", body))
 
 
 if __name__ == "__main__":
