@@ -111,9 +111,7 @@ def iter_frames(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        if not _codec_name(stream):
-            raise VideoError(f"video {path} uses a codec this FFmpeg cannot decode", "re-export it as MP4 (H.264)")
-        declared = probe(path).duration_s
+        declared = probe(path).duration_s  # also refuses a codec this FFmpeg cannot decode
         width, height = _scaled_size(stream.width, stream.height, max_side)
         step = 1.0 / fps
         next_tick, index = 0.0, 0
