@@ -114,3 +114,35 @@ def test_full_batch_steps_fold_into_one_gaussian_without_changing_epsilon():
         composition.add(sigma, q, steps)
     assert composition.epsilon(1e-5) == pytest.approx(reference, rel=1e-3)
     assert _epsilon_of(history, 1e-5) == pytest.approx(reference, rel=0.01)
+
+
+def test_the_rdp_bracket_is_opacus_rdp_accountant_on_the_whole_history():
+    """The noise search brackets with RDP, composed here one cached (sigma, q, steps) entry at a time: the same epsilon
+    as Opacus' own RDPAccountant on the whole history, for subsampled, full-batch and mixed histories."""
+    import warnings
+
+    from opacus.accountants import RDPAccountant
+
+    from semiofed.common.privacy.accountant import _merged, _rdp_epsilon
+
+    histories = [[(1.0, 0.5, 6)], [(3.4, 0.5, 54), (0.9, 0.1, 4), (4.2, 0.5, 182)], [(3.3, 1.0, 146), (3.0, 0.5, 187)],
+                 [(5.0, 1.0, 1)] * 3 + [(1.2, 0.02, 500)]]
+    for history in histories:
+        reference = RDPAccountant()
+        reference.history = _merged(history)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            expected = reference.get_epsilon(delta=1e-5)
+        assert _rdp_epsilon(history, 1e-5) == pytest.approx(expected, rel=1e-12)
+    assert _rdp_epsilon([], 1e-5) == 0.0
+
+
+def test_the_noise_search_returns_the_least_feasible_sigma(tmp_path):
+    """noise_for's sigma keeps the projected PRV epsilon within the target, and 2% less noise would not."""
+    accountant = SiteAccountant(tmp_path / "privacy", PrivacyPolicy(max_epsilon=20.0, min_noise_multiplier=0.5))
+    accountant.history = [(2.0, 0.5, 6), (5.0, 1.0, 1)]
+    spent = accountant.epsilon_spent()
+    target = spent + 2.0
+    sigma = accountant.noise_for(target_epsilon=target, sample_rate=1.0, steps=21)
+    assert accountant.projected_epsilon(PlannedRun(sigma, 1.0, 21)) <= target
+    assert accountant.projected_epsilon(PlannedRun(sigma * 0.97, 1.0, 21)) > target

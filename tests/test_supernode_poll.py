@@ -130,3 +130,20 @@ def test_the_supernode_announces_each_stored_message_to_the_worker_over_its_pipe
     os.close(read_end)
     loop._pull_and_store_message()  # the worker is gone: no BrokenPipeError in the SuperNode's loop
     os.close(write_end)
+
+
+def test_the_worker_warm_up_imports_the_clientapp_torch_and_the_accountants_and_leaves_logging_alone():
+    """What a budget query (a run's first message) would otherwise import: the ClientApp, torch and Opacus'
+    accountants (whose import calls logging.basicConfig), in a fresh interpreter as a worker starts."""
+    code = (
+        "import logging, sys\n"
+        "from semiofed.client.federation.worker import warm_up\n"
+        "before = list(logging.getLogger().handlers)\n"
+        "warm_up()\n"
+        "wanted = ('torch', 'opacus.accountants', 'semiofed.client.federation.client_app',\n"
+        "          'semiofed.client.training.federated_round')\n"
+        "print([m for m in wanted if m not in sys.modules], logging.getLogger().handlers == before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[] True", out.stderr[-2000:]

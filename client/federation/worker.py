@@ -220,10 +220,14 @@ class SiteWorker:
 
 def warm_up() -> None:
     """Import the ClientApp and the training code (torch, Opacus) while the site waits for its first message, so
-    that the first message of a run does not pay for them (about 5 s, more with several sites on one machine)."""
+    that the first message of a run does not pay for them (torch about 5 s and Opacus' accountants about 6 s, more
+    with several sites on one machine: the budget query, the first message of a run, took 17 s at 3 sites)."""
     try:
         import semiofed.client.federation.client_app  # noqa: F401
         import semiofed.client.training.federated_round  # noqa: F401
+        from semiofed.common.privacy.accountant import load_accountants
+
+        load_accountants()
     except Exception as exc:  # pylint: disable=broad-exception-caught - the first task imports them again, and says why
         log.warning("could not import the training code ahead of the first message: %s", exc)
 
@@ -250,11 +254,15 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
+    warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+    warming.start()  # while the SuperNode starts
     try:
         processes.wait_listening("127.0.0.1", runtime_port, pid=supernode.pid, timeout=60.0,
                                  log_file=site.layout.root / "logs" / LOG_FILE)
+        # serving imports Flower's client modules too: two threads importing them at once can meet a half-initialised
+        # module (flwr.client's ClientFnExt), which failed the warm-up and the first task's import alike
+        warming.join()
         worker = SiteWorker(f"127.0.0.1:{runtime_port}", secret_file.read_bytes())
-        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
         watcher = threading.Thread(target=lambda: (supernode.wait(), stop.set()), daemon=True)
         watcher.start()
         log.info("site %s: worker serving the SuperNode's tasks (pid %d)", site.site_id, os.getpid())
