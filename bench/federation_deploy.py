@@ -65,8 +65,7 @@ def deployment_run(sites_dir: Path, config: dict[str, Any], timeout: float, supe
     finally:
         # every process this run started, before stopping the leaders: SuperExecs outlive them, reparented to init
         started_here = [p for p in process_tree(os.getpid()) if p.pid != os.getpid()]
-        for site_dir in joined:
-            supernode.leave(site_dir)
+        supernode.leave_all(joined)
         coordinator.stop()
         stop_processes(started_here)
     return out

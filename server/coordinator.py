@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -50,6 +52,8 @@ class CoordinatorError(SemiofedError):
 
 
 SUPERLINK_STATES = ("database", "memory")
+SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.25"  # loopback asks, 4 a second
+REGISTER_CONCURRENCY = 4  # `flwr supernode register` commands at once
 FLOWER_IN_MEMORY = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME: Flower's Python in-memory state
 
 
@@ -166,7 +170,9 @@ class Coordinator:
         config = (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
                   f'address = "{LOOPBACK}:{state.superlink_port}"\nroot-certificates = "{self.tls.ca_certificate}"\n')
         write_bytes_atomic(self.flwr_home / "config.toml", config.encode("utf-8"))
-        return processes.flower_env({"FLWR_HOME": str(self.flwr_home)})
+        # the SuperLink's SuperExec asks it for a ServerApp to launch every second (Flower's default); a run starts sooner
+        poll = {SUPEREXEC_POLL_ENV: os.environ.get(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)}
+        return processes.flower_env({"FLWR_HOME": str(self.flwr_home), **poll})
 
     def superlink_command(self) -> list[str]:
         state, tls = self.state(), self.tls
@@ -223,22 +229,34 @@ class Coordinator:
         gateway = processes.stop(self.gateway_pid()) if self.gateway_running() else False
         return processes.stop(self.pid()) or gateway
 
-    def _flwr(self, args: Sequence[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([processes.flower_bin("flwr"), *args], env=self.flwr_env(), cwd=self.root,
+    def _flwr(self, args: Sequence[str], *, timeout: float = 60.0,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([processes.flower_bin("flwr"), *args], env=env or self.flwr_env(), cwd=self.root,
                               capture_output=True, text=True, timeout=timeout)
 
     def register_pending(self) -> dict[str, str]:
-        """Register every enrolled key the SuperLink does not know yet (`flwr supernode register`)."""
+        """Register every enrolled key the SuperLink does not know yet (`flwr supernode register`); the sites it took
+        are kept even when it refuses one."""
         state = self.state()
-        for name in sorted(set(state.enrolled) - set(state.registered)):
-            result = self._flwr(["supernode", "register", str(self.sites_dir / f"{name}.pub"), CONNECTION, "--format", "json"])
+        names = sorted(set(state.enrolled) - set(state.registered))
+        env = self.flwr_env()
+        # one `flwr` command per site, side by side: each is a fresh Python importing Flower (1-2 s)
+        with ThreadPoolExecutor(max(1, min(len(names), REGISTER_CONCURRENCY))) as pool:
+            results = list(pool.map(lambda name: self._flwr(["supernode", "register", str(self.sites_dir / f"{name}.pub"),
+                                                             CONNECTION, "--format", "json"], env=env), names))
+        refused = []
+        for name, result in zip(names, results):
             answer = _last_json(result.stdout)
             if result.returncode != 0 or not answer.get("success"):
-                raise CoordinatorError(f"the SuperLink refused to register site {name}: {(result.stdout + result.stderr).strip()[-400:]}",
-                                       "check that the key is an ECDSA P-384 key in OpenSSH format and not registered twice")
+                refused.append((name, (result.stdout + result.stderr).strip()[-400:]))
+                continue
             state.registered[name] = str(answer.get("node-id", ""))
             log.info("registered site %s as node %s", name, state.registered[name])
         self.save_state(state)
+        if refused:
+            name, why = refused[0]
+            raise CoordinatorError(f"the SuperLink refused to register site {name}: {why}",
+                                   "check that the key is an ECDSA P-384 key in OpenSSH format and not registered twice")
         return state.registered
 
     def site_status(self) -> dict[str, str]:
@@ -251,7 +269,7 @@ class Coordinator:
         by_node = {str(n.get("node-id")): str(n.get("status")) for n in answer.get("nodes", [])}
         return {name: by_node.get(node_id, "unknown") for name, node_id in sorted(self.state().registered.items())}
 
-    def wait_for_sites(self, count: int, *, timeout: float = 120.0, poll: float = 2.0) -> dict[str, str]:
+    def wait_for_sites(self, count: int, *, timeout: float = 120.0, poll: float = 0.5) -> dict[str, str]:
         """Wait until at least `count` sites are online (after a restart, SuperNodes reconnect with a back-off)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -278,8 +278,7 @@ def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, o
                            ca=coordinator.tls.ca_certificate, clientapp_port=free_port(), background=True)
         return coordinator.run(fed, on_line=on_line)
     finally:
-        for site in sites:
-            supernode.leave(site.layout.root)
+        supernode.leave_all([site.layout.root for site in sites])
         coordinator.stop()
 
 

@@ -78,8 +78,7 @@ class Federation:
         return read_entries(site.layout.ledger_file)
 
     def close(self) -> None:
-        for site in self.sites:
-            supernode.leave(site.layout.root)
+        supernode.leave_all([site.layout.root for site in self.sites])
         for pid in self.extra_pids:
             stop(pid)
         self.coordinator.stop()
@@ -97,6 +96,10 @@ def federation(tmp_path_factory):
         fed.close()
         pids = [read_pid(s.layout.root / supernode.PID_FILE) for s in fed.sites] + [fed.coordinator.pid(), *fed.extra_pids]
         assert not any(is_running(p) for p in pids), "a process of the test outlived its teardown"
+        # each worker imported the ClientApp, torch and the accountants before its first task, not during it
+        for site in fed.sites:
+            log = (site.layout.root / "logs" / "supernode.log").read_text(errors="replace")
+            assert "could not import the training code" not in log, site.site_id
 
 
 def _sites_in(run: dict, round_: int, key: str) -> set[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -113,9 +114,18 @@ def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = DEFA
 
 def leave(site_dir: Path) -> bool:
     """Stop the site's background SuperNode; True if one was running."""
-    site = open_site(site_dir)
-    pid = processes.read_pid(site.layout.root / PID_FILE)
-    return processes.stop(pid) if processes.is_running(pid, expect=WORKER) else False  # a foreground one: its service manager
+    return bool(leave_all([site_dir]))
+
+
+def leave_all(site_dirs: Sequence[Path]) -> list[Path]:
+    """Stop the background SuperNodes of several sites on this machine together (a trial, the demo); returns the
+    sites whose worker was running. A foreground `site join` is left to its service manager."""
+    pids = {}
+    for site_dir in site_dirs:
+        pid = processes.read_pid(open_site(site_dir).layout.root / PID_FILE)
+        if processes.is_running(pid, expect=WORKER):
+            pids[pid] = Path(site_dir)
+    return [pids[pid] for pid in processes.stop_all(list(pids))]
 
 
 def _worker_running(pid: int | None) -> bool:
