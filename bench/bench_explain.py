@@ -256,8 +256,10 @@ def main() -> None:
         + "\n".join(rows) + "\n\nPhase confusion of the federated DP model (snippets):\n\n" + "\n".join(confusion))
     print(body)
     if args.write:
-        print("written to", write_section("explain", "What a clinician reads: evolution, regions, unusual seizures "
-                                          "(issue 17)", body))
+        # the held-out cohort of the issue keeps the section it always had; another cohort gets its own
+        name, title = ("explain", "") if args.cohort.name == "explain-p40" else (args.cohort.name, f", cohort {args.cohort.name}")
+        print("written to", write_section(name, "What a clinician reads: evolution, regions, unusual seizures "
+                                          f"(issue 17){title}", body))
 
 
 if __name__ == "__main__":
