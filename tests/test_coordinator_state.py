@@ -38,3 +38,12 @@ def test_an_in_memory_superlink_registers_every_enrolled_site_at_each_start(tmp_
         pid = coordinator.pid()
         coordinator.stop()
     assert not is_running(pid)
+
+
+def test_the_superexec_looks_for_a_run_every_quarter_second_unless_the_operator_says_otherwise(tmp_path, monkeypatch):
+    coordinator = Coordinator(tmp_path / "c")
+    coordinator.init(port=free_port())
+    monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", raising=False)
+    assert coordinator.flwr_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.25"
+    monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "2")
+    assert coordinator.flwr_env()["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "2"
