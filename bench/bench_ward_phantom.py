@@ -15,9 +15,11 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,9 +37,13 @@ from semiofed.phantom.semiology import plan_seizure, sample_traits  # noqa: E402
 from semiofed.phantom.ward import WARD_SIZE, ward_scene  # noqa: E402
 
 FPS = 30.0
-CONDITIONS = [("ward_supine", "IR night", True, False), ("ward_supine", "IR night, nurse", True, True),
-              ("ward_side", "IR night (curled on the side)", True, False), ("ward_supine", "day", False, False),
-              ("ward_side", "day (curled on the side)", False, False)]
+# (scene, condition, IR night, nurse, greyscale): the greyscale daylight rows are the daylight scenes with the colour
+# taken away (a monochrome camera in daylight): they separate what the loss of colour costs from darkness and noise
+CONDITIONS = [("ward_supine", "IR night", True, False, False), ("ward_supine", "IR night, nurse", True, True, False),
+              ("ward_side", "IR night (curled on the side)", True, False, False),
+              ("ward_supine", "day", False, False, False), ("ward_side", "day (curled on the side)", False, False, False),
+              ("ward_supine", "day, greyscale", False, False, True),
+              ("ward_side", "day, greyscale (curled on the side)", False, False, True)]
 
 
 def episode(kind: str, seed: int, seconds: float, ir: bool, nurse: bool) -> EpisodeSpec:
@@ -48,6 +54,13 @@ def episode(kind: str, seed: int, seconds: float, ir: bool, nurse: bool) -> Epis
     plan = plan_seizure(traits, label, (seconds, seconds), rng)
     scene = ward_scene(kind, rng, ir_night=ir, nurse_s=1.0 if nurse else None)
     return EpisodeSpec("P001", "P001-S1", body, traits, replace(plan, video_s=seconds), scene, FPS, seed)
+
+
+def greyscale(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The renderer's BGR frames with their colour taken away: the Rec. 601 luminance in all three channels."""
+    for frame in frames:
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        yield np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def pose_in_pixels(arrays: dict[str, np.ndarray], times: np.ndarray, n_frames: int) -> PoseResult:
@@ -76,14 +89,15 @@ def main() -> None:
             "enhancement / region (on) | x real time (on, pose only) |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, name, ir, nurse in CONDITIONS:
+        for kind, name, ir, nurse, grey in CONDITIONS:
             rates: dict[str, list[float]] = {"off": [], "on": []}
             nme, pck, views, speed = [], [], [], []
             for clip in range(args.clips):
                 spec = episode(kind, 300 + clip, args.seconds, ir, nurse)
                 ep = simulate(spec)
                 path = Path(tmp) / "ward.mp4"
-                write_mp4(path, Renderer(ep).frames(), spec.fps, spec.size, spec.scene.crf)
+                frames = Renderer(ep).frames()
+                write_mp4(path, greyscale(frames) if grey else frames, spec.fps, spec.size, spec.scene.crf)
                 for label, config in configs.items():
                     with Deidentifier(config) as deidentifier:
                         start = time.perf_counter()
