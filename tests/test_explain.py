@@ -143,6 +143,35 @@ def test_movement_onset_of_a_real_tracked_seizure_is_found_near_the_truth(left_c
     assert js["generalization_s"] is None and js["segments"][0]["phase"] == INTERICTAL
 
 
+def test_the_tonic_phase_of_a_real_tracked_generalised_seizure_is_found_before_the_clonic_jerks(tmp_path, model_dir) -> None:
+    from semiofed.client.deid.prepare import deidentify_video
+    from semiofed.phantom.dataset import GenerateConfig, plan_dataset, render_video
+    from semiofed.phantom.semiology import TCS
+
+    config = GenerateConfig(sites=1, patients=1, seizures_per_patient=(1, 1), seed=12, duration_s=(10.0, 10.5))
+    (planned,) = plan_dataset(config)[1]
+    spec = planned.spec
+    # focal arm jerks 2-5 s, tonic stiffening 5-10 s, clonic jerks 10-17 s, postictal to 19 s
+    plan = SeizurePlan(TCS, 19.0, 2.0, 17.0, 5.0, (Phase("clonic_arm", 2.0, 5.0, "left"), Phase("tonic", 5.0, 10.0, None),
+                                                   Phase("clonic", 10.0, 17.0, None), Phase("postictal", 17.0, 19.0, None)))
+    scene = replace(spec.scene, nurse_s=None, light_change_s=None)
+    planned = replace(planned, spec=replace(spec, traits=replace(spec.traits, side="left", amplitude=1.2, fidget=0.3),
+                                            plan=plan, scene=scene))
+    render_video(planned, tmp_path)
+    video = tmp_path / planned.site / planned.relpath
+    truth = json.loads((video.parent.parent / "truth" / (video.stem + ".json")).read_text())
+    record = deidentify_video(video, model_dir=model_dir, streams=("pose",))
+    evolution = estimate_evolution(replace(record, label=TCS, onset_s=2.0, offset_s=17.0), generalised=True,
+                                   model_generalisation_s=5.0)
+    phases = np.asarray(evolution.phases)
+    want = np.asarray(truth_phases(evolution.times, truth))
+    tonic = phases == TONIC
+    assert tonic.any(), phases  # the stiffening is told from the jerks that follow
+    assert np.mean(want[tonic] == TONIC) >= 0.6  # and mostly where the truth has it
+    assert not (tonic & (evolution.times > 12.0)).any()  # never once the clonic phase is under way
+    assert (phases[(evolution.times > 12.0) & (evolution.times < 16.0)] == CLONIC).mean() > 0.7
+
+
 def test_truth_phases_follow_the_phantom_ground_truth() -> None:
     truth = {"onset_s": 2.0, "offset_s": 10.0, "generalization_s": 4.0,
              "phases": [{"name": "tonic", "start_s": 4.0, "end_s": 6.0}, {"name": "clonic", "start_s": 6.0, "end_s": 10.0}]}

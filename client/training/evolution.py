@@ -8,8 +8,10 @@ Two sources, each used for what it knows:
   there is none, the classifier's own estimate (the first run of snippets
   with P(TCS) >= 1/2, client/training/predict.py) stands in.
 - After generalisation a window is tonic while the arms are held out and
-  still (the `tonic_hold` descriptor) and clonic otherwise, in that order (no
-  tonic once the clonic phase has begun); after the offset of a generalised
+  still (the `tonic_hold` descriptor) or their movement is a slow change of
+  posture rather than jerks (`arm_freq` below TONIC_SLOW_HZ,
+  common/records/activity.py), and clonic otherwise, in that order (no tonic
+  once the clonic phase has begun); after the offset of a generalised
   seizure the patient is postictal.
 
 Phases, in the order a clinician reads them: interictal (before onset, or after
