@@ -23,16 +23,13 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ward_phantom import FPS, episode, greyscale  # noqa: E402
+from bench_ward_phantom import FPS, render_clip  # noqa: E402
 from report import write_section  # noqa: E402
 
 from semiofed.client.deid.exposure import ContrastMap, measure  # noqa: E402
 from semiofed.client.deid.patient_search import unturn  # noqa: E402
 from semiofed.client.deid.rotation import ROTATIONS, PoseProbe, rotate  # noqa: E402
 from semiofed.phantom.detect import PoseResult, keypoint_error  # noqa: E402
-from semiofed.phantom.encode import write_mp4  # noqa: E402
-from semiofed.phantom.episode import simulate  # noqa: E402
-from semiofed.phantom.render import Renderer  # noqa: E402
 
 THRESHOLDS = (0.5, 0.3, 0.15)
 SECONDS = 6.0
@@ -67,11 +64,8 @@ def remedies(crop: np.ndarray) -> dict[str, np.ndarray]:
 
 def render(kind: str, ir: bool, grey: bool, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(decoded RGB frames [T, 1080, 1920, 3], ground-truth pose landmarks [T, 33, 2] in pixels) of one ward clip."""
-    spec = episode(kind, 300, SECONDS, ir, False)
-    ep = simulate(spec)
     path = folder / f"{kind}-{ir}-{grey}.mp4"
-    frames = Renderer(ep).frames()
-    write_mp4(path, greyscale(frames) if grey else frames, spec.fps, spec.size, spec.scene.crf)
+    ep = render_clip(path, kind, 300, SECONDS, ir, False, grey)
     with av.open(str(path)) as container:
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     return decoded, np.asarray(ep.joints_2d)

@@ -31,7 +31,7 @@ from semiofed.common.records import schema as rec  # noqa: E402
 from semiofed.phantom.body import sample_anthropometry  # noqa: E402
 from semiofed.phantom.detect import PoseResult, keypoint_error  # noqa: E402
 from semiofed.phantom.encode import write_mp4  # noqa: E402
-from semiofed.phantom.episode import EpisodeSpec, simulate  # noqa: E402
+from semiofed.phantom.episode import Episode, EpisodeSpec, simulate  # noqa: E402
 from semiofed.phantom.render import Renderer  # noqa: E402
 from semiofed.phantom.semiology import plan_seizure, sample_traits  # noqa: E402
 from semiofed.phantom.ward import WARD_SIZE, ward_scene  # noqa: E402
@@ -61,6 +61,15 @@ def greyscale(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     for frame in frames:
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         yield np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def render_clip(path: Path, kind: str, seed: int, seconds: float, ir: bool, nurse: bool, grey: bool) -> Episode:
+    """Render one ward clip of `episode` to an H.264 file at `path` (its colour taken away if `grey`); its episode."""
+    spec = episode(kind, seed, seconds, ir, nurse)
+    ep = simulate(spec)
+    frames = Renderer(ep).frames()
+    write_mp4(path, greyscale(frames) if grey else frames, spec.fps, spec.size, spec.scene.crf)
+    return ep
 
 
 def pose_in_pixels(arrays: dict[str, np.ndarray], times: np.ndarray, n_frames: int) -> PoseResult:
@@ -93,11 +102,8 @@ def main() -> None:
             rates: dict[str, list[float]] = {"off": [], "on": []}
             nme, pck, views, speed = [], [], [], []
             for clip in range(args.clips):
-                spec = episode(kind, 300 + clip, args.seconds, ir, nurse)
-                ep = simulate(spec)
                 path = Path(tmp) / "ward.mp4"
-                frames = Renderer(ep).frames()
-                write_mp4(path, greyscale(frames) if grey else frames, spec.fps, spec.size, spec.scene.crf)
+                ep = render_clip(path, kind, 300 + clip, args.seconds, ir, nurse, grey)
                 for label, config in configs.items():
                     with Deidentifier(config) as deidentifier:
                         start = time.perf_counter()

@@ -33,26 +33,32 @@ from semiofed.phantom.semiology import FOS, HYPERMOTOR, PNES, Phase, SeizurePlan
 SEIZING = "left"
 
 
-@pytest.fixture(scope="module")
-def left_clonic(tmp_path_factory, model_dir) -> tuple[SeizureRecord, dict]:
-    """A phantom focal seizure with clonic jerks of the LEFT arm (3-13 s of 15 s), through the real pose pipeline."""
+def tracked_phantom(out: Path, model_dir: Path, seed: int, plan: SeizurePlan, side: str) -> tuple[SeizureRecord, dict]:
+    """A phantom seizure of `plan` (its patient seizing on `side`) rendered into `out` and run through the real pose
+    pipeline: the record with the plan's label and clinical times, and the truth JSON."""
     from semiofed.client.deid.prepare import deidentify_video
     from semiofed.phantom.dataset import GenerateConfig, plan_dataset, render_video
 
-    config = GenerateConfig(sites=1, patients=1, seizures_per_patient=(1, 1), seed=11, duration_s=(10.0, 10.5))
+    config = GenerateConfig(sites=1, patients=1, seizures_per_patient=(1, 1), seed=seed, duration_s=(10.0, 10.5))
     (planned,) = plan_dataset(config)[1]
     spec = planned.spec
-    traits = replace(spec.traits, side=SEIZING, amplitude=1.2, fidget=0.3)
-    plan = SeizurePlan(FOS, 15.0, 3.0, 13.0, None, (Phase("clonic_arm", 3.0, 13.0, SEIZING),))
+    traits = replace(spec.traits, side=side, amplitude=1.2, fidget=0.3)
     scene = replace(spec.scene, nurse_s=None, light_change_s=None)
     planned = replace(planned, spec=replace(spec, traits=traits, plan=plan, scene=scene))
-    out = tmp_path_factory.mktemp("phantom")
     render_video(planned, out)
     video = out / planned.site / planned.relpath
     truth = json.loads((video.parent.parent / "truth" / (video.stem + ".json")).read_text())
     record = deidentify_video(video, model_dir=model_dir, streams=("pose",))
+    return replace(record, label=plan.label, onset_s=plan.onset_s, offset_s=plan.offset_s), truth
+
+
+@pytest.fixture(scope="module")
+def left_clonic(tmp_path_factory, model_dir) -> tuple[SeizureRecord, dict]:
+    """A phantom focal seizure with clonic jerks of the LEFT arm (3-13 s of 15 s), through the real pose pipeline."""
+    plan = SeizurePlan(FOS, 15.0, 3.0, 13.0, None, (Phase("clonic_arm", 3.0, 13.0, SEIZING),))
+    record, truth = tracked_phantom(tmp_path_factory.mktemp("phantom"), model_dir, 11, plan, SEIZING)
     assert record.detection_rate["pose"] > 0.8
-    return replace(record, label=FOS, onset_s=3.0, offset_s=13.0), truth
+    return record, truth
 
 
 def _arm_energy_model(tmp_path: Path, weight: float = 3.0) -> Path:
@@ -144,25 +150,13 @@ def test_movement_onset_of_a_real_tracked_seizure_is_found_near_the_truth(left_c
 
 
 def test_the_tonic_phase_of_a_real_tracked_generalised_seizure_is_found_before_the_clonic_jerks(tmp_path, model_dir) -> None:
-    from semiofed.client.deid.prepare import deidentify_video
-    from semiofed.phantom.dataset import GenerateConfig, plan_dataset, render_video
     from semiofed.phantom.semiology import TCS
 
-    config = GenerateConfig(sites=1, patients=1, seizures_per_patient=(1, 1), seed=12, duration_s=(10.0, 10.5))
-    (planned,) = plan_dataset(config)[1]
-    spec = planned.spec
     # focal arm jerks 2-5 s, tonic stiffening 5-10 s, clonic jerks 10-17 s, postictal to 19 s
     plan = SeizurePlan(TCS, 19.0, 2.0, 17.0, 5.0, (Phase("clonic_arm", 2.0, 5.0, "left"), Phase("tonic", 5.0, 10.0, None),
                                                    Phase("clonic", 10.0, 17.0, None), Phase("postictal", 17.0, 19.0, None)))
-    scene = replace(spec.scene, nurse_s=None, light_change_s=None)
-    planned = replace(planned, spec=replace(spec, traits=replace(spec.traits, side="left", amplitude=1.2, fidget=0.3),
-                                            plan=plan, scene=scene))
-    render_video(planned, tmp_path)
-    video = tmp_path / planned.site / planned.relpath
-    truth = json.loads((video.parent.parent / "truth" / (video.stem + ".json")).read_text())
-    record = deidentify_video(video, model_dir=model_dir, streams=("pose",))
-    evolution = estimate_evolution(replace(record, label=TCS, onset_s=2.0, offset_s=17.0), generalised=True,
-                                   model_generalisation_s=5.0)
+    record, truth = tracked_phantom(tmp_path, model_dir, 12, plan, "left")
+    evolution = estimate_evolution(record, generalised=True, model_generalisation_s=5.0)
     phases = np.asarray(evolution.phases)
     want = np.asarray(truth_phases(evolution.times, truth))
     tonic = phases == TONIC
