@@ -15,10 +15,9 @@ import json
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -106,34 +105,71 @@ def release_epsilon(run: "PlannedRun", delta: float) -> float:
     return _epsilon_of([(run.noise_multiplier, run.sample_rate, run.steps)], delta)
 
 
-@functools.lru_cache(maxsize=1024)
-def _rdp_of(sigma: float, q: float, steps: int) -> np.ndarray:
-    """Opacus' RDP of `steps` sampled Gaussian steps at its default orders (cached: a noise search asks for the same
-    history at every candidate, and at q < 1 each costs Opacus a pure-Python series per order)."""
-    with _quiet_opacus_import():
-        from opacus.accountants import RDPAccountant
-        from opacus.accountants.analysis import rdp as rdp_analysis
-    rdp = np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps,
-                                              orders=RDPAccountant.DEFAULT_ALPHAS), dtype=np.float64)
-    rdp.setflags(write=False)  # shared by every caller of the cache
-    return rdp
+def least_sigma(epsilon: Callable[[float], float], target: float, *, floor: float, start: float = 1.0,
+                tolerance: float = 0.02, ceiling: float = 1e4) -> tuple[float, int]:
+    """The least sigma >= `floor` with epsilon(sigma) <= target, to within `tolerance` of itself, for an epsilon
+    that falls as sigma grows; returns (sigma, evaluations).
 
+    Each evaluation is a PRV convolution (0.3-1 s), so the search is a secant search on log epsilon against log
+    sigma, where the curve is close to a line (epsilon ~ 1/sigma for many subsampled Gaussian steps), inside a
+    bracket [an infeasible sigma, a feasible one] once it has one (regula falsi, Illinois variant). Every candidate
+    is clamped so that it either ends the search (it lands within `tolerance` of the bracket's other end) or
+    shrinks the bracket by at least that much; the answer is always a sigma that was evaluated and found feasible."""
+    evaluations = 0
 
-def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    """RDP epsilon: looser than PRV (an upper bound on it), but analytic and fast; used to bracket searches. RDP
-    composes by adding per order, so each (sigma, q, steps) is computed once (`_rdp_of`); the conversion to epsilon
-    is Opacus' RDPAccountant's own (`get_privacy_spent` at its default orders)."""
-    merged = _merged(history)
-    if not merged:
-        return 0.0
-    with _quiet_opacus_import():
-        from opacus.accountants import RDPAccountant
-        from opacus.accountants.analysis import rdp as rdp_analysis
-    rdp = sum(_rdp_of(float(sigma), float(q), int(n)) for sigma, q, n in merged)
-    with warnings.catch_warnings():  # "optimal order is the largest alpha": fine for a bracket
-        warnings.simplefilter("ignore", UserWarning)
-        epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
-    return float(epsilon)
+    def log_excess(sigma: float) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        try:
+            value = float(epsilon(sigma))
+        except (ArithmeticError, ValueError, RuntimeError):  # the accountant's own failure at an extreme sigma
+            value = math.inf
+        return math.log(value / target) if 0 < value < math.inf else (math.inf if value > 0 else -math.inf)
+
+    floor = float(floor)
+    sigma = max(float(start), floor)
+    points: list[tuple[float, float]] = []  # (log sigma, log epsilon/target) of every evaluation, in order
+    low: tuple[float, float] | None = None  # the largest infeasible sigma so far
+    high: tuple[float, float] | None = None  # the least feasible sigma so far
+    side = 0  # which end the last evaluation replaced (Illinois: halve the other end's value after two in a row)
+    while True:
+        value = log_excess(sigma)
+        point = (math.log(sigma), value)
+        points.append(point)
+        if value <= 0:
+            high = point
+            if side == 1 and low is not None:
+                low = (low[0], low[1] / 2)
+            side = 1
+            if sigma <= floor * (1 + 1e-12):
+                return floor, evaluations
+        else:
+            low = point
+            if side == -1 and high is not None:
+                high = (high[0], high[1] / 2)
+            side = -1
+        if high is not None and low is not None and math.exp(high[0]) - math.exp(low[0]) <= tolerance * math.exp(high[0]):
+            return math.exp(high[0]), evaluations
+        if evaluations >= 60:
+            raise PrivacyBudgetError(f"the noise search for epsilon {target:g} did not settle", "train fewer steps")
+        if high is not None and low is not None:  # regula falsi between the bracket's ends
+            a, b = low, high
+            guess = a[0] - a[1] * (b[0] - a[0]) / (b[1] - a[1]) if math.isfinite(a[1]) and a[1] != b[1] else (a[0] + b[0]) / 2
+            lowest = low[0] - math.log(1 - 0.99 * tolerance)  # feasible here: the search ends
+            highest = high[0] + math.log(1 - 0.99 * tolerance)  # infeasible here: the search ends
+            sigma = math.exp(min(max(guess, lowest), highest))
+            continue
+        # one side only: step along the curve's slope (the last two points', else epsilon ~ 1/sigma), at most 4x
+        slope = -1.0
+        if len(points) >= 2 and all(math.isfinite(p[1]) for p in points[-2:]) and points[-1][0] != points[-2][0]:
+            slope = min(-0.3, max(-10.0, (points[-1][1] - points[-2][1]) / (points[-1][0] - points[-2][0])))
+        step = -point[1] / slope if math.isfinite(point[1]) else math.log(4.0)
+        if high is not None:  # feasible so far: go down, by at least the tolerance
+            sigma = max(floor, math.exp(point[0] + max(-math.log(4.0), min(step, math.log(1 - 0.99 * tolerance)))))
+        else:  # infeasible so far: go up
+            sigma = math.exp(point[0] + min(math.log(4.0), max(step, -math.log(1 - 0.99 * tolerance))))
+            if sigma > ceiling:
+                raise PrivacyBudgetError(f"no noise multiplier up to {ceiling:g} reaches epsilon {target:g}", "train fewer steps")
 
 
 def pld_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -301,26 +337,11 @@ class SiteAccountant:
                 f"epsilon target {target:g} is not above the {spent:.3f} already spent (maximum {self.policy.max_epsilon:g})",
                 "nothing is left to spend at this target; choose a larger --epsilon within the site's maximum",
             )
-        # RDP over-states epsilon, so its sigma is feasible for PRV: bracket with it, refine with PRV.
-        high = max(self.policy.min_noise_multiplier, 0.3)
-        while high < 100 and _rdp_epsilon(self.history + [(high, sample_rate, steps)], self.delta) > target:
-            high *= 1.25
-        if high >= 100:  # RDP alone cannot get there (a loose history): search with PRV
-            high = max(self.policy.min_noise_multiplier, 0.5)
-            while self.projected_epsilon(PlannedRun(high, sample_rate, steps)) > target:
-                high *= 2
-                if high > 1e4:
-                    raise PrivacyBudgetError(f"no noise multiplier reaches epsilon {target:g}", "train fewer steps")
-        low = 0.6 * high
-        if self.projected_epsilon(PlannedRun(low, sample_rate, steps)) <= target:
-            high, low = low, 0.0
-        while high - low > tolerance * high:
-            mid = (low + high) / 2
-            if mid > 0 and self.projected_epsilon(PlannedRun(mid, sample_rate, steps)) <= target:
-                high = mid
-            else:
-                low = mid
-        return max(high, self.policy.min_noise_multiplier)
+        sigma, evaluations = least_sigma(
+            lambda sigma: self.projected_epsilon(PlannedRun(sigma, sample_rate, steps)), target,
+            floor=self.policy.min_noise_multiplier, start=max(self.policy.min_noise_multiplier, 1.0), tolerance=tolerance)
+        log.debug("noise search: sigma %.4f for epsilon %.4f after %d PRV evaluations", sigma, target, evaluations)
+        return sigma
 
     @contextlib.contextmanager
     def run(self, planned: PlannedRun, *, note: str = "") -> Iterator["SiteAccountant"]:
