@@ -55,6 +55,9 @@ class Manager:
     def all(self) -> dict[str, ClientProxy]:
         return dict(self.proxies)
 
+    def num_available(self) -> int:
+        return len(self.proxies)
+
 
 def _head(site) -> str:
     key = load_site_private_key(site.layout.private_key)
@@ -186,3 +189,31 @@ def test_a_site_that_declines_inside_a_round_or_shows_a_bad_head_leaves_the_run(
     # neither is evaluated: hospital_b did not train, hospital_c's ledger cannot be trusted
     assert [p.cid for p, _ in strategy.configure_evaluate(1, params, manager)] == ["1"]
     assert [p.cid for p, _ in strategy.configure_fit(2, params, manager)] == ["1"]
+
+
+def test_a_run_sees_sites_that_are_online_without_waiting_for_flowers_node_refresh():
+    """Flower's legacy workflow lists connected nodes in a thread that first looks after 5 s; `wait_for` asks nobody,
+    so on its own it reports no site for those 5 s. The strategy's wait asks the grid at once: right after the
+    thread has started, Flower's wait_for sees no site, the strategy's sees all three."""
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.compat.app_utils import start_update_client_manager_thread
+
+    from semiofed.server.federation.strategy import wait_for_sites
+
+    class Grid:
+        class run:  # noqa: N801 - Flower reads grid.run.run_id
+            run_id = 7
+
+        def get_node_ids(self):  # noqa: ANN201
+            return [11, 12, 13]
+
+    manager = SimpleClientManager()
+    thread, stop, ready = start_update_client_manager_thread(Grid(), manager)
+    try:
+        ready.wait()  # the thread now sleeps 5 s before its first look
+        assert manager.wait_for(3, timeout=0) is False  # what configure_fit relied on: nobody has refreshed the list
+        assert wait_for_sites(manager, 3, timeout=0.0) == 3
+        assert sorted(manager.all()) == ["11", "12", "13"]
+    finally:
+        stop.set()
+        thread.join()

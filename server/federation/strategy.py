@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -65,6 +66,23 @@ def build_inner_strategy(config: FederationConfig, initial: Parameters) -> Strat
     if config.strategy == STRATEGY_FEDADAM:
         return FedAdam(eta=config.server_lr, **common)
     return FedAvg(**common)
+
+
+SITES_POLL_S = 0.2
+
+
+def wait_for_sites(client_manager: ClientManager, count: int, *, timeout: float, poll_s: float = SITES_POLL_S) -> int:
+    """Wait until `count` sites are connected, or `timeout` s; returns how many are.
+
+    Flower's legacy workflow learns of connected nodes in a thread that first looks after 5 s (and every 5 s after),
+    or whenever `num_available`, `all` or `sample` is called; its `wait_for` calls none of them, so a run's first
+    round waited 5 s for sites that were online all along. Asking `num_available` refreshes the list at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        available = client_manager.num_available()
+        if available >= count or time.monotonic() >= deadline:
+            return available
+        time.sleep(poll_s)
 
 
 class HeadVerifier:
@@ -128,7 +146,7 @@ class SiteAwareStrategy(Strategy):
         """The sites that train this round. Each site is asked its budget once per run, when it is first seen: a site
         chooses its noise for the whole run at its first round, so what it can afford does not change within the run;
         a site whose budget or policy says no later declines inside the round, and it is dropped from the run."""
-        client_manager.wait_for(self.config.min_sites, timeout=int(self.config.round_timeout))
+        wait_for_sites(client_manager, self.config.min_sites, timeout=self.config.round_timeout)
         proxies = list(client_manager.all().values())
         new = [p for p in proxies if p.cid not in self.admitted]
         budget, declined = self._admit(new, server_round)
