@@ -228,6 +228,11 @@ def warm_up() -> None:
         from semiofed.common.privacy.accountant import load_accountants
 
         load_accountants()
+        import torch
+
+        probe = [torch.nn.Parameter(torch.zeros(1))]
+        torch.optim.Adam(probe)  # an optimizer's first construction imports torch._dynamo: 1-2 s of the first fit
+        torch.optim.SGD(probe, lr=0.1)
     except Exception as exc:  # pylint: disable=broad-exception-caught - the first task imports them again, and says why
         log.warning("could not import the training code ahead of the first message: %s", exc)
 
