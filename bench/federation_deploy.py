@@ -6,7 +6,6 @@ process needs, since the deployment starts one per message.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -72,19 +71,15 @@ def deployment_run(sites_dir: Path, config: dict[str, Any], timeout: float, supe
 
 
 def wait_online(coordinator: Any, n: int, *, timeout: float) -> int:
-    """Wait until `flwr supernode list` shows `n` SuperNodes online (or `timeout` s); how many were."""
+    """Wait until the SuperLink lists `n` SuperNodes online (or `timeout` s); how many were."""
     deadline = time.monotonic() + timeout
     online = 0
-    while time.monotonic() < deadline:
-        result = coordinator._flwr(["supernode", "list", "semiofed", "--format", "json"])
-        try:
-            nodes = json.loads(result.stdout[result.stdout.index("{"):]).get("nodes", [])
-        except ValueError:
-            nodes = []
-        online = sum(1 for node in nodes if str(node.get("status", "")).lower() == "online")
-        if online >= n:
-            return online
-        time.sleep(0.5)
+    with coordinator.control() as control:
+        while time.monotonic() < deadline:
+            online = sum(1 for status in control.node_status().values() if status.lower() == "online")
+            if online >= n:
+                return online
+            time.sleep(0.25)
     return online
 
 

@@ -24,7 +24,6 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,6 +34,7 @@ from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.files import make_private_dir, write_bytes_atomic, write_json_atomic
 from semiofed.common.privacy.keys import load_public_key, public_key_fingerprint
 from semiofed.common.version import semiofed_version
+from semiofed.server.control_client import ControlApiError, ControlClient
 from semiofed.server.certificates import DEFAULT_SANS, TlsFiles, make_ca, make_server_certificate
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ class CoordinatorError(SemiofedError):
 
 SUPERLINK_STATES = ("database", "memory")
 SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.25"  # loopback asks, 4 a second
-REGISTER_CONCURRENCY = 4  # `flwr supernode register` commands at once
 FLOWER_IN_MEMORY = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME: Flower's Python in-memory state
 
 
@@ -234,24 +233,24 @@ class Coordinator:
         return subprocess.run([processes.flower_bin("flwr"), *args], env=env or self.flwr_env(), cwd=self.root,
                               capture_output=True, text=True, timeout=timeout)
 
+    def control(self) -> ControlClient:
+        """A client of the running SuperLink's Control API (loopback), in this process."""
+        return ControlClient(f"{LOOPBACK}:{self.state().superlink_port}", self.tls.ca_certificate)
+
     def register_pending(self) -> dict[str, str]:
-        """Register every enrolled key the SuperLink does not know yet (`flwr supernode register`); the sites it took
+        """Register every enrolled key the SuperLink does not know yet (Control API RegisterNode); the sites it took
         are kept even when it refuses one."""
         state = self.state()
         names = sorted(set(state.enrolled) - set(state.registered))
-        env = self.flwr_env()
-        # one `flwr` command per site, side by side: each is a fresh Python importing Flower (1-2 s)
-        with ThreadPoolExecutor(max(1, min(len(names), REGISTER_CONCURRENCY))) as pool:
-            results = list(pool.map(lambda name: self._flwr(["supernode", "register", str(self.sites_dir / f"{name}.pub"),
-                                                             CONNECTION, "--format", "json"], env=env), names))
         refused = []
-        for name, result in zip(names, results):
-            answer = _last_json(result.stdout)
-            if result.returncode != 0 or not answer.get("success"):
-                refused.append((name, (result.stdout + result.stderr).strip()[-400:]))
-                continue
-            state.registered[name] = str(answer.get("node-id", ""))
-            log.info("registered site %s as node %s", name, state.registered[name])
+        with self.control() as control:
+            for name in names:
+                try:
+                    state.registered[name] = control.register(self.sites_dir / f"{name}.pub")
+                except ControlApiError as exc:
+                    refused.append((name, exc.what))
+                    continue
+                log.info("registered site %s as node %s", name, state.registered[name])
         self.save_state(state)
         if refused:
             name, why = refused[0]
@@ -259,24 +258,28 @@ class Coordinator:
                                    "check that the key is an ECDSA P-384 key in OpenSSH format and not registered twice")
         return state.registered
 
-    def site_status(self) -> dict[str, str]:
-        """Each registered site's node status on the running SuperLink (online, offline, ...), from `flwr supernode ls`."""
-        result = self._flwr(["supernode", "ls", CONNECTION, "--format", "json"])
-        answer = _last_json(result.stdout)
-        if result.returncode != 0 or not answer.get("success"):
-            raise CoordinatorError(f"the SuperLink did not list its sites: {(result.stdout + result.stderr).strip()[-400:]}",
-                                   "start it with `semiofed coordinator start` and read its log")
-        by_node = {str(n.get("node-id")): str(n.get("status")) for n in answer.get("nodes", [])}
+    def site_status(self, control: ControlClient | None = None) -> dict[str, str]:
+        """Each registered site's node status on the running SuperLink (online, offline, ...)."""
+        try:
+            if control is not None:
+                by_node = control.node_status()
+            else:
+                with self.control() as fresh:
+                    by_node = fresh.node_status()
+        except ControlApiError as exc:
+            raise CoordinatorError(f"the SuperLink did not list its sites: {exc.what}",
+                                   "start it with `semiofed coordinator start` and read its log") from None
         return {name: by_node.get(node_id, "unknown") for name, node_id in sorted(self.state().registered.items())}
 
-    def wait_for_sites(self, count: int, *, timeout: float = 120.0, poll: float = 0.5) -> dict[str, str]:
+    def wait_for_sites(self, count: int, *, timeout: float = 120.0, poll: float = 0.25) -> dict[str, str]:
         """Wait until at least `count` sites are online (after a restart, SuperNodes reconnect with a back-off)."""
         deadline = time.monotonic() + timeout
-        while True:
-            status = self.site_status()
-            if sum(v == "online" for v in status.values()) >= count or time.monotonic() > deadline:
-                return status
-            time.sleep(poll)
+        with self.control() as control:
+            while True:
+                status = self.site_status(control)
+                if sum(v == "online" for v in status.values()) >= count or time.monotonic() > deadline:
+                    return status
+                time.sleep(poll)
 
     # --- runs ----------------------------------------------------------------
     def write_app(self, config: FederationConfig) -> Path:
@@ -378,18 +381,3 @@ def _client_host(host: str) -> str:
 
 def _pep440(version: str) -> str:
     return version.split("+")[0] or "0"
-
-
-def _last_json(text: str) -> dict[str, Any]:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    start = text.find("{")
-    try:
-        return json.loads(text[start:]) if start >= 0 else {}
-    except ValueError:
-        return {}
