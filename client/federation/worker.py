@@ -92,8 +92,10 @@ def _retry_invoker() -> Any:
     return RetryInvoker(lambda: exponential(max_delay=2.0), httpx.TransportError, max_tries=6, max_time=30.0)
 
 
-def wait_for_notice(fd: int, timeout: float) -> bool:
-    """Wait up to `timeout` s for the SuperNode's byte on `fd`; drain what is there; True if one came."""
+def wait_for_notice(fd: int, timeout: float, stop: threading.Event | None = None) -> bool:
+    """Wait up to `timeout` s for the SuperNode's byte on `fd`; drain what is there; True if one came. When the
+    SuperNode has closed its end it waits out `timeout` (on `stop`, which its exit or a SIGTERM sets, so a stopping
+    worker does not sleep a second first)."""
     ready, _, _ = select.select([fd], [], [], timeout)
     if not ready:
         return False
@@ -104,7 +106,10 @@ def wait_for_notice(fd: int, timeout: float) -> bool:
     except BlockingIOError:
         pass
     if not data:  # the SuperNode closed its end: it is stopping (the worker stops with it)
-        time.sleep(timeout)
+        if stop is not None:
+            stop.wait(timeout)
+        else:
+            time.sleep(timeout)
     return bool(data)
 
 
@@ -149,7 +154,7 @@ class SiteWorker:
                 elif notices is None:
                     stop.wait(self.poll_s)
                 else:
-                    wait_for_notice(notices, IDLE_POLL_S)
+                    wait_for_notice(notices, IDLE_POLL_S, stop)
         finally:
             client.close()
 
@@ -323,5 +328,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: with torch, Opacus and Flower loaded it took 0.7 s alone and 1.5-2 s
+    for 3 sites stopping together on 2 cores. The worker holds nothing to finish by then (a task's files are written
+    atomically as it runs, and its SuperNode has stopped); its log and output are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
