@@ -2,8 +2,8 @@
 
 Hospitals: phantom videos -> `site prepare` (real MediaPipe pose, what the
 default model reads) -> local DP baseline. Coordinator: a real local deployment (CA, enrolled site keys,
-SuperLink with TLS and a database, one SuperNode per site, SecAgg+) or
-Flower's simulation engine. Then the comparison: local-only (DP) vs federated
+SuperLink with TLS and in-memory state, one site worker and SuperNode per site, started while the reference
+seizures are prepared, SecAgg+) or Flower's simulation engine. Then the comparison: local-only (DP) vs federated
 (DP) vs centralised (pooled, NOT private: what the federation tries to
 approach), evaluated on the same held-out patients of every site; every
 site's ledger audited; report.json and report.html written.
@@ -11,12 +11,13 @@ site's ledger audited; report.json and report.html written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 import numpy as np
 
@@ -247,8 +248,10 @@ def centralised_baseline(tasks: list[Any], fed: FederationConfig, reference: lis
     return evaluate_everywhere(model, temperature, tasks, fed.n_segments) | {"calibration": calibration}, model
 
 
-def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, on_line: Callable[[str], None]) -> dict[str, Any]:
-    """The federated DP run with SecAgg+: a real local deployment (default) or Flower's simulation engine."""
+def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, on_line: Callable[[str], None],
+             deployment: Any = None) -> dict[str, Any]:
+    """The federated DP run with SecAgg+: a real local deployment (default; `deployment` when it was started ahead,
+    see run_demo) or Flower's simulation engine. The deployment is stopped at the end either way."""
     from semiofed.common.version import semiofed_version
     from semiofed.server.run_log import read_run
 
@@ -259,27 +262,13 @@ def federate(config: DemoConfig, site_dirs: list[Path], fed: FederationConfig, o
         final = simulate(sites_root, replace(fed, checkpoints_dir=str((config.out / "federation").resolve()),
                                              semiofed_version=semiofed_version()), on_line=on_line)
         return read_run(final.parent)
-    from semiofed.client.federation import supernode
-    from semiofed.client.site import open_site
-    from semiofed.common.federation.processes import free_port
-    from semiofed.server.coordinator import Coordinator
+    from semiofed.server.local_deployment import LocalDeployment
 
-    coordinator = Coordinator(config.out / "coordinator")
-    if not (coordinator.root / "coordinator.json").exists():
-        coordinator.init(port=free_port(), superlink_state="memory")  # a fresh coordinator per demo: nothing to keep
-    sites = [open_site(d) for d in site_dirs]
-    for site in sites:
-        if site.site_id not in coordinator.state().enrolled:
-            coordinator.enroll(site.layout.public_key, name=site.site_id)
+    deployment = deployment or LocalDeployment(config.out / "coordinator", site_dirs)
     try:
-        coordinator.start(port=free_port())
-        for site in sites:
-            supernode.join(site.layout.root, superlink=f"127.0.0.1:{coordinator.state().port}",
-                           ca=coordinator.tls.ca_certificate, clientapp_port=free_port(), background=True)
-        return coordinator.run(fed, on_line=on_line)
+        return deployment.run(fed, on_line=on_line)
     finally:
-        supernode.leave_all([site.layout.root for site in sites])
-        coordinator.stop()
+        deployment.stop()
 
 
 def audit_sites(site_dirs: list[Path]) -> dict[str, Any]:
@@ -353,6 +342,17 @@ def clinician_view(checkpoint_dir: Path, tasks: list[Any], out: Path | None = No
             "page": None if page is None else page.name}
 
 
+@contextlib.contextmanager
+def _stopped_on_error(deployment: Any) -> Iterator[None]:
+    """Stop a deployment started ahead when a stage before the run fails (federate stops it otherwise)."""
+    try:
+        yield
+    except BaseException:
+        if deployment is not None:
+            deployment.stop()
+        raise
+
+
 def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], None] = lambda _l: None) -> dict[str, Any]:
     """The whole demo; returns the report data (also written to report.json and report.html)."""
     from semiofed.common.learning.checkpoint import CHECKPOINT_OWN_KEYS, load_checkpoint, save_checkpoint
@@ -373,22 +373,30 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
     site_dirs = [Path(p["site_dir"]) for p in prepared]
     fed = config.federation()
     tasks = site_tasks(site_dirs, fed)
-    reference = reference_seizures(config, fed, progress)
-    t = lap("reference", t)
-    local = local_baselines(site_dirs, fed, config.local_epsilon, progress)
-    local_pooled = pool_local_only(local, tasks, reference, fed.n_segments)
-    t = lap("local_baseline", t)
-    central, central_model = centralised_baseline(tasks, fed, reference, progress)
-    from semiofed.client.training.calibrate import reference_records
-    from semiofed.common.learning.unusual import fit_unusual_on_records
+    deployment = None
+    if config.mode == MODE_DEPLOY:  # the sites come up while the reference seizures are prepared, as a hospital's
+        from semiofed.server.local_deployment import LocalDeployment  # site services are up before a run
 
-    unusual = fit_unusual_on_records(reference_records(config.out / "reference-site", fed.labels)).to_json()
-    # the non-private upper reference, kept beside the federated model for bench/bench_explain.py's comparison
-    save_checkpoint(config.out / "centralised", central_model, {"temperature": 1.0, "calibration": central["calibration"],
-                                                                "unusual": unusual, "trained": "centralised, no DP"})
-    t = lap("centralised_baseline", t)
-    run = federate(config, site_dirs, fed, on_line)
+        deployment = LocalDeployment(config.out / "coordinator", site_dirs).start_in_background()
+    with _stopped_on_error(deployment):
+        reference = reference_seizures(config, fed, progress)
+        t = lap("reference", t)
+        local = local_baselines(site_dirs, fed, config.local_epsilon, progress)
+        local_pooled = pool_local_only(local, tasks, reference, fed.n_segments)
+        t = lap("local_baseline", t)
+        central, central_model = centralised_baseline(tasks, fed, reference, progress)
+        from semiofed.client.training.calibrate import reference_records
+        from semiofed.common.learning.unusual import fit_unusual_on_records
+
+        unusual = fit_unusual_on_records(reference_records(config.out / "reference-site", fed.labels)).to_json()
+        # the non-private upper reference, kept beside the federated model for bench/bench_explain.py's comparison
+        save_checkpoint(config.out / "centralised", central_model, {"temperature": 1.0, "calibration": central["calibration"],
+                                                                    "unusual": unusual, "trained": "centralised, no DP"})
+        t = lap("centralised_baseline", t)
+    run = federate(config, site_dirs, fed, on_line, deployment)
     t = lap("federation", t)
+    if deployment is not None and deployment.start_s is not None:  # overlapped with the stages above, not in them
+        timings["federation_start_overlapped"] = round(deployment.start_s, 1)
     if run.get("status") != "finished":
         from semiofed.common.errors import SemiofedError
 
