@@ -217,3 +217,32 @@ def test_a_run_sees_sites_that_are_online_without_waiting_for_flowers_node_refre
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_budget_asked_while_the_initial_model_is_built_admits_and_declines_as_in_round_1(tmp_path, federation):
+    """With build_inner, initialize_parameters asks the connected sites their budget while the initial model is
+    built; round 1 then asks nobody again, trains only the admitted site and books both answers to round 1."""
+    _, sites = federation
+    config = federation[0].config
+    asked: list[str] = []
+
+    class CountingSite(FakeSite):
+        def get_properties(self, ins, timeout, group_id):  # noqa: ANN001
+            asked.append(self.cid)
+            return super().get_properties(ins, timeout, group_id)
+
+    honest = CountingSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})
+    broke = CountingSite("2", {KEY_ACCEPTS: 0, KEY_SITE_ID: "hospital_b", KEY_LEDGER_HEAD: _head(sites["hospital_b"]),
+                               "decline_reason": "declined: budget spent"})
+    initial = ndarrays_to_parameters([np.ones(2, np.float32)])
+    strategy = SiteAwareStrategy(None, config, RunLog(tmp_path / "run2", run_id="r2", config={}), run_id="r2",
+                                 save_checkpoint=lambda *a: "", build_inner=lambda: build_inner_strategy(config, initial))
+    manager = Manager([honest, broke])
+    assert strategy.initialize_parameters(manager) is initial
+    assert sorted(asked) == ["1", "2"]
+    chosen = strategy.configure_fit(1, initial, manager)
+    assert [proxy.cid for proxy, _ in chosen] == ["1"] and sorted(asked) == ["1", "2"]  # nobody asked twice
+    first = strategy.run_log.data["rounds"][0]
+    assert first["round"] == 1 and set(first["budget"]) == {"hospital_a", "hospital_b"} and set(first["declined"]) == {"hospital_b"}
+    with pytest.raises(ValueError):
+        SiteAwareStrategy(None, config, strategy.run_log, run_id="r3", save_checkpoint=lambda *a: "")

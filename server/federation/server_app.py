@@ -21,10 +21,6 @@ from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from semiofed.common.learning.classifier import classifier_config
-from semiofed.common.learning.weights import get_weights, set_weights
-from semiofed.common.learning.checkpoint import load_checkpoint, save_checkpoint
-from semiofed.common.learning.classifier import build_classifier
 from semiofed.common.errors import SemiofedError
 from semiofed.common.federation.run_config import FederationConfig
 from semiofed.common.files import write_json_atomic
@@ -178,6 +174,10 @@ def expected_sites(config: FederationConfig, grid: Any) -> int | None:
 
 def initial_weights(config: FederationConfig) -> list[np.ndarray]:
     """A fresh model, or the weights of `resume_from` (a global checkpoint of the same shape)."""
+    from semiofed.common.learning.checkpoint import load_checkpoint
+    from semiofed.common.learning.classifier import build_classifier, classifier_config
+    from semiofed.common.learning.weights import get_weights
+
     model = build_classifier(classifier_config(config), seed=config.seed)
     if config.resume_from:
         checkpoint = load_checkpoint(Path(config.resume_from))
@@ -193,9 +193,15 @@ class GlobalCheckpoints:
 
     def __init__(self, root: Path, config: FederationConfig, run_id: str) -> None:
         self.root, self.config, self.run_id = root, config, run_id
-        self.model = build_classifier(classifier_config(config), seed=config.seed)
+        self.model: Any = None  # built at the first save (torch)
 
     def save(self, name: str, weights: list[np.ndarray], meta: dict[str, Any]) -> str:
+        from semiofed.common.learning.checkpoint import save_checkpoint
+        from semiofed.common.learning.classifier import build_classifier, classifier_config
+        from semiofed.common.learning.weights import set_weights
+
+        if self.model is None:
+            self.model = build_classifier(classifier_config(self.config), seed=self.config.seed)
         set_weights(self.model, weights)
         path = save_checkpoint(self.root / name, self.model, {
             "labels": list(self.config.labels), "streams": list(self.config.streams),
@@ -221,8 +227,9 @@ def run_federation(grid: Grid, context: Context, config: FederationConfig) -> Pa
                                 {**meta, "feature_extractor": strategy.feature_extractor(), "temperature": strategy.temperature()})
 
     try:
-        initial = ndarrays_to_parameters(initial_weights(config))
-        strategy = SiteAwareStrategy(build_inner_strategy(config, initial), config, run_log, run_id=run_id, save_checkpoint=save_round)
+        # the initial model (torch's first import in this process) is built while the sites are asked their budget
+        strategy = SiteAwareStrategy(None, config, run_log, run_id=run_id, save_checkpoint=save_round,
+                                     build_inner=lambda: build_inner_strategy(config, ndarrays_to_parameters(initial_weights(config))))
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds, round_timeout=config.round_timeout),
                                strategy=strategy)
         fit = secure_fit_workflow(config, expected_sites(config, grid)) if config.secure_aggregation else None

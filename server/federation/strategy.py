@@ -112,9 +112,16 @@ class HeadVerifier:
 class SiteAwareStrategy(Strategy):
     """Budget-aware site selection and checkpoints around a Flower strategy."""
 
-    def __init__(self, inner: Strategy, config: FederationConfig, run_log: RunLog, *, run_id: str,
-                 save_checkpoint: Callable[[int, list[np.ndarray], dict[str, Any]], str]) -> None:
-        self.inner = inner
+    def __init__(self, inner: Strategy | None, config: FederationConfig, run_log: RunLog, *, run_id: str,
+                 save_checkpoint: Callable[[int, list[np.ndarray], dict[str, Any]], str],
+                 build_inner: Callable[[], Strategy] | None = None) -> None:
+        """`inner`: Flower's aggregation; or None and `build_inner`, which builds it (with the initial model) while
+        the sites are asked their budget (initialize_parameters)."""
+        if (inner is None) == (build_inner is None):
+            raise ValueError("give the inner strategy, or a function that builds it, not both")
+        self.inner: Strategy = inner  # type: ignore[assignment] - set by initialize_parameters when built
+        self._build_inner = build_inner
+        self._early: tuple[dict[str, Any], dict[str, str]] | None = None  # the budget answers asked before round 1
         self.config = config
         self.run_log = run_log
         self.run_id = run_id
@@ -131,6 +138,17 @@ class SiteAwareStrategy(Strategy):
         return f"SiteAwareStrategy({self.inner!r})"
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The initial model. When the strategy builds it, the connected sites are asked their budget meanwhile: the
+        ServerApp's first use of torch (2-5 s of imports on a busy 2-core machine) then overlaps the sites' answers
+        (each builds its task and chooses its noise), where the two had followed each other."""
+        if self._build_inner is not None:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                building = pool.submit(self._build_inner)
+                wait_for_sites(client_manager, self.config.min_sites, timeout=self.config.round_timeout)
+                new = [p for p in client_manager.all().values() if p.cid not in self.admitted]
+                self._early = self._admit(new, 1)
+                self.inner = building.result()
+            self._build_inner = None
         return self.inner.initialize_parameters(client_manager)
 
     # --- fit ---------------------------------------------------------------
@@ -150,6 +168,9 @@ class SiteAwareStrategy(Strategy):
         proxies = list(client_manager.all().values())
         new = [p for p in proxies if p.cid not in self.admitted]
         budget, declined = self._admit(new, server_round)
+        if self._early is not None:  # asked while the initial model was built: booked to the first round
+            budget, declined = {**self._early[0], **budget}, {**self._early[1], **declined}
+            self._early = None
         self.run_log.update(server_round, budget=budget, declined=declined)
         accepted = [p for p in proxies if self.admitted.get(p.cid)]
         self.trained = set()
