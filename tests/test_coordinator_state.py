@@ -7,6 +7,7 @@ import pytest
 
 from semiofed.client.site import init_site
 from semiofed.common.federation.processes import free_port, is_running
+from semiofed.server.control_client import ControlApiError, ControlClient
 from semiofed.server.coordinator import Coordinator, CoordinatorError
 
 
@@ -34,6 +35,18 @@ def test_an_in_memory_superlink_registers_every_enrolled_site_at_each_start(tmp_
         coordinator.start()  # a SuperLink in memory has forgotten the site: it is registered again, not skipped
         assert set(coordinator.state().registered) == {"site-a"}
         assert coordinator.site_status()["site-a"] != "unknown"  # the node the SuperLink knows now, not a stale id
+        # the in-process Control API client trusts the coordinator's CA only: another CA's client is refused
+        other = Coordinator(tmp_path / "other")
+        other.init(port=free_port())
+        stranger = ControlClient(f"127.0.0.1:{coordinator.state().superlink_port}", other.tls.ca_certificate)
+        with pytest.raises(ControlApiError, match="did not answer ListNodes") as refused:
+            stranger.node_status()
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+        stranger.close()
+        with coordinator.control() as control, pytest.raises(ControlApiError, match="not a NIST elliptic-curve key|cannot read"):
+            bad = tmp_path / "rsa.pub"
+            bad.write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDx site\n")
+            control.register(bad)
     finally:
         pid = coordinator.pid()
         coordinator.stop()
