@@ -51,6 +51,7 @@ def fresh_sites(demo: Path, out: Path) -> list[Path]:
 def wait_serving(site_dirs: list[Path], *, timeout: float) -> float:
     """When every site's worker has logged that it serves its SuperNode's tasks (its warm-up done); nan on timeout."""
     from semiofed.client.federation.supernode import LOG_FILE
+    from semiofed.client.federation.worker import SERVING
 
     deadline = time.time() + timeout
     logs = [d / "logs" / LOG_FILE for d in site_dirs]
@@ -59,9 +60,6 @@ def wait_serving(site_dirs: list[Path], *, timeout: float) -> float:
             return time.time()
         time.sleep(0.1)
     return float("nan")
-
-
-SERVING = "worker serving the SuperNode's tasks"
 
 
 def measure(demo: Path, out: Path) -> dict[str, Any]:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CLIENTAPP_REF = "semiofed.client.federation.client_app:app"
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what a configuration-only Flower app contains
 POLL_S = 0.2  # without the SuperNode's notices (Flower's SuperExec polls every second)
+SERVING = "worker serving the SuperNode's tasks"  # logged once the warm-up is done (bench_demo_federation.py waits for it)
 IDLE_POLL_S = 1.0  # with them: a safety net only, each message is announced
 SECRET_FILE = "runtime.secret"
 SECRET_BYTES = 32
@@ -275,7 +276,7 @@ def run(site_dir: Path, *, superlink: str, ca: Path, runtime_port: int, run_epsi
         worker = SiteWorker(f"127.0.0.1:{runtime_port}", secret_file.read_bytes())
         watcher = threading.Thread(target=lambda: (supernode.wait(), stop.set()), daemon=True)
         watcher.start()
-        log.info("site %s: worker serving the SuperNode's tasks (pid %d)", site.site_id, os.getpid())
+        log.info("site %s: %s (pid %d)", site.site_id, SERVING, os.getpid())
         while not stop.is_set():
             try:
                 worker.serve(stop, notices)

@@ -128,14 +128,13 @@ def least_sigma(epsilon: Callable[[float], float], target: float, *, floor: floa
 
     floor = float(floor)
     sigma = max(float(start), floor)
-    points: list[tuple[float, float]] = []  # (log sigma, log epsilon/target) of every evaluation, in order
+    previous: tuple[float, float] | None = None  # (log sigma, log epsilon/target) of the evaluation before
     low: tuple[float, float] | None = None  # the largest infeasible sigma so far
     high: tuple[float, float] | None = None  # the least feasible sigma so far
     side = 0  # which end the last evaluation replaced (Illinois: halve the other end's value after two in a row)
     while True:
         value = log_excess(sigma)
         point = (math.log(sigma), value)
-        points.append(point)
         if value <= 0:
             high = point
             if side == 1 and low is not None:
@@ -152,6 +151,7 @@ def least_sigma(epsilon: Callable[[float], float], target: float, *, floor: floa
             return math.exp(high[0]), evaluations
         if evaluations >= 60:
             raise PrivacyBudgetError(f"the noise search for epsilon {target:g} did not settle", "train fewer steps")
+        last, previous = previous, point
         if high is not None and low is not None:  # regula falsi between the bracket's ends
             a, b = low, high
             guess = a[0] - a[1] * (b[0] - a[0]) / (b[1] - a[1]) if math.isfinite(a[1]) and a[1] != b[1] else (a[0] + b[0]) / 2
@@ -161,8 +161,8 @@ def least_sigma(epsilon: Callable[[float], float], target: float, *, floor: floa
             continue
         # one side only: step along the curve's slope (the last two points', else epsilon ~ 1/sigma), at most 4x
         slope = -1.0
-        if len(points) >= 2 and all(math.isfinite(p[1]) for p in points[-2:]) and points[-1][0] != points[-2][0]:
-            slope = min(-0.3, max(-10.0, (points[-1][1] - points[-2][1]) / (points[-1][0] - points[-2][0])))
+        if last is not None and math.isfinite(last[1]) and math.isfinite(point[1]) and last[0] != point[0]:
+            slope = min(-0.3, max(-10.0, (point[1] - last[1]) / (point[0] - last[0])))
         step = -point[1] / slope if math.isfinite(point[1]) else math.log(4.0)
         if high is not None:  # feasible so far: go down, by at least the tolerance
             sigma = max(floor, math.exp(point[0] + max(-math.log(4.0), min(step, math.log(1 - 0.99 * tolerance)))))

@@ -144,9 +144,8 @@ class SiteAwareStrategy(Strategy):
         if self._build_inner is not None:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 building = pool.submit(self._build_inner)
-                wait_for_sites(client_manager, self.config.min_sites, timeout=self.config.round_timeout)
-                new = [p for p in client_manager.all().values() if p.cid not in self.admitted]
-                self._early = self._admit(new, 1)
+                _, budget, declined = self._admit_connected(client_manager, 1)
+                self._early = (budget, declined)
                 self.inner = building.result()
             self._build_inner = None
         return self.inner.initialize_parameters(client_manager)
@@ -164,10 +163,7 @@ class SiteAwareStrategy(Strategy):
         """The sites that train this round. Each site is asked its budget once per run, when it is first seen: a site
         chooses its noise for the whole run at its first round, so what it can afford does not change within the run;
         a site whose budget or policy says no later declines inside the round, and it is dropped from the run."""
-        wait_for_sites(client_manager, self.config.min_sites, timeout=self.config.round_timeout)
-        proxies = list(client_manager.all().values())
-        new = [p for p in proxies if p.cid not in self.admitted]
-        budget, declined = self._admit(new, server_round)
+        proxies, budget, declined = self._admit_connected(client_manager, server_round)
         if self._early is not None:  # asked while the initial model was built: booked to the first round
             budget, declined = {**self._early[0], **budget}, {**self._early[1], **declined}
             self._early = None
@@ -182,6 +178,13 @@ class SiteAwareStrategy(Strategy):
         config: dict[str, Scalar] = {CFG_ROUND: server_round, CFG_RUN_ID: self.run_id}
         self.trained = {proxy.cid for proxy in accepted}
         return [(proxy, FitIns(parameters, dict(config))) for proxy in accepted]
+
+    def _admit_connected(self, client_manager: ClientManager, server_round: int) -> tuple[list[ClientProxy], dict[str, Any], dict[str, str]]:
+        """Wait for min-sites, then ask the sites not seen yet their budget: (every connected proxy, budget, declined)."""
+        wait_for_sites(client_manager, self.config.min_sites, timeout=self.config.round_timeout)
+        proxies = list(client_manager.all().values())
+        budget, declined = self._admit([p for p in proxies if p.cid not in self.admitted], server_round)
+        return proxies, budget, declined
 
     def _admit(self, proxies: list[ClientProxy], server_round: int) -> tuple[dict[str, Any], dict[str, str]]:
         """Ask these (new) sites their budget; admit those that accept and show a verified ledger head."""
