@@ -27,6 +27,7 @@ from semiofed.common.records.features import (
 )
 from semiofed.common.records.schema import SNIPPET_FEATURES
 from semiofed.common.learning.per_sample import PerPatientGradients
+from semiofed.common.learning.weights import from_wire, get_weights, set_weights, to_wire, weight_shapes
 
 SMALL = dict(stcnn_dim=32, embed_dim=8, hidden=6, n_segments=5)
 
@@ -105,6 +106,28 @@ def test_checkpoint_round_trip_restores_the_same_predictions(tmp_path):
     torch.testing.assert_close(loaded.model(x)[0], model.eval()(x)[0])
     assert loaded.temperature == 1.5
     loaded.check_record(record)
+
+
+def test_the_wire_form_is_one_flat_vector_that_restores_the_model_exactly():
+    """What a Flower message carries: one float32 vector (6 objects a train message, not 4 + 2 per array); both ends
+    rebuild the same arrays, and a vector of another size or the per-array form is refused by name."""
+    model = build_classifier(ClassifierConfig(**SMALL), seed=3)
+    weights = get_weights(model)
+    assert len(weights) > 1
+    wire = to_wire(weights)
+    assert len(wire) == 1 and wire[0].ndim == 1 and wire[0].dtype == np.float32
+    assert wire[0].size == sum(w.size for w in weights)
+    back = from_wire(wire, weight_shapes(model))
+    assert [w.shape for w in back] == [w.shape for w in weights]
+    assert all(np.array_equal(a, b) for a, b in zip(back, weights))
+    other = build_classifier(ClassifierConfig(**SMALL), seed=4)
+    set_weights(other, back)
+    x = torch.randn(2, 5, other.config.input_dim)
+    torch.testing.assert_close(other.eval()(x)[0], model.eval()(x)[0])
+    with pytest.raises(SemiofedError, match="weight values, the model has"):
+        from_wire([wire[0][:-1]], weight_shapes(model))
+    with pytest.raises(SemiofedError, match="expected one flat vector"):
+        from_wire(weights, weight_shapes(model))
 
 
 def test_corrupt_checkpoint_says_so(tmp_path):

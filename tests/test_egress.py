@@ -50,7 +50,7 @@ from semiofed.client.federation.egress import (
 )
 from semiofed.client.training.federated_round import SiteSettings
 from semiofed.common.learning.classifier import classifier_config
-from semiofed.common.learning.weights import get_weights
+from semiofed.common.learning.weights import get_weights, to_wire
 from semiofed.common.privacy.budgeted_run import record_release
 from semiofed.client.site import init_site
 from semiofed.common.learning.classifier import build_classifier
@@ -80,7 +80,8 @@ PSEUDONYM = "p7f3a9c2e"  # what a patient pseudonym looks like; it must never le
 FEATURE_SHA = "a5b185914226a2ad4d5de1a2c9f9974f1c661039daa651c8aa28986144e3141b"
 CONFIG = FederationConfig(temporal="attn", hidden=8, embed_dim=8, n_segments=4, stcnn_dim=16,
                           semiofed_version=semiofed_version())
-CONFIG_SHAPES = tuple(tuple(w.shape) for w in get_weights(build_classifier(classifier_config(CONFIG), seed=0)))
+# what may leave: the update's wire form, one flat float32 vector of the model's size (common/learning/weights.py)
+CONFIG_SHAPES = ((sum(w.size for w in get_weights(build_classifier(classifier_config(CONFIG), seed=0))),),)
 SERVER_FIT_CONFIG = {CFG_ROUND: 1, CFG_RUN_ID: "4242"}  # what the coordinator sends with a fit instruction
 
 
@@ -117,7 +118,7 @@ def head(site) -> str:
 
 @pytest.fixture(scope="module")
 def weights() -> list[np.ndarray]:
-    return get_weights(build_classifier(classifier_config(CONFIG), seed=0))
+    return to_wire(get_weights(build_classifier(classifier_config(CONFIG), seed=0)))
 
 
 def _identity(head: str) -> dict[str, Any]:
@@ -177,9 +178,9 @@ def _replace_array(weights: list[np.ndarray], index: int, array: np.ndarray) -> 
 
 
 def _nan(weights: list[np.ndarray]) -> list[np.ndarray]:
-    poisoned = weights[1].copy()
-    poisoned[0] = np.nan
-    return _replace_array(weights, 1, poisoned)
+    poisoned = weights[0].copy()
+    poisoned[5] = np.nan
+    return _replace_array(weights, 0, poisoned)
 
 
 def _with_extra_record(content: RecordDict) -> RecordDict:
@@ -223,11 +224,14 @@ BLOCKED: dict[str, tuple[str, Callable[..., RecordDict], str]] = {
     "an extra array appended": (
         "train", lambda w, h, t: fit_reply(w + [np.zeros(3, np.float32)], h), f"{len(CONFIG_SHAPES) + 1} arrays instead of the model's"),
     "an array with a wrong shape": (
-        "train", lambda w, h, t: fit_reply(_replace_array(w, 0, np.zeros((w[0].shape[0], w[0].shape[1] + 1), np.float32)), h),
+        "train", lambda w, h, t: fit_reply(_replace_array(w, 0, np.zeros(w[0].size + 1, np.float32)), h),
         "array 0 is float32"),
+    "the per-array form instead of the wire form": (
+        "train", lambda w, h, t: fit_reply(get_weights(build_classifier(classifier_config(CONFIG), seed=0)), h),
+        "arrays instead of the model's 1"),
     "a float64 array": (
-        "train", lambda w, h, t: fit_reply(_replace_array(w, 2, w[2].astype(np.float64)), h), "array 2 is float64"),
-    "a NaN array": ("train", lambda w, h, t: fit_reply(_nan(w), h), "array 1 has non-finite values"),
+        "train", lambda w, h, t: fit_reply(_replace_array(w, 0, w[0].astype(np.float64)), h), "array 0 is float64"),
+    "a NaN array": ("train", lambda w, h, t: fit_reply(_nan(w), h), "array 0 has non-finite values"),
     "arrays in a declined fit reply": (
         "train", lambda w, h, t: fit_reply(w, h, metrics={}, status=Status(Code.FIT_NOT_IMPLEMENTED, "declined")),
         "a declined reply carries arrays"),

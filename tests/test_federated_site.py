@@ -32,7 +32,7 @@ from semiofed.client.training.federated_round import (
     SiteTask,
 )
 from semiofed.common.learning.classifier import classifier_config
-from semiofed.common.learning.weights import get_weights
+from semiofed.common.learning.weights import get_weights, to_wire
 from semiofed.common.learning.weights import update_sha256 as weights_sha256
 from semiofed.client.site import init_site, tighten_policy
 from semiofed.common.learning.classifier import build_classifier
@@ -169,7 +169,7 @@ def test_fit_appends_one_ledger_entry_that_verifies(tmp_path):
     # and the reply SiteClient builds from it passes the site's egress policy
     identity = {KEY_SITE_ID: "hospital-a", KEY_VERSION: semiofed_version(), KEY_LEDGER_HEAD: task.head(),
                 KEY_FEATURE_SHA: str(task.extractor["sha256"])}
-    reply = fitres_to_recorddict(FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, {**metrics, **identity}), False)
+    reply = fitres_to_recorddict(FitRes(Status(Code.OK, ""), ndarrays_to_parameters(to_wire(weights)), n, {**metrics, **identity}), False)
     assert check_reply("train", reply, egress_spec(None, config=ASKED, settings=SiteSettings(site.layout.root))) == []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -85,6 +86,12 @@ class SiteClient(Client):
         self.settings = settings or site_settings(context.node_config)
         self.run_id = str(context.run_id)
 
+    def _weights(self, parameters: Parameters) -> list[Any]:
+        """The global model's arrays from the message's wire form (one flat vector, common/learning/weights.py)."""
+        from semiofed.common.learning.weights import from_wire
+
+        return from_wire(parameters_to_ndarrays(parameters), model_shapes(run_config_json(self.config)))
+
     def _task(self) -> Any:
         from semiofed.client.training.federated_round import SiteTask
 
@@ -114,11 +121,13 @@ class SiteClient(Client):
         round_ = int(ins.config.get(CFG_ROUND, 0))
         try:
             task = self._task()
-            weights, n, metrics = task.fit(parameters_to_ndarrays(ins.parameters), run_id=self.run_id, round=round_)
+            weights, n, metrics = task.fit(self._weights(ins.parameters), run_id=self.run_id, round=round_)
         except RoundDeclined as exc:
             log.warning("%s", exc)
             return FitRes(Status(Code.FIT_NOT_IMPLEMENTED, f"declined: {str(exc)[:900]}"), Parameters([], ""), 0, {})
-        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, {**metrics, **self._identity(task)})
+        from semiofed.common.learning.weights import to_wire
+
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(to_wire(weights)), n, {**metrics, **self._identity(task)})
 
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         """Evaluate the global model on this site's held-out patients: the one release of
@@ -128,26 +137,37 @@ class SiteClient(Client):
         round_ = int(ins.config.get(CFG_ROUND, 0))
         try:
             task = self._task()
-            metrics = task.evaluate(parameters_to_ndarrays(ins.parameters), run_id=self.run_id, round=round_)
+            metrics = task.evaluate(self._weights(ins.parameters), run_id=self.run_id, round=round_)
         except RoundDeclined as exc:
             log.warning("%s", exc)
             return EvaluateRes(Status(Code.EVALUATE_NOT_IMPLEMENTED, f"declined: {str(exc)[:900]}"), 0.0, 0, {})
         return EvaluateRes(Status(Code.OK, ""), 0.0, 0, {**metrics, KEY_SITE_ID: task.site.site_id})
 
 
+def run_config_json(config: FederationConfig) -> str:
+    return json.dumps(config.to_run_config(), sort_keys=True, default=str)
+
+
+@lru_cache(maxsize=4)
+def model_shapes(config_json: str) -> tuple[tuple[int, ...], ...]:
+    """The shapes of the run's model arrays, in state_dict order (the run config fixes the model)."""
+    from semiofed.common.learning.classifier import build_classifier, classifier_config
+    from semiofed.common.learning.weights import weight_shapes
+
+    return weight_shapes(build_classifier(classifier_config(FederationConfig.from_run_config(json.loads(config_json)))))
+
+
 @lru_cache(maxsize=4)
 def _egress_spec(site_dir: str, run_config_json: str) -> EgressSpec:
-    from semiofed.common.learning.classifier import classifier_config
     from semiofed.client.site import open_site
-    from semiofed.common.learning.classifier import build_classifier
     from semiofed.common.privacy.keys import load_public_key
     from semiofed.common.privacy.ledger import verify_head
 
     site = open_site(Path(site_dir))
     public_key = load_public_key(site.layout.public_key)
-    config = FederationConfig.from_run_config(json.loads(run_config_json))
-    shapes = tuple(tuple(v.shape) for v in build_classifier(classifier_config(config)).state_dict().values())
-    return EgressSpec(site_id=site.site_id, version=semiofed_version(), array_shapes=shapes,
+    size = sum(math.prod(shape) for shape in model_shapes(run_config_json))
+    # what may leave: the update in its wire form, one flat float32 vector of the model's size
+    return EgressSpec(site_id=site.site_id, version=semiofed_version(), array_shapes=((size,),),
                       verify_head=lambda head: verify_head(head, public_key), log_path=site.layout.root / EGRESS_LOG)
 
 

@@ -188,6 +188,13 @@ def initial_weights(config: FederationConfig) -> list[np.ndarray]:
     return get_weights(model)
 
 
+def initial_parameters(config: FederationConfig) -> Parameters:
+    """The round-1 model as the sites receive it: its wire form (one flat vector, common/learning/weights.py)."""
+    from semiofed.common.learning.weights import to_wire
+
+    return ndarrays_to_parameters(to_wire(initial_weights(config)))
+
+
 class GlobalCheckpoints:
     """Writes each round's global model (and the final one) as checkpoints `semiofed predict` loads."""
 
@@ -195,14 +202,15 @@ class GlobalCheckpoints:
         self.root, self.config, self.run_id = root, config, run_id
         self.model: Any = None  # built at the first save (torch)
 
-    def save(self, name: str, weights: list[np.ndarray], meta: dict[str, Any]) -> str:
+    def save(self, name: str, wire: list[np.ndarray], meta: dict[str, Any]) -> str:
+        """Write the global model given in its wire form (the flat vector the sites receive)."""
         from semiofed.common.learning.checkpoint import save_checkpoint
         from semiofed.common.learning.classifier import build_classifier, classifier_config
-        from semiofed.common.learning.weights import set_weights
+        from semiofed.common.learning.weights import from_wire, set_weights, weight_shapes
 
         if self.model is None:
             self.model = build_classifier(classifier_config(self.config), seed=self.config.seed)
-        set_weights(self.model, weights)
+        set_weights(self.model, from_wire(wire, weight_shapes(self.model)))
         path = save_checkpoint(self.root / name, self.model, {
             "labels": list(self.config.labels), "streams": list(self.config.streams),
             "training": {"federated": True, "run_id": self.run_id, **self.config.to_run_config()},
@@ -229,7 +237,7 @@ def run_federation(grid: Grid, context: Context, config: FederationConfig) -> Pa
     try:
         # the initial model (torch's first import in this process) is built while the sites are asked their budget
         strategy = SiteAwareStrategy(None, config, run_log, run_id=run_id, save_checkpoint=save_round,
-                                     build_inner=lambda: build_inner_strategy(config, ndarrays_to_parameters(initial_weights(config))))
+                                     build_inner=lambda: build_inner_strategy(config, initial_parameters(config)))
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds, round_timeout=config.round_timeout),
                                strategy=strategy)
         fit = secure_fit_workflow(config, expected_sites(config, grid)) if config.secure_aggregation else None

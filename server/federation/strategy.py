@@ -132,7 +132,7 @@ class SiteAwareStrategy(Strategy):
         self.trained: set[str] = set()  # node ids of the latest round's accepted sites: the only ones evaluated
         self.pooled_temperature = 1.0
         self.extractor_sha: dict[str, str] = {}
-        self.latest: list[np.ndarray] | None = None
+        self.latest: list[np.ndarray] | None = None  # the global model in its wire form (common/learning/weights.py)
 
     def __repr__(self) -> str:
         return f"SiteAwareStrategy({self.inner!r})"
@@ -257,7 +257,8 @@ class SiteAwareStrategy(Strategy):
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         checkpoint = None
         if parameters is not None:
-            # SecAgg+'s dequantisation yields float64; the model (and what goes back to the sites) is float32
+            # SecAgg+'s dequantisation yields float64; the model (and what goes back to the sites) is float32. The arrays
+            # are the weights' wire form (one flat vector): the checkpoint writer knows the model's shapes
             self.latest = [np.asarray(a, dtype=np.float32) for a in parameters_to_ndarrays(parameters)]
             parameters = ndarrays_to_parameters(self.latest)
             checkpoint = self.save_checkpoint(server_round, self.latest, {"sites": sorted(fit), "round": server_round})
