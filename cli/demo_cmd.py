@@ -70,7 +70,7 @@ def demo(
     Each hospital gets synthetic seizure videos (its own camera set-up and
     case mix) and runs `site init` and `site prepare` (real MediaPipe pose,
     the landmarks the default model reads). The sites then train one
-    classifier (a small GRU over motion descriptors) over a real local Flower
+    classifier (a linear head over motion descriptors) over a real local Flower
     deployment (TLS, site keys, SecAgg+; --quick uses the simulation engine
     unless --deployment), each under its own DP budget, and are compared with
     local-only DP training and a centralised non-private model on the same

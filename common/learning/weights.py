@@ -4,7 +4,7 @@ released update.
 The wire form is what a Flower message carries between the coordinator and a site: one flat float32 vector, the
 state_dict's arrays in order, each in C order. Flower sends every array of a message as objects of its own (an
 array and its chunks), each fetched in a request of its own through the gateway and the SuperLink's state; one
-vector instead of the default model's 6 arrays makes a train message 6 objects instead of 16 (docs/benchmarks.md,
+vector makes a train message 6 objects, where the GRU model's 6 arrays made it 16 (docs/benchmarks.md,
 "Federation: seconds per round with the site worker"). Both ends know the shapes from the run config.
 
 `update_sha256` is the only definition of a DP release's `update_sha256` in the
