@@ -5,9 +5,10 @@ Usage: python bench/bench_utility.py --held-out DEMO/sites [--reference DEMO/ref
    or: python bench/bench_utility.py --cohort NAME=COHORTS/NAME/sites [--cohort ...] --reference COHORTS/reference-site
        [--cohort-seeds NAME=0,1] [--distributed-epsilons NAME=3,8] [--seeds 0 1 2] [--epsilons 1 3 8] [--write]
 
-The model is the default one (common/learning/spec.py: GRU, 4 hidden units, keypoint
-stream) with the default schedule, untuned; `--temporal linear` rows are the mean-pooled
-linear baseline. Every DP setting runs in fresh scratch copies of the sites
+The model is the default one (common/learning/spec.py: the linear head on each window's
+descriptors since 2026-12-06, the 4-unit GRU before; keypoint stream) with the default
+schedule, untuned; the epsilon-8 rows of the other model (`--temporal gru` now) compare
+the two. Every DP setting runs in fresh scratch copies of the sites
 (bench/phantom_cohort.py `scratch_site`), so no budget carries over between settings.
 
 Held-out cohort (the sites of a `semiofed demo` run): each site's patients form 2
@@ -24,7 +25,7 @@ Dev cohort (one site, used to design the descriptors and the recipe): patient-gr
 5-fold `cross_validate`, no validation fold; non-DP and local-only DP at the noise that
 brings one fold's model to epsilon.
 Issue 13's cohorts (`--cohort`, built by bench/utility_cohorts.py: 3 and 10 sites, 30 and 150 patients): the same
-held-out protocol, every model with the reference threshold, no linear rows; K of the distributed row is the
+held-out protocol, every model with the reference threshold, no rows of the other model; K of the distributed row is the
 cohort's number of sites; section 'utility-scale' of docs/benchmarks.md.
 Results are cached per setting and seed under /tmp/semiofed-bench/utility-motion/. The sites' ledger checks are
 memoised and fsync skipped in this process (bench/fast_ledger.py): the same values, computed faster.
@@ -59,6 +60,7 @@ from semiofed.common.learning.checkpoint import load_checkpoint  # noqa: E402
 from semiofed.common.learning.classifier import build_classifier, classifier_config, parameter_count  # noqa: E402
 from semiofed.common.learning.metrics import (  # noqa: E402
     bootstrap_intervals, classification_report, expected_calibration_error, softmax)
+from semiofed.common.constants import TEMPORAL_GRU, TEMPORAL_LINEAR  # noqa: E402
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE  # noqa: E402
 from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, predict_logits  # noqa: E402
 from semiofed.common.privacy.accountant import SiteAccountant  # noqa: E402
@@ -255,18 +257,26 @@ def run_setting(cohort: str, site_dirs: list[Path], row: str, epsilon: float | N
     return out
 
 
+# the model compared with the default at epsilon 8: the GRU while the linear head is the default, and the reverse
+ALTERNATIVE = TEMPORAL_GRU if DEFAULT_MODEL.temporal == TEMPORAL_LINEAR else TEMPORAL_LINEAR
+
+
+def model_label(temporal: str) -> str:
+    return f"GRU-{DEFAULT_MODEL.hidden}" if temporal == TEMPORAL_GRU else temporal
+
+
 def settings(cohort: str, epsilons: Sequence[float], *, linear_baseline: bool = True,
              distributed_epsilons: Sequence[float] | None = None) -> list[tuple[str, float | None, str]]:
-    """(row, epsilon, temporal) in table order; the linear baseline for the DP rows at epsilon 8 (if asked).
+    """(row, epsilon, temporal) in table order; the other model (ALTERNATIVE) for the DP rows at epsilon 8 (if asked).
 
     `distributed_epsilons` (default: `epsilons`) limits the federated-distributed row, the slow one."""
-    gru, linear = DEFAULT_MODEL.temporal, "linear"
+    default = DEFAULT_MODEL.temporal
     rows = [LOCAL] if cohort == "dev" else [DISTRIBUTED, FEDERATED, LOCAL]
-    out: list[tuple[str, float | None, str]] = [(CENTRALISED, None, gru)]
-    out += [(row, eps, gru) for row in rows for eps in epsilons
+    out: list[tuple[str, float | None, str]] = [(CENTRALISED, None, default)]
+    out += [(row, eps, default) for row in rows for eps in epsilons
             if row != DISTRIBUTED or distributed_epsilons is None or eps in distributed_epsilons]
     if linear_baseline:
-        out += [(row, 8.0, linear) for row in rows if 8.0 in epsilons and row != DISTRIBUTED]
+        out += [(row, 8.0, ALTERNATIVE) for row in rows if 8.0 in epsilons and row != DISTRIBUTED]
     return out
 
 
@@ -281,7 +291,7 @@ def table(results: list[list[dict]]) -> list[str]:
         first = runs[0]
         sigma = sorted({round(s, 2) for r in runs for s in r.get("sigma", [])})
         sigma_text = "-" if not sigma else f"{sigma[0]:.2f}" if len(sigma) == 1 else f"{sigma[0]:.2f}-{sigma[-1]:.2f}"
-        name = [first["row"], "GRU-4" if first["temporal"] == DEFAULT_MODEL.temporal else first["temporal"],
+        name = [first["row"], model_label(first["temporal"]),
                 "non-DP" if first["epsilon"] is None else f"{first['epsilon']:g}"]
         cells = list(name) + [sigma_text]
         for metric in ("balanced_accuracy", "auroc"):
@@ -364,7 +374,7 @@ def reading(results: list[list[dict]]) -> list[str]:
     """The issue's targets against the held-out means (balanced accuracy), and the comparisons that matter."""
     mean = {(r[0]["row"], r[0]["epsilon"], r[0]["temporal"]): float(np.mean([x["balanced_accuracy"] for x in r]))
             for r in results}
-    gru = DEFAULT_MODEL.temporal
+    gru = DEFAULT_MODEL.temporal  # the default model, whatever its kind
     central = mean[(CENTRALISED, None, gru)]
     lines = [f"- Target centralised non-DP >= 0.95: {central:.3f}, {'met' if central >= 0.95 else '**not met**'}."]
     for row in (DISTRIBUTED, FEDERATED):
@@ -380,11 +390,11 @@ def reading(results: list[list[dict]]) -> list[str]:
     if pairs:
         lines.append("- Federated vs local-only at the same per-site epsilon: "
                      + "; ".join(f"epsilon {e:g}: {f:.3f} vs {loc:.3f}" for e, f, loc in pairs) + ".")
-    linear = [(row, mean[(row, 8.0, gru)], mean[(row, 8.0, "linear")]) for row in (FEDERATED, LOCAL)
-              if (row, 8.0, "linear") in mean]
-    if linear:
-        lines.append("- GRU vs the linear baseline at epsilon 8: "
-                     + "; ".join(f"{row} {g:.3f} vs {lin:.3f}" for row, g, lin in linear) + ".")
+    other = [(row, mean[(row, 8.0, gru)], mean[(row, 8.0, ALTERNATIVE)]) for row in (FEDERATED, LOCAL)
+             if (row, 8.0, ALTERNATIVE) in mean]
+    if other:
+        lines.append(f"- The default ({model_label(gru)}) vs {model_label(ALTERNATIVE)} at epsilon 8: "
+                     + "; ".join(f"{row} {g:.3f} vs {alt:.3f}" for row, g, alt in other) + ".")
     widths = [(x["ci95"]["balanced_accuracy"][1] - x["ci95"]["balanced_accuracy"][0]) / 2 for r in results for x in r]
     width = np.mean([w for w in widths if w > 0])  # a model that predicts one class has an interval of width 0
     lines.append(f"- Each seed pools {results[0][0]['n_seizures']} held-out seizures: the 95% intervals of balanced "
@@ -405,7 +415,10 @@ def model_text(distributed_sites: str) -> str:
     """The model, schedule and rows paragraph; `distributed_sites` names K (one number, or per cohort)."""
     n_params = parameter_count(build_classifier(classifier_config(FederationConfig()), seed=0))
     return (
-        f"Model: the default (`common/learning/spec.py`), untuned: a GRU with {DEFAULT_MODEL.hidden} hidden units on the "
+        f"Model: the default (`common/learning/spec.py`), untuned: "
+        + (f"a GRU with {DEFAULT_MODEL.hidden} hidden units" if DEFAULT_MODEL.temporal == TEMPORAL_GRU else
+           "a linear head on each window" if DEFAULT_MODEL.temporal == TEMPORAL_LINEAR else f"`{DEFAULT_MODEL.temporal}`")
+        + " on the "
         f"keypoint stream (the {len(DEFAULT_MODEL.descriptors)} per-window motion descriptors of "
         f"`common/records/motion.py` the spec names, chosen on the design cohort), {n_params} parameters; "
         f"Adam lr {DEFAULT_SCHEDULE.lr:g}, {DEFAULT_SCHEDULE.batch_patients} patients per step expected (q = 1 at every DP "
@@ -417,8 +430,8 @@ def model_text(distributed_sites: str) -> str:
         f"of one DP step at each site, each site adding sigma/sqrt(K - 1) with {distributed_sites} (its policy: "
         "`distributed_dp_sites` = K, every sum holds all K sites; 1 colluder tolerated, the default), the "
         "patient-weighted sum stepped by Flower's own FedAdam (eta = server_lr 0.05) as the ServerApp "
-        "does; sigma is what every site's ledger charges. `linear`: the mean-pooled "
-        "linear baseline (`--temporal linear`). Every DP setting in fresh scratch copies of the sites (fresh budgets).")
+        f"does; sigma is what every site's ledger charges. `{model_label(ALTERNATIVE)}`: the same rows with "
+        f"`--temporal {ALTERNATIVE}`. Every DP setting in fresh scratch copies of the sites (fresh budgets).")
 
 
 def _per_cohort(values: Sequence[str], parser: argparse.ArgumentParser, flag: str) -> dict[str, list[float]]:
