@@ -529,7 +529,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=Path, help="a demo's sites/ folder (one sub-folder per site)")
     parser.add_argument("--cohort", action="append", default=[], metavar="NAME=SITES_DIR",
                         help="a held-out cohort of bench/utility_cohorts.py (repeatable); with --write, the section "
-                             "'utility-scale' (every model with the --reference threshold, no linear rows)")
+                             "'utility-scale' (every model with the --reference threshold, no rows of the other model)")
     parser.add_argument("--cohort-seeds", action="append", default=[], metavar="NAME=S,S",
                         help="split seeds for one --cohort (default --seeds)")
     parser.add_argument("--distributed-epsilons", action="append", default=[], metavar="NAME=E,E",
