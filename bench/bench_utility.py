@@ -265,7 +265,7 @@ def model_label(temporal: str) -> str:
     return f"GRU-{DEFAULT_MODEL.hidden}" if temporal == TEMPORAL_GRU else temporal
 
 
-def settings(cohort: str, epsilons: Sequence[float], *, linear_baseline: bool = True,
+def settings(cohort: str, epsilons: Sequence[float], *, compare_other: bool = True,
              distributed_epsilons: Sequence[float] | None = None) -> list[tuple[str, float | None, str]]:
     """(row, epsilon, temporal) in table order; the other model (ALTERNATIVE) for the DP rows at epsilon 8 (if asked).
 
@@ -275,7 +275,7 @@ def settings(cohort: str, epsilons: Sequence[float], *, linear_baseline: bool = 
     out: list[tuple[str, float | None, str]] = [(CENTRALISED, None, default)]
     out += [(row, eps, default) for row in rows for eps in epsilons
             if row != DISTRIBUTED or distributed_epsilons is None or eps in distributed_epsilons]
-    if linear_baseline:
+    if compare_other:
         out += [(row, 8.0, ALTERNATIVE) for row in rows if 8.0 in epsilons and row != DISTRIBUTED]
     return out
 
@@ -374,33 +374,33 @@ def reading(results: list[list[dict]]) -> list[str]:
     """The issue's targets against the held-out means (balanced accuracy), and the comparisons that matter."""
     mean = {(r[0]["row"], r[0]["epsilon"], r[0]["temporal"]): float(np.mean([x["balanced_accuracy"] for x in r]))
             for r in results}
-    gru = DEFAULT_MODEL.temporal  # the default model, whatever its kind
-    central = mean[(CENTRALISED, None, gru)]
+    default = DEFAULT_MODEL.temporal
+    central = mean[(CENTRALISED, None, default)]
     lines = [f"- Target centralised non-DP >= 0.95: {central:.3f}, {'met' if central >= 0.95 else '**not met**'}."]
     for row in (DISTRIBUTED, FEDERATED):
-        if (row, 8.0, gru) in mean:
-            fed8 = mean[(row, 8.0, gru)]
+        if (row, 8.0, default) in mean:
+            fed8 = mean[(row, 8.0, default)]
             lines.append(f"- Target {row} DP at epsilon 8 within 0.03 of centralised: {fed8:.3f} vs {central:.3f} "
                          f"(gap {central - fed8:.3f}), {'met' if central - fed8 <= 0.03 else '**not met**'}.")
-        if (row, 3.0, gru) in mean:
-            fed3 = mean[(row, 3.0, gru)]
+        if (row, 3.0, default) in mean:
+            fed3 = mean[(row, 3.0, default)]
             lines.append(f"- Target {row} DP at epsilon 3 >= 0.90: {fed3:.3f}, {'met' if fed3 >= 0.90 else '**not met**'}.")
-    pairs = [(e, mean[(FEDERATED, e, gru)], mean[(LOCAL, e, gru)]) for e in sorted({k[1] for k in mean if k[1]})
-             if (FEDERATED, e, gru) in mean and (LOCAL, e, gru) in mean]
+    pairs = [(e, mean[(FEDERATED, e, default)], mean[(LOCAL, e, default)]) for e in sorted({k[1] for k in mean if k[1]})
+             if (FEDERATED, e, default) in mean and (LOCAL, e, default) in mean]
     if pairs:
         lines.append("- Federated vs local-only at the same per-site epsilon: "
                      + "; ".join(f"epsilon {e:g}: {f:.3f} vs {loc:.3f}" for e, f, loc in pairs) + ".")
-    other = [(row, mean[(row, 8.0, gru)], mean[(row, 8.0, ALTERNATIVE)]) for row in (FEDERATED, LOCAL)
+    other = [(row, mean[(row, 8.0, default)], mean[(row, 8.0, ALTERNATIVE)]) for row in (FEDERATED, LOCAL)
              if (row, 8.0, ALTERNATIVE) in mean]
     if other:
-        lines.append(f"- The default ({model_label(gru)}) vs {model_label(ALTERNATIVE)} at epsilon 8: "
+        lines.append(f"- The default ({model_label(default)}) vs {model_label(ALTERNATIVE)} at epsilon 8: "
                      + "; ".join(f"{row} {g:.3f} vs {alt:.3f}" for row, g, alt in other) + ".")
     widths = [(x["ci95"]["balanced_accuracy"][1] - x["ci95"]["balanced_accuracy"][0]) / 2 for r in results for x in r]
     width = np.mean([w for w in widths if w > 0])  # a model that predicts one class has an interval of width 0
     lines.append(f"- Each seed pools {results[0][0]['n_seizures']} held-out seizures: the 95% intervals of balanced "
                  f"accuracy are about +-{width:.2f} wide, so differences smaller than that are not resolved here.")
     spread = {(r[0]["row"], r[0]["epsilon"], r[0]["temporal"]): [x["balanced_accuracy"] for x in r] for r in results}
-    central_seeds = spread[(CENTRALISED, None, gru)]
+    central_seeds = spread[(CENTRALISED, None, default)]
     if len(central_seeds) < 2:
         lines.append("- One split seed only: the seed-to-seed spread (up to 0.22 on the 83-patient cohort) is not measured "
                      "here; read each figure with its interval.")
@@ -488,7 +488,7 @@ def scale_section(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     means: dict[str, dict[tuple[str, float | None], float]] = {}
     for name, site_dirs in cohorts:
         cohort_seeds = seeds.get(name, args.seeds)
-        plan = settings(name, args.epsilons, linear_baseline=False, distributed_epsilons=distributed.get(name))
+        plan = settings(name, args.epsilons, compare_other=False, distributed_epsilons=distributed.get(name))
         results = [[run_setting(name, site_dirs, row, eps, temporal, seed, reference) for seed in cohort_seeds]
                    for row, eps, temporal in plan]
         means[name] = {(r[0]["row"], r[0]["epsilon"]): float(np.mean([x["balanced_accuracy"] for x in r])) for r in results}

@@ -51,8 +51,6 @@ def weight_shapes(model: torch.nn.Module) -> tuple[tuple[int, ...], ...]:
 
 def to_wire(weights: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The wire form of per-array weights: a list holding one flat float32 vector."""
-    if not weights:
-        return [np.zeros(0, np.float32)]
     return [np.concatenate([np.asarray(w, dtype=np.float32).ravel() for w in weights])]
 
 
