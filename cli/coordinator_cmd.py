@@ -102,6 +102,45 @@ def stop(directory: Path = DirOption, output_format: OutputFormat = format_optio
          lambda: Console().print("SuperLink stopped" if stopped else "the SuperLink was not running"))
 
 
+@app.command("public-model")
+def public_model(
+    directory: Path = DirOption,
+    reference: Path = typer.Option(..., "--reference", help="A store of public reference seizures (`semiofed site init` "
+                                   "and `site prepare` on published, consented videos): never a hospital's own patients."),
+    labels: str = typer.Option(",".join(DEFAULT_MODEL.labels), "--labels", help="Label set, in output order (as the run's)."),
+    streams: str = typer.Option(",".join(DEFAULT_MODEL.streams), "--streams", help="Input streams (as the run's)."),
+    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model (as the run's)."),
+    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units (as the run's)."),
+    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure (as the run's)."),
+    descriptors: str = descriptors_option(),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and batches (public data: no secret to keep)."),
+    output_format: OutputFormat = format_option(),
+) -> None:
+    """Train the classifier on public reference seizures alone (no DP, no site data), as a run's initial model.
+
+    Start a run from it with `coordinator run --initial-model DIR/public-model`: under patient-level DP the sites'
+    rounds then adapt a model that already separates the seizure types instead of starting from random weights.
+    """
+    from semiofed.client.training.calibrate import reference_records
+    from semiofed.client.training.local import group_patients
+    from semiofed.common.learning.checkpoint import save_checkpoint
+    from semiofed.common.learning.classifier import classifier_config
+    from semiofed.common.learning.public_model import public_patients, train_public_model
+
+    coordinator = _coordinator(directory)
+    config = FederationConfig(labels=labels, streams=streams, temporal=temporal, hidden=hidden, n_segments=segments,
+                              descriptors=descriptors, seed=seed)
+    records = reference_records(reference, config.model_spec.labels)
+    seizures = [s for p in group_patients(records, config.model_spec.labels, config.model_spec.streams) for s in p.seizures]
+    model = train_public_model(public_patients(seizures), classifier_config(config), lr=config.lr,
+                               optimizer=config.optimizer, batch_patients=config.batch_patients, seed=seed)
+    path = save_checkpoint(coordinator.root / "public-model", model, {"temperature": 1.0, "trained": (
+        f"public reference {reference.resolve()} only ({len(seizures)} seizures), no DP, no site data")})
+    emit(output_format, {"checkpoint": str(path), "seizures": len(seizures)},
+         lambda: Console().print(f"public model of {len(seizures)} reference seizures: {path} "
+                                 f"(start a run from it with --initial-model {path})"))
+
+
 @app.command()
 def run(
     directory: Path = DirOption,
@@ -127,11 +166,22 @@ def run(
     wait_for_sites: float = typer.Option(60.0, "--wait-for-sites", help="Seconds to wait for --min-sites enrolled sites to be online before the run starts; then it fails naming the missing ones."),
     evaluate_every: int = typer.Option(0, "--evaluate-every", help="Evaluate at the sites every k rounds and after the last (0: after the last only); each evaluation is a DP release a site charges to its budget."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
+    initial_model: Optional[Path] = typer.Option(
+        None, "--initial-model", help="Start from this checkpoint instead of random weights, e.g. a model trained on "
+        "public reference seizures (`semiofed site train --no-dp` on a public store): no site's data, no privacy cost."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Launch a federated run on the running SuperLink and stream its progress."""
     coordinator = _coordinator(directory)
     resume_from = ""
+    if resume and initial_model is not None:
+        from semiofed.common.errors import SemiofedError
+
+        raise SemiofedError("--resume and --initial-model both choose the initial weights", "give one of them")
+    if initial_model is not None:
+        from semiofed.common.learning.checkpoint import load_checkpoint
+
+        resume_from = str(load_checkpoint(initial_model).path.resolve())  # a missing or corrupt checkpoint fails here
     if resume:
         latest = coordinator.latest_checkpoint()
         if latest is None:

@@ -1,0 +1,106 @@
+"""The public initial model: trained on public reference seizures only, it is what a federated run starts from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dp_synthetic import populate
+from semiofed.cli import main as cli_main
+from semiofed.client.site import init_site
+from semiofed.client.training.local import group_patients, load_site_records
+from semiofed.common.errors import SemiofedError
+from semiofed.common.federation.run_config import FederationConfig
+from semiofed.common.learning.checkpoint import WEIGHTS_FILE, load_checkpoint
+from semiofed.common.learning.classifier import classifier_config
+from semiofed.common.learning.metrics import classification_report, softmax
+from semiofed.common.learning.public_model import public_patients, train_public_model
+from semiofed.common.learning.trainer import predict_logits
+from semiofed.common.learning.weights import get_weights
+from semiofed.server.federation.server_app import initial_weights
+
+FED = FederationConfig()
+
+
+@pytest.fixture(scope="module")
+def app():
+    cli_main._register()
+    return cli_main.app
+
+
+def _store(root, name: str, seed: int, n_patients: int = 16):
+    site = init_site(root / name, name)
+    populate(site.layout.records_dir, n_patients=n_patients, seizures=(1,), dim=16, n_snippets=12, seed=seed)
+    return site
+
+
+def _seizures(site):
+    labels, streams = FED.model_spec.labels, FED.model_spec.streams
+    return [s for p in group_patients(load_site_records(site, labels), labels, streams) for s in p.seizures]
+
+
+def _train(seizures, seed=0):
+    return train_public_model(public_patients(seizures), classifier_config(FED), lr=FED.lr, optimizer=FED.optimizer,
+                              batch_patients=FED.batch_patients, seed=seed)
+
+
+def test_the_public_model_separates_unseen_seizures(tmp_path):
+    public, unseen = _seizures(_store(tmp_path, "reference", seed=1)), _seizures(_store(tmp_path, "hospital", seed=2))
+    model = _train(public)
+    report = classification_report([s.label for s in unseen],
+                                   softmax(predict_logits(model, unseen, n_segments=FED.n_segments)))
+    assert report["auroc"] > 0.95 and report["balanced_accuracy"] > 0.8, report
+    # ... which the same architecture's random initial weights do not (the run's start without it)
+    fresh = classifier_config(FED)
+    from semiofed.common.learning.classifier import build_classifier
+
+    untrained = classification_report([s.label for s in unseen], softmax(predict_logits(
+        build_classifier(fresh, seed=0), unseen, n_segments=FED.n_segments)))
+    assert untrained["balanced_accuracy"] < 0.7
+
+
+def test_a_public_reference_without_every_label_is_refused(tmp_path):
+    seizures = [s for s in _seizures(_store(tmp_path, "reference", seed=1)) if s.label == 0]
+    with pytest.raises(SemiofedError, match="no TCS seizure"):
+        _train(seizures)
+
+
+def test_a_reference_of_another_width_is_refused(tmp_path):
+    seizures = _seizures(_store(tmp_path, "reference", seed=1))
+    narrow = [type(s)(s.inputs[:, :5], s.label, s.record_id) for s in seizures]
+    with pytest.raises(SemiofedError, match="inputs are \\[5\\] wide"):
+        _train(narrow)
+
+
+def test_coordinator_public_model_is_the_runs_initial_weights(tmp_path, app):
+    reference = _store(tmp_path, "reference", seed=1)
+    result = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(tmp_path / "coord"),
+                                      "--reference", str(reference.layout.root), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert made["seizures"] == 16
+    checkpoint = load_checkpoint(made["checkpoint"])
+    assert "no DP, no site data" in checkpoint.meta["trained"]
+    start = initial_weights(FederationConfig(resume_from=made["checkpoint"]))
+    assert all(np.array_equal(a, b) for a, b in zip(start, get_weights(checkpoint.model)))
+    assert not all(np.array_equal(a, b) for a, b in zip(start, initial_weights(FED)))  # not the random start
+
+
+def test_coordinator_run_refuses_a_bad_initial_model_before_anything_starts(tmp_path, app):
+    reference = _store(tmp_path, "reference", seed=1)
+    coord = tmp_path / "coord"
+    made = json.loads(CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(coord), "--reference",
+                                               str(reference.layout.root), "--format", "json"]).stdout)
+    both = CliRunner().invoke(app, ["coordinator", "run", "--dir", str(coord), "--resume",
+                                    "--initial-model", made["checkpoint"]])
+    assert both.exit_code == 1 and "give one of them" in both.stderr and both.stderr.count("\n") == 1
+    weights = tmp_path / "coord" / "public-model" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # a changed model is not what was trained
+    tampered = CliRunner().invoke(app, ["coordinator", "run", "--dir", str(coord), "--initial-model", made["checkpoint"]])
+    assert tampered.exit_code == 1 and "corrupt or were changed" in tampered.stderr
+    missing = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(coord),
+                                       "--reference", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "not a site store" in missing.stderr
