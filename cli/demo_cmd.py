@@ -70,11 +70,13 @@ def demo(
     Each hospital gets synthetic seizure videos (its own camera set-up and
     case mix) and runs `site init` and `site prepare` (real MediaPipe pose,
     the landmarks the default model reads). The sites then train one
-    classifier (a linear head over motion descriptors) over a real local Flower
-    deployment (TLS, site keys, SecAgg+; --quick uses the simulation engine
-    unless --deployment), each under its own DP budget, and are compared with
-    local-only DP training and a centralised non-private model on the same
-    held-out patients (half of every site's patients), with 95% intervals.
+    classifier (a linear head over motion descriptors), starting from a model
+    of the public reference seizures, over a real local Flower deployment
+    (TLS, site keys, SecAgg+; --quick uses the simulation engine unless
+    --deployment), each under its own DP budget, and are compared with
+    local-only DP training, the public model alone and a centralised
+    non-private model on the same held-out patients (half of every site's
+    patients), with 95% intervals.
     Every site's ledger is audited; report.html and report.json are written
     to --out.
     """

@@ -49,6 +49,9 @@ class DemoConfig:
     # epsilon 4, the federated run may spend 3.9 more (the PRV accountant's error keeps it inside 8).
     local_epsilon: float = 4.0  # the site's total after its local-only baseline run
     federated_epsilon: float = 3.9  # what the coordinator asks each site to spend at most in the federated run
+    # the federated run starts from a model trained on the public reference seizures (no privacy cost), not from
+    # random weights: docs/benchmarks.md, "The public initial model"
+    public_init: bool = True
 
     def phantom(self) -> Any:
         """The phantom cohort: every site holds out half its patients, so the default demo tests >= 40 seizures.
@@ -146,6 +149,20 @@ def calibrate(model: Any, reference: list[Any], n_segments: int) -> dict[str, An
 
     logits = predict_logits(model, reference, n_segments=n_segments)
     return calibrate_on_reference(model, logits, np.array([s.label for s in reference]))
+
+
+def public_initial_model(config: DemoConfig, fed: FederationConfig, reference: list[Any]) -> tuple[Any, Path]:
+    """The classifier trained on the public reference seizures alone (no DP, no site data), saved as the run's
+    initial model; returns it (uncalibrated) and its checkpoint."""
+    from semiofed.common.learning.checkpoint import save_checkpoint
+    from semiofed.common.learning.classifier import classifier_config
+    from semiofed.common.learning.public_model import public_patients, train_public_model
+
+    model = train_public_model(public_patients(reference), classifier_config(fed), lr=fed.lr, optimizer=fed.optimizer,
+                               batch_patients=fed.batch_patients, seed=fed.seed)
+    path = save_checkpoint(config.out / "public-model", model, {"temperature": 1.0, "trained": (
+        f"public reference only ({len(reference)} seizures), no DP, no site data")})
+    return model, path
 
 
 def local_baselines(site_dirs: list[Path], fed: FederationConfig, epsilon: float, progress: Progress) -> dict[str, Any]:
@@ -385,6 +402,13 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
         local_pooled = pool_local_only(local, tasks, reference, fed.n_segments)
         t = lap("local_baseline", t)
         central, central_model = centralised_baseline(tasks, fed, reference, progress)
+        public_only = None
+        if config.public_init:
+            public_model, public_path = public_initial_model(config, fed, reference)
+            fed = replace(fed, resume_from=str(public_path))  # the run's initial weights (a copy calibrates below)
+            public_calibration = calibrate(public_model, reference, fed.n_segments)
+            public_only = evaluate_everywhere(public_model, 1.0, tasks, fed.n_segments) | {
+                "calibration": public_calibration, "checkpoint": str(public_path)}
         from semiofed.client.training.calibrate import reference_records
         from semiofed.common.learning.unusual import fit_unusual_on_records
 
@@ -416,7 +440,8 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
         "federation_mode": ("real local deployment: SuperLink with TLS, site-key authentication, SecAgg+, one SuperNode "
                             "process per site on 127.0.0.1") if config.mode == MODE_DEPLOY else
                            "Flower simulation engine (Ray), SecAgg+, one virtual SuperNode per site",
-        "sites": prepared, "local_only": local, "local_only_pooled": local_pooled, "centralised": central, "federated": federated, "run": run,
+        "sites": prepared, "local_only": local, "local_only_pooled": local_pooled, "centralised": central,
+        "public_only": public_only, "federated": federated, "run": run,
         "audit": audit, "timeline": timeline, "clinician": clinician, "final_checkpoint": str(calibrated),
         "reference": {"seizures": len(reference), "seed": config.seed + REFERENCE_SEED_OFFSET,
                       "what": "public phantom seizures run through site prepare; they set each model's decision "

@@ -144,12 +144,15 @@ def _interval(metrics: dict[str, Any], key: str) -> str:
 
 
 def comparison_rows(report: dict[str, Any]) -> list[list[Any]]:
-    """Local-only vs federated vs centralised, on the same held-out patients, with 95% bootstrap intervals."""
+    """Local-only vs the public model alone (when the run started from it) vs federated vs centralised, on the same
+    held-out patients, with 95% bootstrap intervals."""
     local = report.get("local_only_pooled", {}).get("pooled") or _pooled_local(report["local_only"])
     rows = []
+    public = (report.get("public_only") or {}).get("pooled")
     for name, privacy, metrics in (
         ("local-only (each site alone)", "DP per site", local),
-        ("federated (SecAgg+)", "DP per site", report["federated"]["pooled"]),
+        *([("public reference only (no site data)", "public data", public)] if public else []),
+        ("federated (SecAgg+)" + (", from the public model" if public else ""), "DP per site", report["federated"]["pooled"]),
         ("centralised (pooled data)", "NOT private", report["centralised"]["pooled"]),
     ):
         rows.append([name, privacy, *[metrics.get(key, math.nan) for key, _ in METRICS],

@@ -68,6 +68,12 @@ def test_report_html_is_self_contained(tmp_path):
     assert json.loads(json_path.read_text())["run"]["status"] == "finished"
     rows = comparison_rows(report)
     assert [r[1] for r in rows] == ["DP per site", "DP per site", "NOT private"]
+    # a run started from the public model shows that model alone beside it: what the federation has to beat
+    public = sample_report() | {"public_only": {"pooled": dict(report["centralised"]["pooled"])}}
+    rows = comparison_rows(public)
+    assert [r[:2] for r in rows][1:3] == [["public reference only (no site data)", "public data"],
+                                          ["federated (SecAgg+), from the public model", "DP per site"]]
+    assert "public reference only" in build_html(public)
     assert "Only 12 held-out seizures" in page  # a quick-demo-sized test set says what its figures mean
     assert "What a clinician reads" in page and "1 flagged as unusual" in page and "left arm" in page
     many = sample_report()

@@ -41,6 +41,9 @@ def test_quick_demo_federates_audits_and_reports(tmp_path: Path, model_dir: Path
         evaluated = sum(site in r.get("evaluate", {}) for r in report["run"]["rounds"])
         assert evaluated <= 1 and audit["entries"] == 1 + trained + evaluated and audit["epsilon"][-1]["epsilon_cumulative"] <= audit["epsilon_max"] * 1.01
     assert set(report["federated"]["sites"]) == set(report["audit"]) == set(report["centralised"]["sites"])
+    # the run started from the model of the public reference alone, which the report shows beside it
+    public = report["public_only"]
+    assert report["run"]["config"]["resume-from"] == public["checkpoint"] and set(public["sites"]) == set(report["audit"])
     page = Path(summary["report_html"]).read_text()
     assert page.count("<svg") >= 4 and "https://" not in page
 
