@@ -139,19 +139,24 @@ def held_out_fold(site_dirs: list[Path], row: str, epsilon: float | None, tempor
         model = decide(tasks[0].build_model(weights))
         parts = [predict(model, 1.0, t.test) for t in tasks]
     else:
-        sites = [scratch_site(d, SCRATCH / f"{i}-{d.name}", max_epsilon=MAX_EPSILON) for i, d in enumerate(site_dirs)]
-        scratch_tasks = [SiteTask(SiteSettings(s.layout.root, split_seed=seed), fed) for s in sites]
-        weights = initial_weights(fed)
-        run_id = f"bench-eps{epsilon:g}-s{seed}-f{test_fold}"
-        for round_ in range(1, ROUNDS + 1):
-            results = [t.fit(weights, run_id=run_id, round=round_) for t in scratch_tasks]
-            weights = fedavg(results)
-        model = decide(scratch_tasks[0].build_model(weights))
-        parts = [predict(model, 1.0, t.test) for t in tasks]
-        info["sigma"] = [m["noise_multiplier"] for _, _, m in results]
-        info["epsilon_spent"] = [m["epsilon_spent"] for _, _, m in results]
+        model, info = federated_local_dp(site_dirs, fed, epsilon, seed, test_fold, initial_weights(fed))
+        parts = [predict(decide(model), 1.0, t.test) for t in tasks]
     y = [label for labels, _ in parts for label in labels]
     return (y, np.concatenate([p for _, p in parts])), info
+
+
+def federated_local_dp(site_dirs: list[Path], fed: FederationConfig, epsilon: float, seed: int, test_fold: int,
+                       weights: list[np.ndarray], scratch: str = "") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """FedAvg of the sites' real budgeted local-DP rounds (`SiteTask.fit`, in process on scratch copies of the sites)
+    from `weights`; the final model and each site's sigma and epsilon spent."""
+    sites = [scratch_site(d, SCRATCH / f"{scratch}{i}-{d.name}", max_epsilon=MAX_EPSILON) for i, d in enumerate(site_dirs)]
+    scratch_tasks = [SiteTask(SiteSettings(s.layout.root, split_seed=seed), fed) for s in sites]
+    run_id = f"bench{scratch}-eps{epsilon:g}-s{seed}-f{test_fold}"
+    for round_ in range(1, ROUNDS + 1):
+        results = [t.fit(weights, run_id=run_id, round=round_) for t in scratch_tasks]
+        weights = fedavg(results)
+    return scratch_tasks[0].build_model(weights), {"sigma": [m["noise_multiplier"] for _, _, m in results],
+                                                   "epsilon_spent": [m["epsilon_spent"] for _, _, m in results]}
 
 
 def distributed_run(site_dirs: list[Path], fed: FederationConfig, epsilon: float, seed: int,
