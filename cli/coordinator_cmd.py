@@ -123,9 +123,8 @@ def public_model(
     """
     from semiofed.client.training.calibrate import reference_records
     from semiofed.client.training.local import group_patients
-    from semiofed.common.learning.checkpoint import save_checkpoint
     from semiofed.common.learning.classifier import classifier_config
-    from semiofed.common.learning.public_model import public_patients, train_public_model
+    from semiofed.common.learning.public_model import public_patients, save_public_model, train_public_model
 
     coordinator = _coordinator(directory)
     config = FederationConfig(labels=labels, streams=streams, temporal=temporal, hidden=hidden, n_segments=segments,
@@ -134,8 +133,7 @@ def public_model(
     seizures = [s for p in group_patients(records, config.model_spec.labels, config.model_spec.streams) for s in p.seizures]
     model = train_public_model(public_patients(seizures), classifier_config(config), lr=config.lr,
                                optimizer=config.optimizer, batch_patients=config.batch_patients, seed=seed)
-    path = save_checkpoint(coordinator.root / "public-model", model, {"temperature": 1.0, "trained": (
-        f"public reference {reference.resolve()} only ({len(seizures)} seizures), no DP, no site data")})
+    path = save_public_model(coordinator.root / "public-model", model, len(seizures), str(reference.resolve()))
     emit(output_format, {"checkpoint": str(path), "seizures": len(seizures)},
          lambda: Console().print(f"public model of {len(seizures)} reference seizures: {path} "
                                  f"(start a run from it with --initial-model {path})"))
@@ -167,8 +165,8 @@ def run(
     evaluate_every: int = typer.Option(0, "--evaluate-every", help="Evaluate at the sites every k rounds and after the last (0: after the last only); each evaluation is a DP release a site charges to its budget."),
     resume: bool = typer.Option(False, "--resume", help="Start from the last global checkpoint of this coordinator."),
     initial_model: Optional[Path] = typer.Option(
-        None, "--initial-model", help="Start from this checkpoint instead of random weights, e.g. a model trained on "
-        "public reference seizures (`semiofed site train --no-dp` on a public store): no site's data, no privacy cost."),
+        None, "--initial-model", help="Start from this checkpoint instead of random weights, e.g. the model of public reference "
+        "seizures that `coordinator public-model` writes (no site's data, no privacy cost)."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Launch a federated run on the running SuperLink and stream its progress."""

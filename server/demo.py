@@ -154,15 +154,12 @@ def calibrate(model: Any, reference: list[Any], n_segments: int) -> dict[str, An
 def public_initial_model(config: DemoConfig, fed: FederationConfig, reference: list[Any]) -> tuple[Any, Path]:
     """The classifier trained on the public reference seizures alone (no DP, no site data), saved as the run's
     initial model; returns it (uncalibrated) and its checkpoint."""
-    from semiofed.common.learning.checkpoint import save_checkpoint
     from semiofed.common.learning.classifier import classifier_config
-    from semiofed.common.learning.public_model import public_patients, train_public_model
+    from semiofed.common.learning.public_model import public_patients, save_public_model, train_public_model
 
     model = train_public_model(public_patients(reference), classifier_config(fed), lr=fed.lr, optimizer=fed.optimizer,
                                batch_patients=fed.batch_patients, seed=fed.seed)
-    path = save_checkpoint(config.out / "public-model", model, {"temperature": 1.0, "trained": (
-        f"public reference only ({len(reference)} seizures), no DP, no site data")})
-    return model, path
+    return model, save_public_model(config.out / "public-model", model, len(reference))
 
 
 def local_baselines(site_dirs: list[Path], fed: FederationConfig, epsilon: float, progress: Progress) -> dict[str, Any]:
@@ -405,7 +402,7 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
         public_only = None
         if config.public_init:
             public_model, public_path = public_initial_model(config, fed, reference)
-            fed = replace(fed, resume_from=str(public_path))  # the run's initial weights (a copy calibrates below)
+            fed = replace(fed, resume_from=str(public_path))  # the run's initial weights: saved before calibration
             public_calibration = calibrate(public_model, reference, fed.n_segments)
             public_only = evaluate_everywhere(public_model, 1.0, tasks, fed.n_segments) | {
                 "calibration": public_calibration, "checkpoint": str(public_path)}

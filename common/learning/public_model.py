@@ -12,9 +12,11 @@ model", next to the public model alone (what the federation must beat).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from semiofed.common.errors import SemiofedError
+from semiofed.common.learning.checkpoint import save_checkpoint
 from semiofed.common.learning.classifier import ClassifierConfig, SeizureClassifier, build_classifier
 from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer
 
@@ -45,9 +47,16 @@ def train_public_model(patients: Sequence[Patient], config: ClassifierConfig, *,
     return model
 
 
+def save_public_model(directory: Path, model: SeizureClassifier, seizures: int, source: str = "") -> Path:
+    """Write the public model as a checkpoint a run can start from (`coordinator run --initial-model`)."""
+    where = f" {source}" if source else ""
+    return save_checkpoint(directory, model, {"temperature": 1.0, "trained": (
+        f"public reference{where} only ({seizures} seizures), no DP, no site data")})
+
+
 def public_patients(seizures: Sequence[Seizure]) -> list[Patient]:
     """Public reference seizures as training units, one seizure each (public data: no patient to protect)."""
     return [Patient(pseudonym=f"public-{i}", seizures=(s,)) for i, s in enumerate(seizures)]
 
 
-__all__ = ["PUBLIC_EPOCHS", "train_public_model", "public_patients"]
+__all__ = ["PUBLIC_EPOCHS", "train_public_model", "save_public_model", "public_patients"]
