@@ -177,9 +177,7 @@ def run(
 
         raise SemiofedError("--resume and --initial-model both choose the initial weights", "give one of them")
     if initial_model is not None:
-        from semiofed.common.learning.checkpoint import load_checkpoint
-
-        resume_from = str(load_checkpoint(initial_model).path.resolve())  # a missing or corrupt checkpoint fails here
+        resume_from = str(Path(initial_model).resolve())
     if resume:
         latest = coordinator.latest_checkpoint()
         if latest is None:
@@ -193,12 +191,27 @@ def run(
                               labels=labels, streams=streams,
                               temporal=temporal, hidden=hidden, n_segments=segments, descriptors=descriptors, dp_mode=dp_mode, folds=folds,
                               evaluate_every=evaluate_every, resume_from=resume_from)
+    if initial_model is not None:
+        _check_initial_model(initial_model, config)
     err = Console(stderr=True)
     result = coordinator.run(config, on_line=lambda line: err.print(line, markup=False, highlight=False) if line.strip() else None,
                              wait_for_sites=wait_for_sites)
     emit(output_format, result, lambda: Console().print(_run_table(result)), sort_keys=True)
     if result.get("status") != "finished":
         raise typer.Exit(1)
+
+
+def _check_initial_model(path: Path, config: FederationConfig) -> None:
+    """Refuse, before anything starts, an initial model that is missing, changed or of another shape than the run's."""
+    from semiofed.common.errors import SemiofedError
+    from semiofed.common.learning.checkpoint import load_checkpoint
+    from semiofed.common.learning.classifier import classifier_config
+
+    checkpoint = load_checkpoint(path)  # a missing or corrupt checkpoint fails here
+    if checkpoint.config != classifier_config(config):
+        raise SemiofedError(f"--initial-model {path} is a {checkpoint.config.temporal} model of "
+                            f"{','.join(checkpoint.config.streams)}, not the shape this run trains",
+                            "make it with the run's model options (`coordinator public-model --temporal ... --streams ...`)")
 
 
 def _run_table(run: dict[str, Any]) -> Table:

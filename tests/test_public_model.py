@@ -101,6 +101,12 @@ def test_coordinator_run_refuses_a_bad_initial_model_before_anything_starts(tmp_
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # a changed model is not what was trained
     tampered = CliRunner().invoke(app, ["coordinator", "run", "--dir", str(coord), "--initial-model", made["checkpoint"]])
     assert tampered.exit_code == 1 and "corrupt or were changed" in tampered.stderr
+    other = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(tmp_path / "gru"), "--reference",
+                                     str(reference.layout.root), "--temporal", "gru", "--format", "json"])
+    assert other.exit_code == 0, other.output
+    shape = CliRunner().invoke(app, ["coordinator", "run", "--dir", str(coord), "--initial-model",
+                                     json.loads(other.stdout)["checkpoint"]])  # the run trains the linear default
+    assert shape.exit_code == 1 and "not the shape this run trains" in shape.stderr and shape.stderr.count("\n") == 1
     missing = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(coord),
                                        "--reference", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "not a site store" in missing.stderr
