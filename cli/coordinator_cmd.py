@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from semiofed.cli.output import OutputFormat, emit, format_option
-from semiofed.cli.model_options import descriptors_option, dp_mode_option
-from semiofed.common.learning.spec import DEFAULT_MODEL
+from semiofed.cli.model_options import (descriptors_option, dp_mode_option, hidden_option, labels_option,
+                                        segments_option, streams_option, temporal_option)
 from semiofed.common.federation.run_config import STRATEGIES, STRATEGY_FEDAVG, FederationConfig
 
 _RUN = FederationConfig()  # the run config's defaults (model shape from DEFAULT_MODEL)
@@ -107,16 +107,19 @@ def public_model(
     directory: Path = DirOption,
     reference: Path = typer.Option(..., "--reference", help="A store of public reference seizures (`semiofed site init` "
                                    "and `site prepare` on published, consented videos): never a hospital's own patients."),
-    labels: str = typer.Option(",".join(DEFAULT_MODEL.labels), "--labels", help="Label set, in output order (as the run's)."),
-    streams: str = typer.Option(",".join(DEFAULT_MODEL.streams), "--streams", help="Input streams (as the run's)."),
-    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model (as the run's)."),
-    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units (as the run's)."),
-    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure (as the run's)."),
+    labels: str = labels_option(),
+    streams: str = streams_option(),
+    temporal: str = temporal_option(),
+    hidden: int = hidden_option(),
+    segments: int = segments_option(),
     descriptors: str = descriptors_option(),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and batches (public data: no secret to keep)."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Train the classifier on public reference seizures alone (no DP, no site data), as a run's initial model.
+
+    Give it the model options the run will use (`--temporal`, `--streams`, ...): `run --initial-model` refuses a
+    model of another shape.
 
     Start a run from it with `coordinator run --initial-model DIR/public-model`: under patient-level DP the sites'
     rounds then adapt a model that already separates the seizure types instead of starting from random weights.
@@ -153,11 +156,11 @@ def run(
     round_timeout: float = typer.Option(900.0, "--round-timeout", help="Seconds a round waits for sites."),
     site_epsilon: float = typer.Option(0.0, "--site-epsilon", help="Ask each site to spend at most this epsilon in this run (sites may spend less)."),
     noise_multiplier: float = typer.Option(0.0, "--noise-multiplier", help="Ask every site for this DP noise (0: each site chooses; a site refuses less than its minimum)."),
-    labels: str = typer.Option(",".join(DEFAULT_MODEL.labels), "--labels", help="Label set, in output order."),
-    streams: str = typer.Option(",".join(DEFAULT_MODEL.streams), "--streams", help="Input streams."),
-    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model."),
-    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
-    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
+    labels: str = labels_option(),
+    streams: str = streams_option(),
+    temporal: str = temporal_option(),
+    hidden: int = hidden_option(),
+    segments: int = segments_option(),
     descriptors: str = descriptors_option(),
     dp_mode: str = dp_mode_option(),
     folds: int = typer.Option(5, "--folds", help="Patient folds at each site: one test, one validation, the rest training (>= 3)."),
@@ -266,9 +269,9 @@ def simulate(
     strategy: str = typer.Option(STRATEGY_FEDAVG, "--strategy", help=f"Aggregation: {', '.join(STRATEGIES)}."),
     local_epochs: int = typer.Option(_RUN.local_epochs, "--local-epochs", help="Local epochs per round."),
     secure_aggregation: bool = typer.Option(True, "--secure-aggregation/--no-secure-aggregation", help="SecAgg+ (on by default)."),
-    temporal: str = typer.Option(DEFAULT_MODEL.temporal, "--temporal", help="Temporal model."),
-    hidden: int = typer.Option(DEFAULT_MODEL.hidden, "--hidden", help="Hidden units."),
-    segments: int = typer.Option(DEFAULT_MODEL.n_segments, "--segments", help="Segments per seizure."),
+    temporal: str = temporal_option(),
+    hidden: int = hidden_option(),
+    segments: int = segments_option(),
     descriptors: str = descriptors_option(),
     dp_mode: str = dp_mode_option(),
     batch_patients: int = typer.Option(_RUN.batch_patients, "--batch-patients", help="Expected patients per DP step at each site."),
