@@ -54,6 +54,10 @@ def init(
     min_secure_aggregation_threshold: int = typer.Option(PrivacyPolicy.min_secure_aggregation_threshold,
                                                          "--min-secure-aggregation-threshold",
                                                          help="The least SecAgg+ reconstruction threshold accepted."),
+    public_reference: bool = typer.Option(False, "--public-reference",
+                                          help="This store will hold only public, consented seizure videos (a public "
+                                               "reference), never a hospital's own patients: a model trained on it "
+                                               "without DP may leave it (`coordinator public-model`)."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Create a site: signing key pair, pseudonymisation secret, privacy policy, empty store."""
@@ -63,7 +67,7 @@ def init(
                            evaluation_release=evaluation_release, max_evaluations_per_run=max_evaluations_per_run,
                            require_secure_aggregation=require_secure_aggregation,
                            min_secure_aggregation_threshold=min_secure_aggregation_threshold)
-    site = init_site(site_dir, site_id, policy)
+    site = init_site(site_dir, site_id, policy, public_reference=public_reference)
 
     def print_table() -> None:
         console = Console()
@@ -72,7 +76,8 @@ def init(
         console.print(f"privacy budget: epsilon {policy.max_epsilon:g}, delta {policy.target_delta:g}")
 
     emit(output_format, {"site_id": site.site_id, "site_dir": str(site.layout.root.resolve()),
-                         "public_key": str(site.layout.public_key.resolve()), "privacy_policy": site.policy.to_dict()}, print_table)
+                         "public_key": str(site.layout.public_key.resolve()), "privacy_policy": site.policy.to_dict(),
+                         "public_reference": site.public_reference}, print_table)
 
 
 def _summary(outcomes: list) -> Table:

@@ -92,6 +92,9 @@ class Site:
     site_id: str
     layout: SiteLayout
     policy: PrivacyPolicy
+    # a store of public, consented seizure videos (`site init --public-reference`), not a hospital's patients: a model
+    # trained on it without DP may leave it (`coordinator public-model`)
+    public_reference: bool = False
 
     @property
     def privacy(self) -> SitePrivacy:
@@ -104,8 +107,9 @@ class Site:
         return bytes.fromhex(self.layout.pseudonym_key.read_text(encoding="ascii").strip())
 
 
-def init_site(root: Path, site_id: str, policy: PrivacyPolicy | None = None) -> Site:
-    """Create a site directory: signing key pair, pseudonym secret, policy, empty store and ledger.
+def init_site(root: Path, site_id: str, policy: PrivacyPolicy | None = None, *, public_reference: bool = False) -> Site:
+    """Create a site directory: signing key pair, pseudonym secret, policy, empty store and ledger (marked as a public
+    reference store when `public_reference`).
 
     Refuses to overwrite an existing site (its keys and secret cannot be recreated).
     """
@@ -137,7 +141,8 @@ def init_site(root: Path, site_id: str, policy: PrivacyPolicy | None = None) -> 
     if not layout.ledger_file.exists():
         write_bytes_atomic(layout.ledger_file, b"")
     # site.json last: its presence marks a complete site.
-    write_json_atomic(layout.site_file, {"site_id": site_id, "layout_version": 1})
+    write_json_atomic(layout.site_file, {"site_id": site_id, "layout_version": 1}
+                      | ({"public_reference": True} if public_reference else {}))
     return open_site(root)
 
 
@@ -147,8 +152,9 @@ def open_site(root: Path) -> Site:
     if not layout.site_file.is_file():
         raise SiteError(f"{layout.root} is not a semiofed site directory", f"run `semiofed site init --site-dir {layout.root} --site-id NAME`")
     try:
-        site_id = json.loads(layout.site_file.read_text(encoding="utf-8"))["site_id"]
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        info = json.loads(layout.site_file.read_text(encoding="utf-8"))
+        site_id, public_reference = info["site_id"], info.get("public_reference") is True
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise SiteError(f"{layout.site_file} is unreadable ({exc})", "restore the site directory from backup") from exc
     for needed in (layout.private_key, layout.pseudonym_key):
         if not needed.is_file():
@@ -156,7 +162,7 @@ def open_site(root: Path) -> Site:
     for path in (layout.private_key, layout.pseudonym_key):
         if os.stat(path).st_mode & 0o077:
             os.chmod(path, 0o600)
-    return Site(site_id=site_id, layout=layout, policy=load_policy(layout.policy_file))
+    return Site(site_id=site_id, layout=layout, policy=load_policy(layout.policy_file), public_reference=public_reference)
 
 
 def tighten_policy(site: Site, new: PrivacyPolicy) -> Site:

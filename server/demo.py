@@ -134,7 +134,8 @@ def reference_seizures(config: DemoConfig, fed: FederationConfig, progress: Prog
 
     (manifest,) = generate_videos(config, progress, reference=True)
     site_dir = config.out / "reference-site"
-    site = open_site(site_dir) if (site_dir / "site.json").exists() else init_site(site_dir, "reference")
+    site = open_site(site_dir) if (site_dir / "site.json").exists() else init_site(site_dir, "reference",
+                                                                                    public_reference=True)
     rows = sum(1 for _ in manifest.open()) - 1
     with progress("public reference: de-identifying videos", rows) as advance:
         prepare_site(site, manifest, config=config.deidentify(), on_outcome=lambda _o: advance())

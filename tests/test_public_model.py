@@ -31,8 +31,8 @@ def app():
     return cli_main.app
 
 
-def _store(root, name: str, seed: int, n_patients: int = 16):
-    site = init_site(root / name, name)
+def _store(root, name: str, seed: int, n_patients: int = 16, public: bool = True):
+    site = init_site(root / name, name, public_reference=public)
     populate(site.layout.records_dir, n_patients=n_patients, seizures=(1,), dim=16, n_snippets=12, seed=seed)
     return site
 
@@ -48,7 +48,7 @@ def _train(seizures, seed=0):
 
 
 def test_the_public_model_separates_unseen_seizures(tmp_path):
-    public, unseen = _seizures(_store(tmp_path, "reference", seed=1)), _seizures(_store(tmp_path, "hospital", seed=2))
+    public, unseen = _seizures(_store(tmp_path, "reference", seed=1)), _seizures(_store(tmp_path, "hospital", seed=2, public=False))
     model = _train(public)
     report = classification_report([s.label for s in unseen],
                                    softmax(predict_logits(model, unseen, n_segments=FED.n_segments)))
@@ -110,3 +110,22 @@ def test_coordinator_run_refuses_a_bad_initial_model_before_anything_starts(tmp_
     missing = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(coord),
                                        "--reference", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "not a site store" in missing.stderr
+
+
+def test_a_hospitals_own_store_is_never_made_a_public_model(tmp_path, app):
+    """An operator who points --reference at a hospital's store (same layout, real patients) is refused: the model would
+    leave without DP. Nothing is written."""
+    hospital = _store(tmp_path, "hospital", seed=2, public=False)
+    result = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(tmp_path / "coord"),
+                                      "--reference", str(hospital.layout.root)])
+    assert result.exit_code == 1 and "not marked as a public reference" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "coord" / "public-model").exists()
+    # the mark comes only from `site init --public-reference`: a hand-edited site.json with a non-true value is no mark
+    info = json.loads(hospital.layout.site_file.read_text())
+    hospital.layout.site_file.write_text(json.dumps(info | {"public_reference": "yes"}))
+    again = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(tmp_path / "coord"),
+                                     "--reference", str(hospital.layout.root)])
+    assert again.exit_code == 1 and "not marked as a public reference" in again.stderr
+    made = CliRunner().invoke(app, ["site", "init", "--site-dir", str(tmp_path / "ref"), "--site-id", "ref",
+                                    "--public-reference", "--format", "json"])
+    assert made.exit_code == 0 and json.loads(made.stdout)["public_reference"] is True
