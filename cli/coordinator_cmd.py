@@ -124,22 +124,15 @@ def public_model(
     Start a run from it with `coordinator run --initial-model DIR/public-model`: under patient-level DP the sites'
     rounds then adapt a model that already separates the seizure types instead of starting from random weights.
     """
-    from semiofed.client.training.calibrate import reference_records
+    from semiofed.client.training.calibrate import public_reference_records
     from semiofed.client.training.local import group_patients
     from semiofed.common.learning.classifier import classifier_config
     from semiofed.common.learning.public_model import public_patients, save_public_model, train_public_model
 
-    from semiofed.client.site import open_site
-    from semiofed.common.errors import SemiofedError
-
     coordinator = _coordinator(directory)
     config = FederationConfig(labels=labels, streams=streams, temporal=temporal, hidden=hidden, n_segments=segments,
                               descriptors=descriptors, seed=seed)
-    records = reference_records(reference, config.model_spec.labels)
-    if not open_site(reference).public_reference:  # an operator's slip would release a non-DP model of patients
-        raise SemiofedError(f"store {reference} is not marked as a public reference: a model trained on it without DP "
-                            "would carry its patients out", "give a store made by `semiofed site init "
-                            "--public-reference` and filled with public, consented seizure videos only")
+    records = public_reference_records(reference, config.model_spec.labels)
     seizures = [s for p in group_patients(records, config.model_spec.labels, config.model_spec.streams) for s in p.seizures]
     model = train_public_model(public_patients(seizures), classifier_config(config), lr=config.lr,
                                optimizer=config.optimizer, batch_patients=config.batch_patients, seed=seed)

@@ -74,19 +74,19 @@ def predict(
 
 def calibrate(
     model: Path = typer.Option(..., "--model", help="Checkpoint directory to calibrate (it is not changed)."),
-    reference: Path = typer.Option(..., "--reference", help="Site store of PUBLIC reference seizures (`site init` + `site prepare`)."),
+    reference: Path = typer.Option(..., "--reference", help="Store of PUBLIC reference seizures (`site init --public-reference` + `site prepare`)."),
     out: Path = typer.Option(..., "--out", help="Directory for the calibrated checkpoint."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Calibrate a model on public reference seizures: decision threshold and scale, and the unusual-seizure reference
     that `predict` flags against. Post-processing on public data: no privacy cost."""
-    from semiofed.client.training.calibrate import calibrate_checkpoint, reference_records
+    from semiofed.client.training.calibrate import calibrate_checkpoint, public_reference_records
     from semiofed.common.learning.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)
     if out.resolve() == checkpoint.path.resolve():
         raise SemiofedError(f"--out {out} is the model itself", "write the calibrated checkpoint to a new directory")
-    records = reference_records(reference, checkpoint.config.labels)
+    records = public_reference_records(reference, checkpoint.config.labels)
     written = calibrate_checkpoint(checkpoint, records, out)
     calibrated = load_checkpoint(written)
     report = {"checkpoint": str(written), "reference_seizures": len(records),

@@ -293,7 +293,7 @@ def test_calibrate_command_adds_the_public_reference_and_leaves_the_model_alone(
 
     from semiofed.client.site import init_site
 
-    reference = init_site(tmp_path / "reference", "reference")
+    reference = init_site(tmp_path / "reference", "reference", public_reference=True)
     populate(reference.layout.records_dir, n_patients=10, seizures=(1,))
     model = build_classifier(ClassifierConfig(streams=("keypoints",), stcnn_dim=0, hidden=4, temporal="gru"), seed=0)
     ckpt = save_checkpoint(tmp_path / "model", model, {"temperature": 1.7})
@@ -314,6 +314,13 @@ def test_calibrate_command_adds_the_public_reference_and_leaves_the_model_alone(
     wrong = subprocess.run([sys.executable, "-m", "semiofed.cli", "calibrate", "--model", str(ckpt), "--reference",
                             str(tmp_path), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert wrong.returncode == 1 and "not a site store" in wrong.stderr and not (tmp_path / "x").exists()
+    # a hospital's own store as the reference: its statistics would leave with the model; refused, nothing written
+    hospital = init_site(tmp_path / "hospital", "hospital")
+    populate(hospital.layout.records_dir, n_patients=10, seizures=(1,))
+    private = subprocess.run([sys.executable, "-m", "semiofed.cli", "calibrate", "--model", str(ckpt), "--reference",
+                              str(hospital.layout.root), "--out", str(tmp_path / "y")], capture_output=True, text=True)
+    assert private.returncode == 1 and "not marked as a public reference" in private.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def test_site_show_flags_the_seizures_unlike_the_reference_for_review(tmp_path) -> None:
@@ -322,7 +329,7 @@ def test_site_show_flags_the_seizures_unlike_the_reference_for_review(tmp_path) 
     from semiofed.client.site import init_site
     from semiofed.common.records.schema import write_record
 
-    reference = init_site(tmp_path / "reference", "reference")
+    reference = init_site(tmp_path / "reference", "reference", public_reference=True)
     records = populate(reference.layout.records_dir, n_patients=10, seizures=(1,))
     model = build_classifier(ClassifierConfig(streams=("keypoints",), stcnn_dim=0, hidden=4, temporal="gru"), seed=0)
     ckpt = save_checkpoint(tmp_path / "model", model, {"temperature": 1.0})

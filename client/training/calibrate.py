@@ -28,6 +28,20 @@ def reference_records(store: Path, labels: Sequence[str]) -> list[SeizureRecord]
     return load_site_records(open_site(Path(store)), labels)
 
 
+def public_reference_records(store: Path, labels: Sequence[str]) -> list[SeizureRecord]:
+    """`reference_records` of a store marked as a public reference (`site init --public-reference`), else a one-line
+    error: what is fitted on it (a model without DP, the calibration, the unusual-seizure statistics) leaves with the
+    model, so an operator's slip must not make a hospital's patients the reference."""
+    from semiofed.client.site import open_site
+
+    records = reference_records(store, labels)
+    if not open_site(Path(store)).public_reference:
+        raise SemiofedError(f"store {store} is not marked as a public reference: what is fitted on it leaves with the "
+                            "model without DP", "give a store made by `semiofed site init --public-reference` and "
+                            "filled with public, consented seizure videos only")
+    return records
+
+
 def calibrate_model(model: Any, records: Sequence[SeizureRecord], n_segments: int) -> dict[str, Any]:
     """Fold the reference's scale and shift into the model's head (in place); return what was fitted."""
     from semiofed.client.training.local import group_patients
