@@ -105,8 +105,8 @@ def stop(directory: Path = DirOption, output_format: OutputFormat = format_optio
 @app.command("public-model")
 def public_model(
     directory: Path = DirOption,
-    reference: Path = typer.Option(..., "--reference", help="A store of public reference seizures (`semiofed site init` "
-                                   "and `site prepare` on published, consented videos): never a hospital's own patients."),
+    reference: Path = typer.Option(..., "--reference", help="A store of public reference seizures (`semiofed site init "
+                                   "--public-reference` and `site prepare` on published, consented videos only)."),
     labels: str = labels_option(),
     streams: str = streams_option(),
     temporal: str = temporal_option(),
