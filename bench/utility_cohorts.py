@@ -133,7 +133,9 @@ def build(name: str, root: Path = ROOT) -> dict[str, Any]:
     for manifest in manifests:
         site_dir = root / "reference-site" if name == REFERENCE else base / "sites" / manifest.parent.name
         site_name = REFERENCE if name == REFERENCE else manifest.parent.name
-        site = open_site(site_dir) if (site_dir / "site.json").exists() else init_site(site_dir, site_name)
+        # the public reference cohorts (the threshold's, the unusual-seizure check's) are marked as public stores
+        site = open_site(site_dir) if (site_dir / "site.json").exists() else \
+            init_site(site_dir, site_name, public_reference=name.endswith(REFERENCE))
         t0 = time.monotonic()
         outcomes = prepare_site(site, manifest, config=DemoConfig(out=root).deidentify())
         labels = DEFAULT_MODEL.labels + UNUSUAL_LABELS
