@@ -25,13 +25,13 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fast_ledger  # noqa: E402,F401
 from bench_utility import ROUNDS, LOCAL_EPOCHS, federated_local_dp, predict  # noqa: E402
 from report import write_section  # noqa: E402
 
@@ -90,13 +90,15 @@ def run_row(row: str, demo: Path, seeds: list[int], explain: list | None, public
     per_seed = []
     for seed in seeds:
         ys, ps, lateral, xl, started = [], [], [], None, time.monotonic()
+        base = FederationConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, folds=2, validation=False, seed=seed,
+                                site_epsilon=EPSILON)
+        public_seizures = public_subset([s for p in ref_patients for s in p.seizures], public_k, seed)
         for fold in (0, 1):
-            fed = FederationConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, folds=2, test_fold=fold, validation=False,
-                                   seed=seed, site_epsilon=EPSILON)
-            public = train_public_model(public_patients(public_subset([s for p in ref_patients for s in p.seizures],
-                                                                      public_k, seed)),
-                                        classifier_config(fed), lr=fed.lr, optimizer=fed.optimizer,
-                                        batch_patients=fed.batch_patients, seed=seed)
+            fed = replace(base, test_fold=fold)
+            # the public model depends on the seed only; it is retrained per fold because calibration changes it in place
+            public = None if row in ("random init", "centralised") else train_public_model(
+                public_patients(public_seizures), classifier_config(fed), lr=fed.lr, optimizer=fed.optimizer,
+                batch_patients=fed.batch_patients, seed=seed)
             model = fold_model(row, demo, fed, seed, fold, public)
             calibrate_model(model, reference, fed.n_segments)
             tasks = [SiteTask(SiteSettings(d, split_seed=seed), fed) for d in sorted((demo / "sites").iterdir())]

@@ -9,9 +9,10 @@ demo's federated run is repeated in Flower's simulation engine (SecAgg+, patient
 demo's epsilon 3.9, 3 rounds x 7 local epochs); the final model is calibrated on the public reference and tested on
 the held-out fold of every site (each patient is tested once per seed). Models: the default temporal model of
 `semiofed demo`'s run config (the GRU until 2026-12-06, the linear head since) over ten mirror-invariant
-descriptors, the same model over the body-region stream (common/records/region_motion.py: each region's energy and rhythm, sides apart, through per-region encoders, `RegionFusion`), and both streams together.
-Also reported: whether the
-region attributions of `semiofed predict` name the seizing side on the held-out lateralised focal seizures.
+descriptors, the same model over the body-region stream (common/records/region_motion.py: each region's energy
+and rhythm, sides apart, through per-region encoders, `RegionFusion`), and both streams together. Also reported:
+whether the region attributions of `semiofed predict` name the seizing side on the held-out lateralised focal
+seizures.
 """
 
 from __future__ import annotations

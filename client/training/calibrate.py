@@ -17,29 +17,35 @@ from semiofed.common.learning.checkpoint import CHECKPOINT_OWN_KEYS, Checkpoint,
 from semiofed.common.records.schema import SeizureRecord
 
 
-def reference_records(store: Path, labels: Sequence[str]) -> list[SeizureRecord]:
-    """The records of a public reference store whose label the model knows."""
+def _reference_site(store: Path) -> Any:
+    """The opened site store of a reference, or a one-line error when the folder is not a site store."""
     from semiofed.client.site import open_site
-    from semiofed.client.training.local import load_site_records
 
     if not (Path(store) / "site.json").is_file():
         raise SemiofedError(f"reference store {store} is not a site store", "give a folder made by `semiofed site init` "
                             "and filled by `semiofed site prepare` with public reference seizures")
-    return load_site_records(open_site(Path(store)), labels)
+    return open_site(Path(store))
+
+
+def reference_records(store: Path, labels: Sequence[str]) -> list[SeizureRecord]:
+    """The records of a public reference store whose label the model knows."""
+    from semiofed.client.training.local import load_site_records
+
+    return load_site_records(_reference_site(store), labels)
 
 
 def public_reference_records(store: Path, labels: Sequence[str]) -> list[SeizureRecord]:
     """`reference_records` of a store marked as a public reference (`site init --public-reference`), else a one-line
-    error: what is fitted on it (a model without DP, the calibration, the unusual-seizure statistics) leaves with the
-    model, so an operator's slip must not make a hospital's patients the reference."""
-    from semiofed.client.site import open_site
+    error before any record is read: what is fitted on it (a model without DP, the calibration, the unusual-seizure
+    statistics) leaves with the model, so an operator's slip must not make a hospital's patients the reference."""
+    from semiofed.client.training.local import load_site_records
 
-    records = reference_records(store, labels)
-    if not open_site(Path(store)).public_reference:
+    site = _reference_site(store)
+    if not site.public_reference:
         raise SemiofedError(f"store {store} is not marked as a public reference: what is fitted on it leaves with the "
                             "model without DP", "give a store made by `semiofed site init --public-reference` and "
                             "filled with public, consented seizure videos only")
-    return records
+    return load_site_records(site, labels)
 
 
 def calibrate_model(model: Any, records: Sequence[SeizureRecord], n_segments: int) -> dict[str, Any]:
