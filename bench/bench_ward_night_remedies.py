@@ -8,7 +8,14 @@ any plausibility check) and their keypoint error against the rendered truth (pha
 bench_ward_phantom.py), for the best quarter turn of each remedy and threshold. The same is done for the daylight
 clip with its colour taken away, and in colour, to separate colour from darkness.
 
-Usage: python bench/bench_ward_night_remedies.py [--frames 12] [--write]
+With --ceiling: the best region any search could choose, at the pipeline's own resolution. The clips are decoded,
+shrunk to 640x360 and taken at 15 fps as `site prepare` does, cut to a square around the ground-truth visible upper
+body (head, shoulders, arms: the blanket hides the rest) with a margin of 1.3x or 1.8x its extent, and tracked by
+the pose stream (VIDEO mode, client/deid/landmarks.py) at MediaPipe's default and at the lenient detection
+threshold, plain and contrast-enhanced. Reported: the share of frames with a pose and its keypoint error against the
+truth; the pipeline's plausibility checks are not applied, so this is what a perfect patient search could reach.
+
+Usage: python bench/bench_ward_night_remedies.py [--frames 12] [--ceiling] [--write]
 """
 
 from __future__ import annotations
@@ -27,12 +34,25 @@ from bench_ward_phantom import FPS, render_clip  # noqa: E402
 from report import write_section  # noqa: E402
 
 from semiofed.client.deid.exposure import ContrastMap, measure  # noqa: E402
+from semiofed.client.deid.landmarks import PoseStream  # noqa: E402
 from semiofed.client.deid.patient_search import unturn  # noqa: E402
 from semiofed.client.deid.rotation import ROTATIONS, PoseProbe, rotate  # noqa: E402
+from semiofed.common.records.schema import POSE, POSE_MASK  # noqa: E402
+from semiofed.phantom.body import JOINT_INDEX  # noqa: E402
 from semiofed.phantom.detect import PoseResult, keypoint_error  # noqa: E402
 
 THRESHOLDS = (0.5, 0.3, 0.15)
 SECONDS = 6.0
+# --ceiling: the pipeline's decode size and rate, the visible upper body, the margins around it
+DECODE_SIZE, DECODE_STEP = (640, 360), 2  # 1920x1080 / 3, every 2nd frame of 30 fps
+UPPER_BODY = tuple(JOINT_INDEX[n] for n in ("head", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+                                             "left_wrist", "right_wrist"))
+MARGINS = (1.3, 1.8)
+CEILING_CLIPS = (("IR night (supine)", "ward_supine", 300, True, False), ("IR night (supine)", "ward_supine", 301, True, False),
+                 ("IR night (curled on the side)", "ward_side", 300, True, False),
+                 ("IR night (curled on the side)", "ward_side", 301, True, False),
+                 ("day, greyscale (supine)", "ward_supine", 300, False, True),
+                 ("day, colour (supine)", "ward_supine", 300, False, False))
 
 
 def _grey(frames: np.ndarray) -> np.ndarray:
@@ -102,11 +122,79 @@ def measure_remedies(frames: np.ndarray, truth: np.ndarray, n: int, probes: dict
     return rows
 
 
+def ceiling_rows(name: str, kind: str, seed: int, ir: bool, grey: bool, folder: Path) -> list[list[str]]:
+    """Table rows of one clip: margin, enhancement, threshold, frames with a pose, keypoint error, PCK@0.1."""
+    path = folder / f"{kind}-{seed}-{ir}-{grey}.mp4"
+    ep = render_clip(path, kind, seed, SECONDS, ir, False, grey)
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    picks = np.arange(0, len(decoded), DECODE_STEP)
+    scale = decoded[0].shape[1] / DECODE_SIZE[0]
+    frames = np.stack([cv2.resize(decoded[i], DECODE_SIZE, interpolation=cv2.INTER_AREA) for i in picks])
+    truth = np.asarray(ep.joints_2d)
+    upper = truth[:, list(UPPER_BODY)].reshape(-1, 2)
+    upper = upper[np.isfinite(upper).all(axis=1)] / scale
+    (x0, y0), (x1, y1) = upper.min(axis=0), upper.max(axis=0)
+    stamps = (picks * 1000.0 / FPS).astype(np.int64)
+    rows = []
+    for margin in MARGINS:
+        side = max(x1 - x0, y1 - y0) * margin
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        box = (max(int(cx - side / 2), 0), max(int(cy - side / 2), 0), int(cx + side / 2), int(cy + side / 2))
+        crop = np.ascontiguousarray(frames[:, box[1]:box[3], box[0]:box[2]])
+        for enhanced in (False, True):
+            seen = ContrastMap(measure(crop[::5]))(crop) if enhanced else crop
+            for threshold in (0.5, 0.3):
+                with PoseStream(min_detection_confidence=threshold) as stream:
+                    arrays = stream.process(seen, stamps)
+                found = np.asarray(arrays[POSE_MASK]).astype(bool)
+                points = np.full((len(truth), 33, 2), np.nan)
+                kept = np.zeros(len(truth), bool)
+                for k, i in enumerate(picks):
+                    if found[k]:
+                        xy = np.asarray(arrays[POSE][k])[:, :2]
+                        points[i, :, 0] = (box[0] + xy[:, 0] * (box[2] - box[0])) * scale
+                        points[i, :, 1] = (box[1] + xy[:, 1] * (box[3] - box[1])) * scale
+                        kept[i] = True
+                error = keypoint_error(PoseResult(points, kept), truth) if kept.any() else {"nme": float("nan"), "pck10": float("nan")}
+                rows.append([f"{name}, seed {seed}", f"{margin:g}x ({box[2] - box[0]} px)",
+                             "contrast" if enhanced else "none", f"{threshold:g}", f"{found.mean():.0%}",
+                             "-" if not kept.any() else f"{error['nme']:.2f}",
+                             "-" if not kept.any() else f"{error['pck10']:.2f}"])
+    return rows
+
+
+def ceiling(write: bool) -> None:
+    """The --ceiling table: a perfect region at the pipeline's resolution."""
+    lines = ["| clip | region (side at 640x360) | enhancement | detection threshold | frames with a pose | "
+             "keypoint error / body size | PCK@0.1 |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for clip in CEILING_CLIPS:
+            for row in ceiling_rows(*clip, Path(tmp)):
+                lines.append("| " + " | ".join(row) + " |")
+                print(lines[-1], file=sys.stderr, flush=True)
+    body = (f"`python bench/bench_ward_night_remedies.py --ceiling`: ward clips of {SECONDS:g} s at 1920x1080 "
+            f"{FPS:g} fps (H.264), decoded, shrunk to {DECODE_SIZE[0]}x{DECODE_SIZE[1]} and taken at "
+            f"{FPS / DECODE_STEP:g} fps as `site prepare` does, cut to a square around the ground-truth visible upper "
+            "body (head, shoulders, arms) at the margin shown, tracked by the pose stream (VIDEO mode; presence and "
+            "tracking thresholds 0.3). Every pose MediaPipe returns is counted (no plausibility check). Error: "
+            "phantom/detect.py's NME and PCK@0.1 over the 13 core landmarks against the rendered truth.\n\n"
+            + "\n".join(lines))
+    print(body)
+    if write:
+        print("written to", write_section("ward-night-ceiling", "Night ward phantom: the best region at the pipeline's "
+                                          "resolution (issue 15)", body))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--ceiling", action="store_true", help="measure the best region at the pipeline's resolution")
     parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
+    if args.ceiling:
+        ceiling(args.write)
+        return
     probes = {t: PoseProbe(min_confidence=t) for t in THRESHOLDS}
     lines = ["| clip | remedy | threshold | best quarter turn | frames with a pose | keypoint error / body size |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
