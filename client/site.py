@@ -167,13 +167,12 @@ def open_site(root: Path) -> Site:
 
 def tighten_policy(site: Site, new: PrivacyPolicy) -> Site:
     """Replace the site's policy with one that spends no more privacy; refuse anything looser."""
-    old = site.policy
-    if not old.allows_change_to(new):
+    loosened = site.policy.loosened_by(new)
+    if loosened:
         raise SiteError(
-            f"the new policy (max_epsilon {new.max_epsilon:g}, delta {new.target_delta:g}, min noise "
-            f"{new.min_noise_multiplier:g}) would allow more privacy spending than the current one (max_epsilon "
-            f"{old.max_epsilon:g}, delta {old.target_delta:g}, min noise {old.min_noise_multiplier:g})",
-            "a site's budget can only be lowered: keep max_epsilon and delta at most, min noise at least, the current values",
+            f"the new policy would allow more privacy spending than the current one: {'; '.join(loosened)}",
+            "a site's budget can only be lowered: keep max_epsilon, delta and the evaluations allowed at most, the noise "
+            "and the minimum patients per fold at least, and the evaluation release no looser than now",
         )
     save_policy(site.layout.policy_file, new)
     return open_site(site.layout.root)

@@ -243,3 +243,35 @@ def test_a_run_that_cannot_reach_min_sites_fails_at_once_naming_the_missing_site
         deployment.coordinator.run(FederationConfig(min_sites=2), wait_for_sites=3.0, on_line=lines.append)
     assert time.monotonic() - started < 60
     assert lines == ["sites online: site-a; not online: site-b"]
+
+
+def test_a_plaintext_client_gets_nothing_from_the_sites_address(deployment):
+    """A client without TLS (an operator's slip, or a scanner) is cut off before any route is read."""
+    dep = deployment
+    with httpx.Client(base_url=f"http://{dep.site_address}", timeout=10) as plain:
+        for path in ("/v1/fleet/register-node", "/v1/fleet/pull-messages", "/plaintext-probe"):
+            with pytest.raises(httpx.TransportError):
+                plain.post(path, content=b"")
+    # nothing was routed, not even refused (a routed unknown path is logged as refused)
+    assert "/plaintext-probe" not in dep.coordinator.gateway_log_file.read_text()
+
+
+def test_a_site_trusts_only_the_coordinators_ca(deployment, tmp_path):
+    """A site given another CA (an impostor coordinator's, or the wrong file) never talks to the coordinator."""
+    from semiofed.server.certificates import TlsFiles, make_ca
+
+    dep = deployment
+    other = TlsFiles(tmp_path / "ca.pem", tmp_path / "ca.key", tmp_path / "server.pem", tmp_path / "server.key")
+    make_ca(other, name="another CA")
+    site_b = dep.root / "site-b"  # enrolled: with the right CA it would come online like site-a
+    supernode.join(site_b, superlink=dep.site_address, ca=other.ca_certificate, clientapp_port=free_port(),
+                   background=True)
+    pid = read_pid(site_b / supernode.PID_FILE)
+    try:
+        status = dep.coordinator.wait_for_sites(2, timeout=15)
+        assert status.get("site-b") != "online", status
+        log = (site_b / "logs" / supernode.LOG_FILE).read_text(errors="replace")
+        assert "certificate verify failed" in log.lower(), log[-2000:]
+    finally:
+        supernode.leave(site_b)
+    assert not is_running(pid)

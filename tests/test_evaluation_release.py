@@ -94,6 +94,129 @@ def test_one_patient_moves_the_release_by_at_most_one(tmp_path):
             assert 0 < np.linalg.norm(full - without) <= 1.0 + 1e-9
 
 
+def _curious_weights(model, **arrays: np.ndarray) -> list[np.ndarray]:
+    """A coordinator's chosen weights: seed-3 weights with the named arrays (state_dict names) replaced."""
+    names = list(model.state_dict())
+    weights = _weights(3)
+    for name, array in arrays.items():
+        weights[names.index(name)] = np.asarray(array, dtype=np.float32)
+    return weights
+
+
+def _uncapped_losses(model, patient) -> np.ndarray:
+    """Independently of release_vector: the patient's mean loss at each grid temperature, with no cap."""
+    from semiofed.common.learning.metrics import softmax
+    from semiofed.common.learning.trainer import predict_logits
+
+    logits = predict_logits(model, patient.seizures, n_segments=SMALL.n_segments)
+    labels = np.array([s.label for s in patient.seizures])
+    return np.array([np.mean(-np.log(np.clip(softmax(logits, t)[np.arange(len(labels)), labels], 1e-12, 1.0)))
+                     for t in evaluation.TEMPERATURE_GRID])
+
+
+def test_the_loss_cap_bounds_a_patient_under_extreme_weights_a_coordinator_chooses(tmp_path):
+    """Harmless weights move the release by ~0.2 without any cap; a curious coordinator instead sends a head that
+    is certain of class 0 (bias +-1e4), so a validation patient with class-1 seizures has an enormous loss at every
+    temperature. Removing that patient must still move the release by at most 1: the cap, not the weights, bounds it."""
+    site = _site(tmp_path)
+    task = SiteTask(SiteSettings(site.layout.root), SMALL)
+    model = build_classifier(classifier_config(SMALL), seed=0)
+    weights = _curious_weights(model, **{"head.bias": [1e4, -1e4]})
+    set_weights(model, weights)
+    scale = evaluation.NLL_CAP * np.sqrt(len(evaluation.TEMPERATURE_GRID))
+    full = release_vector(model, task.validation, task.test, n_segments=SMALL.n_segments, n_classes=2)
+    assert np.isfinite(full).all()
+    worst_uncapped = 0.0
+    for i, patient in enumerate(task.validation):
+        without = release_vector(model, task.validation[:i] + task.validation[i + 1:], task.test,
+                                 n_segments=SMALL.n_segments, n_classes=2)
+        moved = np.linalg.norm(full - without)
+        uncapped = np.linalg.norm(_uncapped_losses(model, patient)) / scale  # what the move would be without the cap
+        assert moved <= 1.0 + 1e-9, (patient.pseudonym, moved, uncapped)
+        if uncapped > 1.0:  # the cap binds: the patient moves the vector by exactly its bound
+            assert moved == pytest.approx(1.0)
+        worst_uncapped = max(worst_uncapped, uncapped)
+    # the attack works on the uncapped loss (the stratified validation fold holds a class-1 patient): without the
+    # cap one patient would move the release several times further than the noise is calibrated for
+    assert worst_uncapped > 4.0
+    # and through the site's real evaluation the curious weights get one bounded, noisy, finite release
+    released = task.evaluate(weights, run_id="run-1", round=1)
+    assert all(np.isfinite(v) for v in released.values())
+
+
+def _overflowing_weights(model, task) -> tuple[list[np.ndarray], set[str]]:
+    """Weights that make the logits of the validation patient with the largest value of one hidden unit overflow
+    float32 to +-inf while every other patient's stay finite (a coordinator would tune them on public guesses of
+    the data); returns them and who overflows."""
+    from semiofed.common.learning.trainer import predict_logits
+
+    def head(row: np.ndarray, bias: float) -> list[np.ndarray]:
+        return _curious_weights(model, **{"head.weight": np.stack([row, -row]), "head.bias": [bias, -bias]})
+
+    width, probe, big = model.head.in_features, 1e30, float(np.finfo(np.float32).max)
+    best = None
+    for unit in range(width):
+        set_weights(model, head(np.eye(width)[unit] * probe, 0.0))
+        values = {p.pseudonym: predict_logits(model, p.seizures, n_segments=SMALL.n_segments)[:, 0] / probe
+                  for p in task.validation}
+        for sign in (1.0, -1.0):
+            peaks = sorted(float((sign * v).max()) for v in values.values())
+            top, second, lowest = peaks[-1], peaks[-2], min(float((sign * v).min()) for v in values.values())
+            if second <= 0.1:
+                continue
+            slope, middle = min(3e38, big / top), (top + second) / 2
+            # every other logit stays finite: below the ceiling at the second patient, above the floor at the lowest
+            if lowest > middle - 1.5 * big / slope and (best is None or (top - second) / top > best[0]):
+                best = ((top - second) / top, unit, sign, slope, middle)
+    assert best is not None and best[0] > 1e-3, best
+    _, unit, sign, slope, middle = best
+    print("BEST", best)
+    weights = head(np.eye(width)[unit] * sign * slope, big - slope * middle)
+    set_weights(model, weights)
+    overflow = {p.pseudonym for p in task.validation
+                if not np.isfinite(predict_logits(model, p.seizures, n_segments=SMALL.n_segments)).all()}
+    return weights, overflow
+
+
+def test_weights_that_overflow_one_patients_logits_do_not_mark_the_release(tmp_path):
+    """A loss that is NaN (logits overflowed to +-inf) must count as the cap like any other huge loss: if it reached
+    the vector, the release would be NaN exactly when that patient is held out (noise does not hide a NaN), and the
+    egress policy would block the reply, so the coordinator would learn from success or failure who is there."""
+    site = _site(tmp_path)
+    task = SiteTask(SiteSettings(site.layout.root), SMALL)
+    model = build_classifier(classifier_config(SMALL), seed=0)
+    weights, overflow = _overflowing_weights(model, task)
+    assert overflow and overflow != {p.pseudonym for p in task.validation}  # the attack singles patients out
+    full = release_vector(model, task.validation, task.test, n_segments=SMALL.n_segments, n_classes=2)
+    for i, patient in enumerate(task.validation):
+        without = release_vector(model, task.validation[:i] + task.validation[i + 1:], task.test,
+                                 n_segments=SMALL.n_segments, n_classes=2)
+        assert np.isfinite(full).all() and np.isfinite(without).all(), patient.pseudonym
+        assert np.linalg.norm(full - without) <= 1.0 + 1e-9
+    released = task.evaluate(weights, run_id="run-1", round=1)
+    assert all(np.isfinite(v) for v in released.values())
+
+
+def test_the_same_query_twice_in_the_same_run_and_round_gets_fresh_noise(tmp_path):
+    """Noise seeded by (run, round), or by anything else in the query, would repeat here and could be subtracted
+    from the other's release; OS entropy does not repeat."""
+    site = _site(tmp_path)
+    task = SiteTask(SiteSettings(site.layout.root), SMALL)
+    model = build_classifier(classifier_config(SMALL), seed=0)
+    weights = _weights(3)
+    set_weights(model, weights)
+    exact = evaluation.to_metrics(release_vector(model, task.validation, task.test, n_segments=SMALL.n_segments,
+                                                 n_classes=2), 2)
+    first = task.evaluate(weights, run_id="run-1", round=1)
+    second = task.evaluate(weights, run_id="run-1", round=1)
+    noise = [np.array([r[k] - exact[k] for k in exact]) for r in (first, second)]
+    # both are noisy (sigma 5 on each of 11 coordinates) and their noises differ on every coordinate
+    assert all(np.linalg.norm(n) > 1.0 for n in noise)
+    assert np.all(noise[0] != noise[1])
+    entries = [e for e in read_entries(site.layout.ledger_file) if e["kind"] == KIND_EVALUATION]
+    assert [(e["run_id"], e["round"]) for e in entries] == [("run-1", 1), ("run-1", 1)]  # each query is charged
+
+
 def test_each_evaluation_is_noisy_charged_signed_and_capped(tmp_path):
     site = _site(tmp_path)
     task = SiteTask(SiteSettings(site.layout.root), SMALL)

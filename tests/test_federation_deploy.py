@@ -27,7 +27,7 @@ from semiofed.common.privacy.ledger import read_entries
 from semiofed.common.audit.verify import verify_ledger
 from semiofed.common.privacy.policy import PrivacyPolicy
 from semiofed.common.privacy.accountant import _epsilon_of
-from semiofed.common.federation.processes import flower_bin, free_port, is_running, read_pid, start_detached, stop
+from semiofed.common.federation.processes import free_port, is_running, read_pid, stop
 from semiofed.common.version import semiofed_version
 from semiofed.server.coordinator import Coordinator
 
@@ -145,16 +145,10 @@ def test_run_survives_a_site_killed_mid_round(federation):
 
 def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
     fed = federation
-    # an unenrolled site, and an enrolled one that tries plaintext: neither may take part
+    # an unenrolled site may not take part (a plaintext client: tests/test_adversaries_network.py)
     rogue = _make_site(tmp_path, "rogue", 50.0, 7)
     fed.extra_pids.append(supernode.join(rogue.layout.root, superlink=fed.address, ca=fed.coordinator.tls.ca_certificate,
                                          clientapp_port=free_port(), background=True))
-    plain_log = tmp_path / "plaintext-supernode.log"
-    fed.extra_pids.append(start_detached(
-        [flower_bin("flower-supernode"), "--insecure", "--superlink", fed.address,
-         "--auth-supernode-private-key", str(supernode.supernode_key(fed.sites[0])),
-         "--node-config", f'site-dir="{fed.sites[0].layout.root}"', "--port", str(free_port())],
-        log_file=plain_log, pid_file=tmp_path / "plain.pid"))
 
     run = fed.run(rounds=2)
 
@@ -174,7 +168,8 @@ def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
     assert all({"site-0", "site-1"} <= _sites_in(run, r["round"], "fit") for r in run["rounds"])
     _check_ledgers(fed, run)
     assert read_entries(rogue.layout.ledger_file) == [], "the unenrolled site trained"
-    assert is_running(fed.extra_pids[-1]) or "error" in plain_log.read_text(errors="replace").lower()
+    # ... because the SuperLink refused its key, not because it never tried
+    assert "Failed to activate SuperNode" in (rogue.layout.root / "logs" / supernode.LOG_FILE).read_text(errors="replace")
 
     final = load_checkpoint(Path(run["final_checkpoint"]))
     assert final.meta["training"]["federated"] is True and final.meta["temperature"] > 0

@@ -95,6 +95,22 @@ def test_a_site_without_a_verified_ledger_head_neither_trains_nor_is_evaluated(f
     assert [proxy.cid for proxy, _ in asked] == ["1"]
 
 
+def test_a_site_whose_id_has_no_enrolled_key_does_not_train_even_with_a_valid_head(tmp_path, federation):
+    """A real site with its own key pair and a correctly signed head, under an id the coordinator never enrolled."""
+    strategy, sites = federation
+    stranger = init_site(tmp_path / "hospital_x", "hospital_x")  # its key is not in the coordinator's site-keys
+    honest = FakeSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})
+    rogue = FakeSite("2", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_x", KEY_LEDGER_HEAD: _head(stranger)})
+    manager = Manager([honest, rogue])
+    chosen = strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager)
+    assert [proxy.cid for proxy, _ in chosen] == ["1"]
+    round_ = strategy.run_log.data["rounds"][-1]
+    assert "has no enrolled key here" in round_["declined"]["hospital_x"]
+    assert round_["budget"]["hospital_x"]["ledger_head_verified"] is False
+    asked = strategy.configure_evaluate(1, ndarrays_to_parameters([np.zeros(2, np.float32)]), manager)
+    assert [proxy.cid for proxy, _ in asked] == ["1"]
+
+
 def test_a_reply_is_booked_to_the_site_its_node_enrolled_as(federation):
     strategy, sites = federation
     node = FakeSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})

@@ -94,22 +94,29 @@ class PrivacyPolicy:
 
     def allows_change_to(self, new: "PrivacyPolicy") -> bool:
         """True when `new` spends no more privacy than this policy (budget can only shrink)."""
-        return (
-            new.max_epsilon <= self.max_epsilon
-            and new.target_delta <= self.target_delta
-            and new.min_noise_multiplier >= self.min_noise_multiplier
-            and _RELEASE_ORDER[new.evaluation_release] <= _RELEASE_ORDER[self.evaluation_release]
-            and new.evaluation_noise_multiplier >= self.evaluation_noise_multiplier
-            and new.max_evaluations_per_run <= self.max_evaluations_per_run
-            and new.min_evaluation_patients >= self.min_evaluation_patients
-            and (new.require_secure_aggregation or not self.require_secure_aggregation)
-            and new.min_secure_aggregation_threshold >= self.min_secure_aggregation_threshold
+        return not self.loosened_by(new)
+
+    def loosened_by(self, new: "PrivacyPolicy") -> list[str]:
+        """The settings `new` would loosen, each as 'name old -> new' (empty: `new` spends no more privacy)."""
+        checks = [
+            ("max_epsilon", new.max_epsilon <= self.max_epsilon),
+            ("target_delta", new.target_delta <= self.target_delta),
+            ("min_noise_multiplier", new.min_noise_multiplier >= self.min_noise_multiplier),
+            ("evaluation_release", _RELEASE_ORDER[new.evaluation_release] <= _RELEASE_ORDER[self.evaluation_release]),
+            ("evaluation_noise_multiplier", new.evaluation_noise_multiplier >= self.evaluation_noise_multiplier),
+            ("max_evaluations_per_run", new.max_evaluations_per_run <= self.max_evaluations_per_run),
+            ("min_evaluation_patients", new.min_evaluation_patients >= self.min_evaluation_patients),
+            ("require_secure_aggregation", new.require_secure_aggregation or not self.require_secure_aggregation),
+            ("min_secure_aggregation_threshold",
+             new.min_secure_aggregation_threshold >= self.min_secure_aggregation_threshold),
             # distributed DP puts less noise on each update this site releases: it may be made stricter or turned
             # off, never turned on or loosened
-            and (new.distributed_dp_sites == 0 or (self.distributed_dp_sites > 0
-                                                   and new.distributed_dp_sites >= self.distributed_dp_sites
-                                                   and new.distributed_dp_colluders >= self.distributed_dp_colluders))
-        )
+            ("distributed_dp_sites", new.distributed_dp_sites == 0 or (
+                self.distributed_dp_sites > 0 and new.distributed_dp_sites >= self.distributed_dp_sites)),
+            ("distributed_dp_colluders", new.distributed_dp_sites == 0 or (
+                self.distributed_dp_sites > 0 and new.distributed_dp_colluders >= self.distributed_dp_colluders)),
+        ]
+        return [f"{name} {getattr(self, name)!s} -> {getattr(new, name)!s}" for name, ok in checks if not ok]
 
 
 def load_policy(path: Path) -> PrivacyPolicy:
