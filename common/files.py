@@ -28,9 +28,25 @@ def sha256_of(path: Path, *, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _make_missing_dirs(path: Path) -> None:
+    """Create `path` and its missing parents owner-only; directories that exist keep their mode."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=OWNER_ONLY_DIR)
+        except FileExistsError:  # made meanwhile by another process
+            continue
+        os.chmod(folder, OWNER_ONLY_DIR)
+
+
 def make_private_dir(path: Path) -> Path:
-    """Create a directory (and parents) readable by the owner only."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Create a directory (and its missing parents) readable by the owner only."""
+    path = Path(path)
+    _make_missing_dirs(path)
     os.chmod(path, OWNER_ONLY_DIR)
     return path
 
@@ -51,7 +67,7 @@ def atomic_write(path: Path, *, mode: int = OWNER_ONLY_FILE, binary: bool = True
     On any exception the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_missing_dirs(path.parent)  # a folder this write creates is owner-only, whatever the file's mode
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:

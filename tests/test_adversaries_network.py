@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from dp_synthetic import populate
+from site_files import readable_by_others
 from semiofed.client.federation import supernode
 from semiofed.client.federation.egress import failure_text
 from semiofed.client.federation.worker import CLIENTAPP_REF, ForeignApp, check_fab
@@ -83,6 +84,43 @@ def _listening_addresses(port: int) -> set[str]:
             address, hex_port = local.rsplit(":", 1)
             if int(hex_port, 16) == port and state == "0A":  # LISTEN
                 found.add(address)
+    return found
+
+
+def _process_tree(pid: int) -> set[int]:
+    """pid and every descendant (from /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def _listening_sockets_of(pids: set[int]) -> set[str]:
+    """'address:port' (hex, as /proc/net shows them) of every TCP socket in LISTEN held by these processes."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = fd.readlink().name
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                found.add(fields[1])
     return found
 
 
@@ -232,6 +270,11 @@ def test_a_local_process_without_the_runtime_secret_cannot_take_the_sites_tasks(
     finally:
         intruder.close()
     assert (dep.site.layout.keys_dir / "runtime.secret").stat().st_mode & 0o077 == 0
+    # nothing connects to a site: every socket its worker and SuperNode listen on is on loopback
+    listening = _listening_sockets_of(_process_tree(read_pid(dep.site.layout.root / supernode.PID_FILE)))
+    assert listening and all(a.split(":")[0] in ("0100007F", "00000000000000000000000001000000") for a in listening), listening
+    # a joined site (SuperNode key, runtime secret, logs, pid file): nothing but the public key is readable by others
+    assert readable_by_others(dep.site.layout.root, public=(dep.site.layout.public_key,)) == []
 
 
 def test_a_run_that_cannot_reach_min_sites_fails_at_once_naming_the_missing_sites(deployment):

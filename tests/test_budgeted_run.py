@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dp_synthetic import populate
+from site_files import readable_by_others
 from semiofed.client.site import init_site, open_site
 from semiofed.client.training.local import LocalTrainingOptions, train_site
 from semiofed.common.errors import SemiofedError
@@ -30,6 +31,8 @@ def test_local_run_is_named_by_the_hash_an_auditor_recomputes_from_the_checkpoin
     (entry,) = read_entries(site.layout.ledger_file)
     recomputed = update_sha256(get_weights(load_checkpoint(result.checkpoint).model))
     assert entry["update_sha256"] == recomputed and entry["run_id"] == "named"
+    # accountant, ledger, checkpoint: nobody else on the machine reads what the site spent or trained
+    assert readable_by_others(site.layout.root, public=(site.layout.public_key,)) == []
 
 
 def _hold_a_run(site_dir: str, started: "multiprocessing.synchronize.Event", seconds: float) -> None:

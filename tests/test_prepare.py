@@ -19,6 +19,7 @@ import pytest
 from semiofed.client.deid import landmarks as lm
 from semiofed.client.site import init_site
 from semiofed.common.records import schema as rec
+from site_files import readable_by_others
 
 CLI = [sys.executable, "-m", "semiofed.cli"]
 
@@ -216,6 +217,9 @@ def test_store_holds_no_frame_name_id_or_date(hospital: dict) -> None:
                     assert array.dtype == dtype, key
     names = " ".join(str(p.relative_to(layout.store)) for p in layout.store.rglob("*"))
     assert not any(word in names for word in forbidden)
+    # the whole site after prepare (linkage file, keys, store): owner-only but for the public key
+    assert layout.linkage_file.is_file()
+    assert readable_by_others(layout.root, public=(layout.public_key,)) == []
     # the linkage file, kept apart, is what maps pseudonyms back
     linkage = layout.linkage_file.read_text()
     assert PATIENTS["demo"] in linkage and "SZ-2025-12-01" in linkage

@@ -104,7 +104,7 @@ def join(site_dir: Path, *, superlink: str, ca: Path, clientapp_port: int = DEFA
         return processes.start_detached(command, log_file=site.layout.root / "logs" / LOG_FILE,
                                         pid_file=site.layout.root / PID_FILE)
     # in the foreground (a service): this process is the worker, and SIGINT or SIGTERM stops it and its SuperNode
-    write_bytes_atomic(site.layout.root / PID_FILE, f"{os.getpid()}\n".encode(), mode=0o644)
+    write_bytes_atomic(site.layout.root / PID_FILE, f"{os.getpid()}\n".encode())
     try:
         return worker.run(site.layout.root, superlink=superlink, ca=ca, runtime_port=clientapp_port, run_epsilon=run_epsilon,
                           run_window_days=run_window_days, poll_s=poll_s)

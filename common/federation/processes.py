@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from semiofed.common.errors import SemiofedError
-from semiofed.common.files import write_bytes_atomic
+from semiofed.common.files import OWNER_ONLY_FILE, make_private_dir, write_bytes_atomic
 
 
 def flower_bin(name: str) -> str:
@@ -37,11 +37,11 @@ def flower_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def start_detached(command: Sequence[str], *, log_file: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:
     """Start `command` in its own session (so stopping it stops its children), logging to `log_file`."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
+    make_private_dir(log_file.parent)
+    with open(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, OWNER_ONLY_FILE), "ab") as out:
         process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env or flower_env(), start_new_session=True)
-    write_bytes_atomic(pid_file, f"{process.pid}\n".encode(), mode=0o644)
+    write_bytes_atomic(pid_file, f"{process.pid}\n".encode())
     return process.pid
 
 
