@@ -150,7 +150,13 @@ def test_training_is_refused_before_any_step_when_the_ledger_is_broken(tmp_path)
     from semiofed.client.training.local import LocalTrainingOptions, train_site
     from semiofed.common.privacy.ledger import LedgerError
 
+    ledger_before = site.layout.ledger_file.read_bytes()
     with pytest.raises(LedgerError, match="does not verify"):
         train_site(site.layout.root, LocalTrainingOptions(epochs=1, noise_multiplier=2.0, batch_patients=3,
                                                           temporal="attn", hidden=8, n_segments=4))
     assert not site.layout.checkpoints_dir.exists() or not any(site.layout.checkpoints_dir.iterdir())
+    # no step was reserved or booked: the accountant holds only the release the ledger already had (it is brought
+    # up to the ledger before anything else), and the ledger is as it was
+    accountant = json.loads((site.layout.privacy_dir / "accountant.json").read_text())
+    assert accountant["history"] == [[SIGMA, Q, STEPS]]
+    assert site.layout.ledger_file.read_bytes() == ledger_before

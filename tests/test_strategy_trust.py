@@ -121,6 +121,20 @@ def test_a_reply_is_booked_to_the_site_its_node_enrolled_as(federation):
     assert set(strategy.run_log.data["rounds"][-1]["evaluate"]) == {"hospital_a"}  # not hospital_b, as it claimed
 
 
+def test_a_fit_reply_claiming_another_site_is_booked_to_the_site_its_node_answered_as(federation):
+    """A node admitted as hospital_a sends its update saying it is hospital_b (to spend or hide under b's name)."""
+    strategy, sites = federation
+    node = FakeSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})
+    manager = Manager([node])
+    params = ndarrays_to_parameters([np.zeros(2, np.float32)])
+    assert len(strategy.configure_fit(1, params, manager)) == 1
+    reply = _fit_reply(sites["hospital_a"])
+    reply.metrics[KEY_SITE_ID] = "hospital_b"
+    strategy.aggregate_fit(1, [(node, reply)], [])
+    round_ = strategy.run_log.data["rounds"][-1]
+    assert set(round_["fit"]) == {"hospital_a"} and "hospital_b" not in round_["budget"]
+
+
 def test_when_no_round_could_run_no_site_is_evaluated(federation):
     strategy, sites = federation
     manager = Manager([FakeSite("1", {KEY_ACCEPTS: 0, KEY_SITE_ID: "hospital_a",
