@@ -448,3 +448,117 @@ def test_a_malformed_reply_is_blocked_not_raised(malformed, spec, head, weights)
         content.array_records["fitres.parameters"]["0"] = Array(data=PSEUDONYM.encode(), dtype="", stype="numpy.ndarray",
                                                                   shape=())
     assert check_reply("train", content, spec)
+
+
+# --- the production ClientApp (client_app.app, what the site worker calls), not a hand-built stack -----------------
+def _production_context(site) -> Context:
+    """A fresh context per message sequence: SecAgg+ keeps its protocol state in context.state."""
+    return Context(run_id=4242, node_id=11, node_config={"site-dir": str(site.layout.root)}, state=RecordDict(),
+                   run_config=CONFIG.to_run_config())
+
+
+def test_the_production_app_wraps_the_egress_policy_inside_secure_aggregation():
+    """docs/federation.md: the egress policy sits inside secaggplus_mod. Flower 1.41 keeps a ClientApp's mods in
+    `_mods` (outermost first) and wraps them around the legacy handler once, when the app is built."""
+    from semiofed.client.federation import client_app
+
+    mods = client_app.app._mods
+    assert len(mods) == 2
+    assert mods[0] is client_app.secure_aggregation_mod  # outermost: calls Flower's secaggplus_mod on train messages
+    assert mods[1].__qualname__ == make_egress_mod(lambda ctx: None).__qualname__  # inside it: the egress policy
+
+
+@pytest.mark.parametrize("leak", ["a loss and an example count", "a per-patient metric"])
+def test_the_production_app_blocks_a_leaky_evaluation_reply(site, head, leak, monkeypatch):
+    """A bug in the site's code puts more than the release vector into an evaluation reply: the app that runs at the
+    site must not send it. The honest reply of the same code path leaves unchanged (so the block is the policy's)."""
+    from flwr.common import EvaluateIns
+    from flwr.compat.common.recorddict_compat import evaluateins_to_recorddict
+
+    from semiofed.client.federation import client_app
+
+    honest = {**{name: 0.75 for name in EVAL_METRICS}, KEY_SITE_ID: SITE}
+    leaky = {"a loss and an example count": EvaluateRes(Status(Code.OK, ""), 0.6931, 7, honest),
+             "a per-patient metric": EvaluateRes(Status(Code.OK, ""), 0.0, 0, {**honest, f"{PSEUDONYM}_nll": 2.31})}
+    answer = {"reply": EvaluateRes(Status(Code.OK, ""), 0.0, 0, honest)}
+    monkeypatch.setattr(client_app.SiteClient, "evaluate", lambda self, ins: answer["reply"])
+
+    def ask() -> Message:
+        ins = EvaluateIns(ndarrays_to_parameters([]), {CFG_ROUND: 2, CFG_RUN_ID: "4242"})
+        return client_app.app(_instruction("evaluate", evaluateins_to_recorddict(ins, keep_input=True)),
+                              _production_context(site))
+
+    reply = ask()
+    assert not reply.has_error() and dict(reply.content.config_records["evaluateres.metrics"]) == honest
+
+    answer["reply"] = leaky[leak]
+    before = len(_log_lines(site))
+    with pytest.raises(EgressBlocked) as raised:
+        ask()
+    assert PSEUDONYM not in str(raised.value) and "0.6931" not in str(raised.value)
+    lines = _log_lines(site)
+    assert len(lines) == before + 1 and lines[-1]["message_type"] == "evaluate"
+    expected = "carries a loss or an example count" if leak.startswith("a loss") else "is not on the whitelist"
+    assert any(expected in p for p in lines[-1]["blocked"]), lines[-1]
+
+
+def _secagg_train(site, fit_reply_of: Callable[[], FitRes], monkeypatch) -> Message:
+    """One node's SecAgg+ round (threshold 1) through the production app, up to the masked update it sends."""
+    from flwr.common import FitIns
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+    from flwr.compat.common.recorddict_compat import fitins_to_recorddict
+
+    from semiofed.client.federation import client_app
+
+    calls: list[str] = []
+
+    def fit(self, ins):
+        calls.append("fit")
+        return fit_reply_of()
+
+    monkeypatch.setattr(client_app.SiteClient, "fit", fit)
+    context = _production_context(site)
+
+    def stage(configs: dict[str, Any], content: RecordDict | None = None) -> Message:
+        content = content or RecordDict()
+        content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(configs)
+        return client_app.app(_instruction("train", content), context)
+
+    setup = stage({Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 1, Key.SHARE_NUMBER: 1, Key.THRESHOLD: 1,
+                   Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 2**16, Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: 1000.0})
+    keys = setup.content.config_records[RECORD_KEY_CONFIGS]
+    stage({Key.STAGE: Stage.SHARE_KEYS, "11": [keys[Key.PUBLIC_KEY_1], keys[Key.PUBLIC_KEY_2]]})
+    assert calls == []  # the key stages never reach the site's code
+    ins = fitins_to_recorddict(FitIns(ndarrays_to_parameters([]), {CFG_ROUND: 1, CFG_RUN_ID: "4242"}), keep_input=True)
+    reply = stage({Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.CIPHERTEXT_LIST: [], Key.SOURCE_LIST: []}, ins)
+    assert calls == ["fit"]
+    return reply
+
+
+def test_the_production_app_checks_a_secagg_update_before_it_is_masked(site, head, weights, monkeypatch):
+    """Once masked, an update is uniform noise to anyone but the sum: a policy outside SecAgg+ could not see what
+    it carries (and would block every honest masked reply as an unknown record). The production app checks the
+    plain update: an honest one leaves masked, one that smuggles an extra array of per-patient values does not."""
+    from flwr.common import bytes_to_ndarray
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+    def honest() -> FitRes:
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 6, _fit_metrics(head))
+
+    reply = _secagg_train(site, honest, monkeypatch)
+    assert not reply.has_error()
+    assert all(len(record) == 0 for record in reply.content.array_records.values())  # no plain array leaves
+    masked = [bytes_to_ndarray(b) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+    assert [m.dtype for m in masked] == [np.uint32] * len(masked) and masked[-1].size == weights[0].size
+
+    per_patient = np.array([0.934217, 0.118, 0.5], dtype=np.float32)  # e.g. each training patient's loss
+
+    def smuggling() -> FitRes:
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters([*weights, per_patient]), 6, _fit_metrics(head))
+
+    before = len(_log_lines(site))
+    with pytest.raises(EgressBlocked):
+        _secagg_train(site, smuggling, monkeypatch)
+    lines = _log_lines(site)
+    assert len(lines) == before + 1 and lines[-1]["message_type"] == "train"
+    assert any("2 arrays instead of the model's 1" in p for p in lines[-1]["blocked"]), lines[-1]

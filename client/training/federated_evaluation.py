@@ -38,7 +38,9 @@ def release_vector(model: Any, validation: Sequence[Any], test: Sequence[Any], *
         for g, temperature in enumerate(grid):
             probs = softmax(logits, float(temperature))
             nll = float(np.mean(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
-            vector[k * k + g] += min(max(nll, 0.0), NLL_CAP) / scale
+            # a NaN loss (the chosen weights overflowed this patient's logits) counts as the cap: were it to reach
+            # the vector, the release would be NaN exactly when this patient is held out, and noise hides no NaN
+            vector[k * k + g] += (min(max(nll, 0.0), NLL_CAP) if math.isfinite(nll) else NLL_CAP) / scale
     return vector
 
 
