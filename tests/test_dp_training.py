@@ -59,6 +59,28 @@ def test_a_patient_with_five_seizures_is_clipped_as_one_unit():
     assert torch.sqrt(sum((g**2).sum() for g in separate)) > 2 * clip
 
 
+def test_a_patient_whose_gradient_overflows_adds_nothing_and_spoils_nobody_elses():
+    """A coordinator's weights overflow one patient's logits: were its inf/NaN gradient summed, the whole update would
+    be NaN exactly when that patient is sampled (and the site's refusal to release NaN would say so)."""
+    config = ClassifierConfig(temporal="attn", **SMALL)
+    model = build_classifier(config, seed=0)
+    with torch.no_grad():
+        model.head.weight.fill_(3e38)  # finite float32 weights, as a coordinator may send them
+    rng = np.random.default_rng(0)
+    quiet = [Patient(f"p{i}", (Seizure(rng.normal(size=(8, config.input_dim)).astype(np.float32) * 1e-3, i % 2),))
+             for i in range(2)]
+    loud = Patient("loud", (Seizure(np.full((8, config.input_dim), 1e3, np.float32), 1),))
+    x, y, m = make_batch(quiet + [loud], 4, train=False, gamma=2.0, rng=rng)
+    per_patient = PerPatientGradients(model).compute(lambda mod: patient_loss(mod, x, y, m, None), 3)
+    assert not all(torch.isfinite(g[2]).all() for g in per_patient)  # the attack works on the loud patient
+    noisy, norms = clip_and_noise(per_patient, clipping_norm=1.0, noise_multiplier=0.0, expected_batch_size=3.0)
+    assert all(torch.isfinite(g).all() for g in noisy)
+    without, _ = clip_and_noise([g[:2] for g in per_patient], clipping_norm=1.0, noise_multiplier=0.0,
+                                expected_batch_size=3.0)
+    assert all(torch.equal(a, b) for a, b in zip(noisy, without))  # the others' clipped sum, untouched
+    assert torch.isfinite(norms[:2]).all()
+
+
 def test_noise_has_the_stated_scale():
     zeros = [torch.zeros(0, 200, 100)]
     noisy, _ = clip_and_noise(zeros, clipping_norm=2.0, noise_multiplier=1.5, expected_batch_size=4.0,
@@ -120,6 +142,44 @@ def test_who_is_sampled_cannot_be_recomputed_from_the_run_config():
     first, second = _sampled_batches(seed=7), _sampled_batches(seed=7)
     assert len(first) == len(second) == 5
     assert first != second
+
+
+def _trained_at_q_one(seed: int, *, noise_seed: int | None = None) -> list[torch.Tensor]:
+    """A DP training in which every patient is in every step (q = 1) and every seizure has exactly n_segments
+    snippets (so the segment jitter has nothing to choose): the sample and the jitter are then fixed, and the only
+    randomness left is the Gaussian noise. `noise_seed` forces the trainer's noise generator (the control)."""
+    config = ClassifierConfig(temporal="attn", **SMALL)
+    data = np.random.default_rng(0)
+    patients = [Patient(f"p{i}", tuple(Seizure(data.normal(size=(SMALL["n_segments"], config.input_dim)).astype(np.float32),
+                                               i % 2) for _ in range(1 + i % 2))) for i in range(6)]
+    train = TrainConfig(epochs=3, batch_patients=8, noise_multiplier=1.0, seed=seed)
+    assert train.sample_rate(len(patients)) == 1.0
+    model = build_classifier(config, seed=seed)
+    trainer = Trainer(model, train, n_segments=SMALL["n_segments"])
+    if noise_seed is not None:
+        trainer.noise = torch.Generator().manual_seed(noise_seed)
+    batches: list[int] = []
+    real_step = trainer.dp_step
+    trainer.dp_step = lambda batch, **kw: (batches.append(len(batch)), real_step(batch, **kw))[1]
+    assert trainer.fit(patients) == 3
+    trainer.close()
+    assert batches == [len(patients)] * 3  # q = 1: nothing about the sample is secret, only the noise protects
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_the_noise_cannot_be_recomputed_from_the_run_config():
+    """At q = 1 the sample hides nothing, so the noise is the whole guarantee: a coordinator that knows the config
+    (seed included) and the initial weights must not be able to replay the noise and subtract it from the update."""
+    first, second = _trained_at_q_one(seed=7), _trained_at_q_one(seed=7)
+    moved = max(float((a - b).abs().max()) for a, b in zip(first, second))
+    assert moved > 1e-4, "two trainings with the same config drew the same noise"
+    # control: the same two trainings with the noise generator forced to one seed are bit-identical, so what
+    # differed above is the noise (not the sample, the jitter, the initial weights or the arithmetic)
+    forced = [_trained_at_q_one(seed=7, noise_seed=123), _trained_at_q_one(seed=7, noise_seed=123)]
+    assert all(torch.equal(a, b) for a, b in zip(*forced))
+    # and the config's seed is not the noise's seed: the trainer's noise is not what a generator seeded by it draws
+    replayed = _trained_at_q_one(seed=7, noise_seed=7)
+    assert all(not torch.equal(a, b) for a, b in zip(first, replayed))
 
 
 def test_the_optimiser_is_a_choice_and_an_unknown_one_is_refused_with_the_valid_ones():

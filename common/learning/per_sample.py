@@ -97,14 +97,20 @@ def clip_and_noise(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The DP-SGD gradient: clip each patient's whole gradient to C, sum, add N(0, (sigma C)^2), divide by E[batch].
 
+    A patient whose gradient is not finite (weights chosen so that this patient's logits overflow) contributes
+    nothing, which is within the clipping bound: let through, it would turn the whole noisy sum into NaN exactly when
+    that patient is sampled, and the site's refusal to release NaN would tell who was.
+
     Returns the noisy gradients and the per-patient norms before clipping.
     """
     if not per_patient:
         return [], torch.zeros(0)
     norms = torch.stack([g.flatten(1).norm(dim=1) for g in per_patient], dim=0).norm(dim=0)
-    factor = (clipping_norm / (norms + 1e-6)).clamp(max=1.0)
+    finite = torch.isfinite(norms)
+    factor = torch.where(finite, (clipping_norm / (norms + 1e-6)).clamp(max=1.0), torch.zeros_like(norms))
     noisy = []
     for g in per_patient:
+        g = torch.where(finite.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))  # 0 * NaN would stay NaN
         summed = torch.einsum("p,p...->...", factor, g)
         noise = torch.normal(0.0, noise_multiplier * clipping_norm, size=summed.shape, generator=generator, dtype=summed.dtype)
         noisy.append((summed + noise) / expected_batch_size)
