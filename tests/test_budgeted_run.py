@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -98,6 +99,10 @@ def test_deleting_or_rolling_back_the_accountant_never_forgets_what_the_ledger_s
     (site.layout.privacy_dir / ACCOUNTANT_FILE).unlink()  # an operator "resets" the budget
     assert site.privacy.accountant().epsilon_spent() == pytest.approx(signed)
     (site.layout.privacy_dir / ACCOUNTANT_FILE).write_bytes(old_copy)  # or restores an older backup
+    assert site.privacy.accountant().epsilon_spent() == pytest.approx(signed)
+    edited = json.loads(old_copy)  # or edits the history by hand: fewer steps, more noise
+    edited["history"] = [[50.0, 0.01, 1]]
+    (site.layout.privacy_dir / ACCOUNTANT_FILE).write_text(json.dumps(edited))
     assert site.privacy.accountant().epsilon_spent() == pytest.approx(signed)
     # the next release composes on the whole signed history, and the auditor agrees with every entry
     (site.layout.privacy_dir / ACCOUNTANT_FILE).unlink()
