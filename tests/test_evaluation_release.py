@@ -264,6 +264,16 @@ def test_a_test_fold_smaller_than_the_policy_minimum_is_not_evaluated(tmp_path):
     assert read_entries(site.layout.ledger_file) == []
 
 
+def test_a_decline_for_too_few_patients_does_not_say_how_many(tmp_path):
+    """The decline text goes to the coordinator: it may say the site is below the run's folds, never its count."""
+    for n_patients, name in ((3, "hospital-three"), (4, "hospital-four"), (7, "hospital-seven")):
+        site = _site(tmp_path, name=name, n_patients=n_patients)
+        with pytest.raises(RoundDeclined, match="fewer patients than the run's 8 folds") as declined:
+            SiteTask(SiteSettings(site.layout.root), replace(SMALL, folds=8))
+        text = f"{declined.value} {getattr(declined.value, 'hint', '')}"
+        assert str(n_patients) not in text, text
+
+
 def test_exact_and_no_evaluation_by_policy(tmp_path):
     exact = _site(tmp_path, "hospital-exact", evaluation_release="exact")
     task = SiteTask(SiteSettings(exact.layout.root), SMALL)
