@@ -318,3 +318,22 @@ def test_a_site_trusts_only_the_coordinators_ca(deployment, tmp_path):
     finally:
         supernode.leave(site_b)
     assert not is_running(pid)
+
+
+def test_a_withdrawn_site_key_is_rejected_from_then_on(deployment):
+    """deployment.md's step for a leaked key: unregister the site's node at the SuperLink. Runs last in this module:
+    site-a stays withdrawn."""
+    dep = deployment
+    node_id = dep.coordinator.state().registered["site-a"]
+    assert dep.coordinator.wait_for_sites(1, timeout=30)["site-a"] == "online"
+    withdrawn = dep.coordinator._flwr(["supernode", "unregister", str(node_id), CONNECTION])
+    assert withdrawn.returncode == 0, withdrawn.stdout + withdrawn.stderr
+    deadline = time.monotonic() + 30
+    while dep.coordinator.site_status().get("site-a") == "online" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert dep.coordinator.site_status().get("site-a") != "online"
+    # the SuperNode still runs with the withdrawn key: no run can use it
+    from semiofed.server.coordinator import CoordinatorError
+
+    with pytest.raises(CoordinatorError, match="site-a"):
+        dep.coordinator.run(FederationConfig(min_sites=1), wait_for_sites=5.0, on_line=lambda _line: None)
