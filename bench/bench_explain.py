@@ -179,6 +179,35 @@ def evaluate(checkpoint: Any, pairs: list[tuple[Any, dict]]) -> dict[str, Any]:
     }
 
 
+def decision_weights(checkpoint: Any) -> dict[str, float] | None:
+    """For a linear keypoint model (the head reads the scaled descriptors directly): each input's weight in the
+    log-odds of FOS against TCS, per unit of the scaled descriptor; None for any other model."""
+    from semiofed.common.learning.classifier import Identity
+    from semiofed.common.records.motion import MOTION_FEATURE_NAMES
+
+    model, config = checkpoint.model, checkpoint.config
+    if not isinstance(model.temporal, Identity) or tuple(config.streams) != ("keypoints",) or config.embed_dim:
+        return None
+    names = list(config.descriptors or MOTION_FEATURE_NAMES) + ["window valid"]
+    weight = model.head.weight.detach().numpy()
+    fos, tcs = config.labels.index("FOS"), config.labels.index("TCS")
+    if weight.shape[1] != len(names):
+        return None
+    return {name: float(weight[fos, i] - weight[tcs, i]) for i, name in enumerate(names)}
+
+
+def weights_table(models: dict[str, Any]) -> str:
+    """Markdown: the FOS-against-TCS weights of each linear model, one column per model."""
+    weights = {name: w for name, ckpt in models.items() if (w := decision_weights(ckpt)) is not None}
+    if not weights:
+        return "(no linear keypoint model)"
+    names = list(next(iter(weights.values())))
+    lines = ["| input | " + " | ".join(weights) + " |", "|---|" + "---:|" * len(weights)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{w[name]:+.2f}" for w in weights.values()) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, required=True, help="output folder of `semiofed demo`")
@@ -190,12 +219,29 @@ def main() -> None:
                         help="also assess with this checkpoint (e.g. a region-stream model kept by "
                              "bench/bench_region_stream.py --save); repeatable")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--weights", action="store_true",
+                        help="only print (and with --write, write) the linear models' FOS-against-TCS weights")
     parser.add_argument("--write", action="store_true", help="write the section into docs/benchmarks.md")
     args = parser.parse_args()
     from semiofed.client.training.evolution import PHASES
 
     from semiofed.client.training.calibrate import reference_records
 
+    if args.weights:
+        models = checkpoints(args.demo, args.unusual_reference)
+        for spec in args.model:
+            name, _, path = spec.partition("=")
+            models[name] = with_unusual(Path(path), models["federated DP"].meta["unusual"])
+        body = (f"`python bench/bench_explain.py --demo DEMO --cohort COHORT --weights` (DEMO: `semiofed demo`, seed "
+                f"{json.loads((args.demo / 'report.json').read_text())['config']['seed']}). The linear default model "
+                "reads each window's scaled descriptors directly (common/records/motion.py); each entry is the change "
+                "of the snippet's log-odds of FOS against TCS per unit of that descriptor (w_FOS - w_TCS).\n\n"
+                + weights_table(models))
+        print(body)
+        if args.write:
+            print("written to", write_section("explain-weights", "What the linear model reads: its FOS-against-TCS "
+                                              "weights (issue 17)", body))
+        return
     pairs = cohort(args.cohort)
     reference_count = len(reference_records(args.unusual_reference, ("FOS", "TCS"))) if args.unusual_reference else 0
     models = checkpoints(args.demo, args.unusual_reference)
