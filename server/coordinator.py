@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from semiofed.common.federation import processes
 from semiofed.common.errors import SemiofedError
-from semiofed.common.federation.run_config import FederationConfig
+from semiofed.common.federation.run_config import SITE_NODES_FILE, FederationConfig
 from semiofed.common.files import make_private_dir, write_bytes_atomic, write_json_atomic
 from semiofed.common.privacy.keys import load_public_key, public_key_fingerprint
 from semiofed.common.version import semiofed_version
@@ -252,6 +252,8 @@ class Coordinator:
                     continue
                 log.info("registered site %s as node %s", name, state.registered[name])
         self.save_state(state)
+        # the run's strategy admits a site only from the node its key was registered as (server/federation/strategy.py)
+        write_json_atomic(self.sites_dir / SITE_NODES_FILE, {n: str(i) for n, i in sorted(state.registered.items())})
         if refused:
             name, why = refused[0]
             raise CoordinatorError(f"the SuperLink refused to register site {name}: {why}",

@@ -21,7 +21,7 @@ from semiofed.client.federation import supernode
 from semiofed.client.training.federated_round import SiteSettings, SiteTask
 from semiofed.client.site import init_site
 from semiofed.common.learning.checkpoint import load_checkpoint
-from semiofed.common.federation.run_config import FederationConfig
+from semiofed.common.federation.run_config import SITE_NODES_FILE, FederationConfig
 from semiofed.common.privacy.keys import load_public_key
 from semiofed.common.privacy.ledger import read_entries
 from semiofed.common.audit.verify import verify_ledger
@@ -168,6 +168,10 @@ def test_tls_authenticated_run_with_a_site_out_of_budget(federation, tmp_path):
     assert all({"site-0", "site-1"} <= _sites_in(run, r["round"], "fit") for r in run["rounds"])
     _check_ledgers(fed, run)
     assert read_entries(rogue.layout.ledger_file) == [], "the unenrolled site trained"
+    # the run's strategy knew which node each enrolled key signs in as (a replayed head is refused: test_strategy_trust)
+    nodes = json.loads((fed.coordinator.sites_dir / SITE_NODES_FILE).read_text())
+    assert nodes == {name: str(node) for name, node in fed.coordinator.state().registered.items()}
+    assert set(nodes) == all_sites
     # ... because the SuperLink refused its key, not because it never tried
     assert "Failed to activate SuperNode" in (rogue.layout.root / "logs" / supernode.LOG_FILE).read_text(errors="replace")
 

@@ -111,6 +111,32 @@ def test_a_site_whose_id_has_no_enrolled_key_does_not_train_even_with_a_valid_he
     assert [proxy.cid for proxy, _ in asked] == ["1"]
 
 
+def test_a_node_that_replays_another_sites_valid_head_does_not_train(tmp_path):
+    """An enrolled node (its own Fleet key) answers as hospital_a with a head hospital_a signed (leaked, or replayed):
+    the coordinator knows which node hospital_a's key was registered as, and this is not it."""
+    from semiofed.common.federation.run_config import SITE_NODES_FILE
+
+    keys = tmp_path / "site-keys"
+    keys.mkdir()
+    sites = {name: init_site(tmp_path / name, name) for name in ("hospital_a", "hospital_b")}
+    for name, site in sites.items():
+        shutil.copy(site.layout.public_key, keys / f"{name}.pub")
+    (keys / SITE_NODES_FILE).write_text(json.dumps({"hospital_a": "101", "hospital_b": "202"}))
+    config = FederationConfig(min_sites=1, site_keys_dir=str(keys), secure_aggregation=False, evaluate_every=1)
+    strategy = SiteAwareStrategy(build_inner_strategy(config, ndarrays_to_parameters([np.zeros(2, np.float32)])),
+                                 config, RunLog(tmp_path / "run", run_id="r1", config={}), run_id="r1",
+                                 save_checkpoint=lambda *a: "")
+    head_a = _head(sites["hospital_a"])
+    honest = FakeSite("101", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: head_a})
+    replay = FakeSite("202", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: head_a})  # hospital_b's node
+    chosen = strategy.configure_fit(1, ndarrays_to_parameters([np.zeros(2, np.float32)]), Manager([replay, honest]))
+    assert [proxy.cid for proxy, _ in chosen] == ["101"]
+    assert strategy.site_of["202"] == "node-202" and strategy.admitted["202"] is False  # never booked as hospital_a
+    round_ = strategy.run_log.data["rounds"][-1]
+    assert "whose key is another node's" in round_["declined"]["node-202"]
+    assert "hospital_a" not in round_["declined"] and round_["budget"]["hospital_a"]["ledger_head_verified"] is True
+
+
 def test_a_reply_is_booked_to_the_site_its_node_enrolled_as(federation):
     strategy, sites = federation
     node = FakeSite("1", {KEY_ACCEPTS: 1, KEY_SITE_ID: "hospital_a", KEY_LEDGER_HEAD: _head(sites["hospital_a"])})

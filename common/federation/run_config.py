@@ -38,6 +38,7 @@ CFG_RUN_ID = "run_id"
 CFG_QUERY = "query"  # get_properties: "budget" asks whether the site can afford the next round
 
 # --- site -> server: the only keys the egress policy lets out -----------------
+SITE_NODES_FILE = "nodes.json"  # in site_keys_dir: {site name: Flower node id its key was registered as}
 KEY_SITE_ID = "site_id"
 KEY_LEDGER_HEAD = "ledger_head"  # the site's signed ledger head (JSON)
 KEY_ACCEPTS = "accepts"  # 1 if the site will train this round, 0 if it declines
@@ -91,7 +92,9 @@ class FederationConfig:
     site_epsilon: float = 0.0  # 0: each site decides (its run budget, else what it has left)
     noise_multiplier: float = 0.0  # 0: each site chooses sigma to fit its run budget
     checkpoints_dir: str = ""
-    site_keys_dir: str = ""  # enrolled sites' public keys: the coordinator verifies their ledger heads
+    # enrolled sites' public keys (NAME.pub): the coordinator verifies their ledger heads; with SITE_NODES_FILE beside
+    # them, the Flower node each site's key was registered as
+    site_keys_dir: str = ""
     resume_from: str = ""  # a global checkpoint to start from
     semiofed_version: str = ""
 

@@ -47,6 +47,7 @@ from semiofed.common.federation.run_config import (
     KEY_LEDGER_HEAD,
     KEY_SITE_ID,
     STRATEGY_FEDADAM,
+    SITE_NODES_FILE,
     STRATEGY_FEDPROX,
     FederationConfig,
 )
@@ -86,15 +87,25 @@ def wait_for_sites(client_manager: ClientManager, count: int, *, timeout: float,
 
 
 class HeadVerifier:
-    """Checks a site's signed ledger head against its enrolled public key (None when no key is enrolled)."""
+    """Checks a site's signed ledger head against its enrolled public key (None when no key is enrolled), and, where
+    the coordinator wrote which Flower node each key was registered as, that the head comes from that node."""
 
     def __init__(self, keys_dir: str) -> None:
         self.keys: dict[str, Any] = {}
+        self.nodes: dict[str, str] = {}  # site name -> the Flower node id its key was registered as
         if keys_dir and Path(keys_dir).is_dir():
             from semiofed.common.privacy.keys import load_public_key
 
             for path in sorted(Path(keys_dir).glob("*.pub")):
                 self.keys[path.stem] = load_public_key(path)
+            nodes = Path(keys_dir) / SITE_NODES_FILE
+            if nodes.is_file():
+                self.nodes = {str(k): str(v) for k, v in json.loads(nodes.read_text(encoding="utf-8")).items()}
+
+    def node_mismatch(self, site_id: str, node: str) -> bool:
+        """True when this site's key was registered as another node: a node that shows another site's (valid) head."""
+        expected = self.nodes.get(site_id)
+        return expected is not None and expected != node
 
     def __call__(self, site_id: str, head_json: Any) -> bool | None:
         from semiofed.common.privacy.ledger import verify_head
@@ -195,6 +206,14 @@ class SiteAwareStrategy(Strategy):
         budget, declined = {}, {}
         for proxy, answer in zip(proxies, answers):
             site = str(answer.get(KEY_SITE_ID, f"node-{proxy.cid}"))
+            impostor = self.verify.node_mismatch(site, proxy.cid)
+            impostor_reason = f"node {proxy.cid} answered as site {site}, whose key is another node's"
+            if impostor:
+                # another site's (replayed) head, or another site's name: this node signs in with another key. It is
+                # booked as itself, never under the site it names, and does not train
+                answer.pop(KEY_LEDGER_HEAD, None)
+                answer[KEY_ACCEPTS] = 0
+                site = f"node-{proxy.cid}"
             self.site_of[proxy.cid] = site
             verified = self.verify(site, answer.get(KEY_LEDGER_HEAD)) if KEY_LEDGER_HEAD in answer else None
             if verified is None and self.verify.keys:
@@ -202,6 +221,8 @@ class SiteAwareStrategy(Strategy):
                 answer[KEY_DECLINE_REASON] = (
                     f"site id {site} has no enrolled key here; enroll its site_key.pub with --name {site}"
                     if KEY_LEDGER_HEAD in answer else f"site id {site} sent no signed ledger head")
+            if impostor:
+                answer[KEY_DECLINE_REASON] = impostor_reason
             budget[site] = {k: answer[k] for k in BUDGET_KEYS if k in answer}
             budget[site].update(ledger_head_verified=verified, ledger_head=answer.get(KEY_LEDGER_HEAD))
             if KEY_FEATURE_SHA in answer:
