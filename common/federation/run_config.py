@@ -37,8 +37,11 @@ CFG_ROUND = "round"
 CFG_RUN_ID = "run_id"
 CFG_QUERY = "query"  # get_properties: "budget" asks whether the site can afford the next round
 
+# in FederationConfig.site_keys_dir, beside the enrolled keys: {site name: the Flower node id its key was registered
+# as}, written by the coordinator (server/coordinator.py), read by the run's strategy (never sent to a site)
+SITE_NODES_FILE = "nodes.json"
+
 # --- site -> server: the only keys the egress policy lets out -----------------
-SITE_NODES_FILE = "nodes.json"  # in site_keys_dir: {site name: Flower node id its key was registered as}
 KEY_SITE_ID = "site_id"
 KEY_LEDGER_HEAD = "ledger_head"  # the site's signed ledger head (JSON)
 KEY_ACCEPTS = "accepts"  # 1 if the site will train this round, 0 if it declines

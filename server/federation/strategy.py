@@ -46,8 +46,8 @@ from semiofed.common.federation.run_config import (
     KEY_FEATURE_SHA,
     KEY_LEDGER_HEAD,
     KEY_SITE_ID,
-    STRATEGY_FEDADAM,
     SITE_NODES_FILE,
+    STRATEGY_FEDADAM,
     STRATEGY_FEDPROX,
     FederationConfig,
 )
