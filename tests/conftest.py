@@ -29,3 +29,11 @@ def model_dir() -> Path:
 def videos_dir() -> Path:
     """The real public clips of people in ../shared/videos."""
     return _required_dir(Path(os.environ.get("SEMIOFED_TEST_VIDEOS") or SHARED / "videos"), "test videos")
+
+
+@pytest.fixture()
+def ledger(honest: bytes, tmp_path: Path) -> Path:
+    """A fresh copy of the test module's `honest` ledger (its bytes), for one test to attack."""
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(honest)
+    return path

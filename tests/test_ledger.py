@@ -64,13 +64,6 @@ def honest(keys, tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-@pytest.fixture()
-def ledger(honest, tmp_path) -> Path:
-    path = tmp_path / "ledger.jsonl"
-    path.write_bytes(honest)
-    return path
-
-
 def lines_of(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
 

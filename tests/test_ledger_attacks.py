@@ -87,13 +87,6 @@ def honest(keys, tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-@pytest.fixture()
-def ledger(honest, tmp_path) -> Path:
-    path = tmp_path / "ledger.jsonl"
-    path.write_bytes(honest)
-    return path
-
-
 def test_the_honest_ledger_verifies(ledger, keys):
     """Control: the ledger every attack starts from has no problem."""
     result = verify_ledger(ledger, keys[1])
