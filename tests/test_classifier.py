@@ -128,6 +128,12 @@ def test_the_wire_form_is_one_flat_vector_that_restores_the_model_exactly():
         from_wire([wire[0][:-1]], weight_shapes(model))
     with pytest.raises(SemiofedError, match="expected one flat vector"):
         from_wire(weights, weight_shapes(model))
+    # a coordinator's NaN or infinite weights are refused by name, whichever patients the site holds
+    for bad in (np.nan, np.inf):
+        broken = [w.copy() for w in weights]
+        broken[-1].flat[0] = bad
+        with pytest.raises(SemiofedError, match="NaN or infinite"):
+            set_weights(other, broken)
 
 
 def test_corrupt_checkpoint_says_so(tmp_path):

@@ -40,6 +40,9 @@ def set_weights(model: torch.nn.Module, weights: Sequence[np.ndarray]) -> None:
         if tuple(array.shape) != tuple(current.shape):
             raise SemiofedError(f"weight {key} has shape {tuple(array.shape)}, expected {tuple(current.shape)}",
                                 "the coordinator and this site run different model shapes: check the run config")
+        if not np.isfinite(array).all():  # refused whatever the site's patients: the refusal says nothing of them
+            raise SemiofedError(f"weight {key} holds NaN or infinite values",
+                                "the coordinator sent a broken model: ask it to restart the run from a good checkpoint")
         state[key] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     model.load_state_dict(state, strict=True)
 
