@@ -99,7 +99,7 @@ def demo(
 
 def _show_comparison(report: dict, summary: dict, sites: int) -> None:
     """The table for people: every model on the same held-out patients, privacy spent, where the report is."""
-    from semiofed.server.report import SMALL_TEST_SET, comparison_rows, small_test_set_note
+    from semiofed.server.report import SMALL_TEST_SET, comparison_rows, federation_gain_lines, small_test_set_note
 
     held_out = len(report["federated"]["y"])
     table = Table(title=f"semiofed demo ({report['seconds']:.0f} s): {held_out} held-out seizures at {sites} hospitals")
@@ -114,6 +114,8 @@ def _show_comparison(report: dict, summary: dict, sites: int) -> None:
     for row in comparison_rows(report):
         table.add_row(row[0], row[1], *[fmt(v) for v in row[2:]])
     Console().print(table)
+    for line in federation_gain_lines(report):
+        Console().print(line)
     if held_out < SMALL_TEST_SET:
         Console().print(small_test_set_note(held_out), style="dim")
     eps = ", ".join(f"{s} {a['epsilon'][-1]['epsilon_cumulative']:.2f}/{a['epsilon_max']:g}" if a["epsilon"] else f"{s} 0"

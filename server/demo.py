@@ -240,6 +240,21 @@ def evaluate_everywhere(model: Any, temperature: float, tasks: list[Any], n_segm
     return {"sites": per_site, "pooled": _with_intervals(classification_report(y, p), y, p), "y": y.tolist(), "p": p.tolist()}
 
 
+def federation_gain(federated: dict[str, Any], local_pooled: dict[str, Any],
+                    public_only: dict[str, Any] | None) -> dict[str, Any]:
+    """What the federated model adds on the same held-out seizures: paired differences (with bootstrap intervals)
+    over each site's local-only model and, when the run started from it, over the public model alone."""
+    from semiofed.common.learning.metrics import paired_difference
+
+    gain = {}
+    for name, other in (("over_local_only", local_pooled), ("over_public_only", public_only)):
+        if other is not None:
+            if other["y"] != federated["y"]:
+                raise ValueError(f"{name}: the models were not scored on the same held-out seizures")
+            gain[name] = paired_difference(federated["y"], federated["p"], other["p"])
+    return gain
+
+
 def centralised_baseline(tasks: list[Any], fed: FederationConfig, reference: list[Any],
                          progress: Progress) -> tuple[dict[str, Any], Any]:
     """All sites' training patients pooled in one place, no DP: the non-private upper reference (never done in practice)."""
@@ -439,7 +454,8 @@ def run_demo(config: DemoConfig, progress: Progress, on_line: Callable[[str], No
                             "process per site on 127.0.0.1") if config.mode == MODE_DEPLOY else
                            "Flower simulation engine (Ray), SecAgg+, one virtual SuperNode per site",
         "sites": prepared, "local_only": local, "local_only_pooled": local_pooled, "centralised": central,
-        "public_only": public_only, "federated": federated, "run": run,
+        "public_only": public_only, "federated": federated,
+        "federation_gain": federation_gain(federated, local_pooled, public_only), "run": run,
         "audit": audit, "timeline": timeline, "clinician": clinician, "final_checkpoint": str(calibrated),
         "reference": {"seizures": len(reference), "seed": config.seed + REFERENCE_SEED_OFFSET,
                       "what": "public phantom seizures run through site prepare; they set each model's decision "

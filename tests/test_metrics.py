@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from semiofed.common.learning.calibration import fit_temperature
-from semiofed.common.learning.metrics import classification_report, patient_group_kfold, softmax
+from semiofed.common.learning.metrics import (bootstrap_intervals, classification_report, paired_difference,
+                                              patient_group_kfold, softmax)
 
 
 def test_report_on_a_known_confusion():
@@ -43,3 +44,26 @@ def test_temperature_scaling_fixes_overconfidence():
     before = classification_report(y, softmax(logits))["ece"]
     after = classification_report(y, softmax(logits, t))["ece"]
     assert after < before / 2
+
+
+def test_the_paired_difference_sees_a_gain_that_separate_intervals_hide():
+    """Two models on the same 60 seizures: b is a with 6 errors fixed. Each model's own interval overlaps the other's,
+    but the paired interval of their difference lies above 0; a model against itself differs by exactly 0."""
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1] * 30)
+    correct = rng.random(60) < 0.75
+    p_a = np.where(correct, y, 1 - y).astype(float)
+    fixed = np.flatnonzero(~correct)[:6]
+    p_b = p_a.copy()
+    p_b[fixed] = y[fixed]
+    probs = lambda p1: np.stack([1 - (0.1 + 0.8 * p1), 0.1 + 0.8 * p1], axis=1)  # noqa: E731
+    a, b = probs(p_a), probs(p_b)
+    gain = paired_difference(y, b, a)
+    assert gain["balanced_accuracy"]["difference"] == pytest.approx(6 / 60, abs=0.02)
+    assert gain["balanced_accuracy"]["ci95"][0] > 0
+    own_a, own_b = bootstrap_intervals(y, a), bootstrap_intervals(y, b)
+    assert own_b["balanced_accuracy"][0] < own_a["balanced_accuracy"][1]  # separately, the intervals overlap
+    same = paired_difference(y, a, a)
+    assert same["auroc"]["difference"] == 0 and same["auroc"]["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same seizures"):
+        paired_difference(y, a, a[:-1])

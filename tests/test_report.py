@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semiofed.server.report import build_html, comparison_rows, write_reports
+from semiofed.server.report import build_html, comparison_rows, federation_gain_lines, write_reports
 
 ARTEFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -74,6 +74,17 @@ def test_report_html_is_self_contained(tmp_path):
     assert [r[:2] for r in rows][1:3] == [["public reference only (no site data)", "public data"],
                                           ["federated (SecAgg+), from the public model", "DP per site"]]
     assert "public reference only" in build_html(public)
+    # what the federation adds, paired on the same seizures: a gain, a loss, or no difference shown
+    gained = sample_report() | {"federation_gain": {
+        "over_local_only": {"balanced_accuracy": {"difference": 0.12, "ci95": [0.03, 0.21]},
+                            "auroc": {"difference": 0.05, "ci95": [-0.02, 0.11]}},
+        "over_public_only": {"balanced_accuracy": {"difference": -0.08, "ci95": [-0.15, -0.01]},
+                             "auroc": {"difference": 0.0, "ci95": [-0.04, 0.04]}}}}
+    lines = federation_gain_lines(gained)
+    assert lines[0].startswith("Federated model over each site alone") and "+0.12 (95% CI +0.03 to +0.21) (a gain)" in lines[0]
+    assert "AUROC +0.05 (95% CI -0.02 to +0.11) (no difference shown)" in lines[0]
+    assert "the public model alone" in lines[1] and "-0.08 (95% CI -0.15 to -0.01) (a loss)" in lines[1]
+    assert lines[1] in build_html(gained) and federation_gain_lines(sample_report()) == []
     assert "Only 12 held-out seizures" in page  # a quick-demo-sized test set says what its figures mean
     assert "What a clinician reads" in page and "1 flagged as unusual" in page and "left arm" in page
     many = sample_report()

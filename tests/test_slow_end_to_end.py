@@ -44,6 +44,11 @@ def test_quick_demo_federates_audits_and_reports(tmp_path: Path, model_dir: Path
     # the run started from the model of the public reference alone, which the report shows beside it
     public = report["public_only"]
     assert report["run"]["config"]["resume-from"] == public["checkpoint"] and set(public["sites"]) == set(report["audit"])
+    # what the federation adds over each site alone and over the public model, paired on the same held-out seizures
+    gain = report["federation_gain"]
+    assert set(gain) == {"over_local_only", "over_public_only"}
+    assert all(set(g) == {"balanced_accuracy", "auroc"} and len(g["auroc"]["ci95"]) == 2 for g in gain.values())
+    assert "Federated model over the public model alone" in Path(summary["report_html"]).read_text()
     page = Path(summary["report_html"]).read_text()
     assert page.count("<svg") >= 4 and "https://" not in page
 
