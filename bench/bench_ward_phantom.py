@@ -37,22 +37,28 @@ from semiofed.phantom.semiology import plan_seizure, sample_traits  # noqa: E402
 from semiofed.phantom.ward import WARD_SIZE, ward_scene  # noqa: E402
 
 FPS = 30.0
-# (scene, condition, IR night, nurse, greyscale): the greyscale daylight rows are the daylight scenes with the colour
-# taken away (a monochrome camera in daylight): they separate what the loss of colour costs from darkness and noise
-CONDITIONS = [("ward_supine", "IR night", True, False, False), ("ward_supine", "IR night, nurse", True, True, False),
-              ("ward_side", "IR night (curled on the side)", True, False, False),
-              ("ward_supine", "day", False, False, False), ("ward_side", "day (curled on the side)", False, False, False),
-              ("ward_supine", "day, greyscale", False, False, True),
-              ("ward_side", "day, greyscale (curled on the side)", False, False, True)]
+# (scene, condition, IR night, nurse, greyscale, clothing): the greyscale daylight rows are the daylight scenes with
+# the colour taken away (a monochrome camera in daylight): they separate what the loss of colour costs from darkness
+# and noise; the striped rows dress the patient in striped pyjamas
+CONDITIONS = [("ward_supine", "IR night", True, False, False, "plain"),
+              ("ward_supine", "IR night, nurse", True, True, False, "plain"),
+              ("ward_side", "IR night (curled on the side)", True, False, False, "plain"),
+              ("ward_supine", "IR night, striped pyjamas", True, False, False, "stripes"),
+              ("ward_supine", "day", False, False, False, "plain"),
+              ("ward_side", "day (curled on the side)", False, False, False, "plain"),
+              ("ward_supine", "day, striped pyjamas", False, False, False, "stripes"),
+              ("ward_side", "day, striped pyjamas (curled on the side)", False, False, False, "stripes"),
+              ("ward_supine", "day, greyscale", False, False, True, "plain"),
+              ("ward_side", "day, greyscale (curled on the side)", False, False, True, "plain")]
 
 
-def episode(kind: str, seed: int, seconds: float, ir: bool, nurse: bool) -> EpisodeSpec:
+def episode(kind: str, seed: int, seconds: float, ir: bool, nurse: bool, clothing: str = "plain") -> EpisodeSpec:
     """One ward clip whose seizure fills most of `seconds`."""
     rng = np.random.default_rng([seed, 15])
     body, traits = sample_anthropometry(rng), sample_traits(rng, 0.5)
     label = ("FOS", "TCS")[seed % 2]
     plan = plan_seizure(traits, label, (seconds, seconds), rng)
-    scene = ward_scene(kind, rng, ir_night=ir, nurse_s=1.0 if nurse else None)
+    scene = ward_scene(kind, rng, ir_night=ir, nurse_s=1.0 if nurse else None, clothing=clothing)
     return EpisodeSpec("P001", "P001-S1", body, traits, replace(plan, video_s=seconds), scene, FPS, seed)
 
 
@@ -63,9 +69,10 @@ def greyscale(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         yield np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def render_clip(path: Path, kind: str, seed: int, seconds: float, ir: bool, nurse: bool, grey: bool) -> Episode:
+def render_clip(path: Path, kind: str, seed: int, seconds: float, ir: bool, nurse: bool, grey: bool,
+                clothing: str = "plain") -> Episode:
     """Render one ward clip of `episode` to an H.264 file at `path` (its colour taken away if `grey`); its episode."""
-    spec = episode(kind, seed, seconds, ir, nurse)
+    spec = episode(kind, seed, seconds, ir, nurse, clothing)
     ep = simulate(spec)
     frames = Renderer(ep).frames()
     write_mp4(path, greyscale(frames) if grey else frames, spec.fps, spec.size, spec.scene.crf)
@@ -98,12 +105,12 @@ def main() -> None:
             "enhancement / region (on) | x real time (on, pose only) |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, name, ir, nurse, grey in CONDITIONS:
+        for kind, name, ir, nurse, grey, clothing in CONDITIONS:
             rates: dict[str, list[float]] = {"off": [], "on": []}
             nme, pck, views, speed = [], [], [], []
             for clip in range(args.clips):
                 path = Path(tmp) / "ward.mp4"
-                ep = render_clip(path, kind, 300 + clip, args.seconds, ir, nurse, grey)
+                ep = render_clip(path, kind, 300 + clip, args.seconds, ir, nurse, grey, clothing)
                 for label, config in configs.items():
                     with Deidentifier(config) as deidentifier:
                         start = time.perf_counter()
@@ -128,7 +135,7 @@ def main() -> None:
                         f"{'; '.join(views)} | {np.mean(speed):.2f} |")
     body = (f"bench/bench_ward_phantom.py: {args.clips} seizure clips per condition, {args.seconds:g} s each, rendered "
             f"at {WARD_SIZE[0]}x{WARD_SIZE[1]} {FPS:g} fps by phantom/ward.py (ceiling-corner camera at the foot of a "
-            "railed bed, wide lens, blanket to the chest), H.264, de-identified as `site prepare` does (decoded to "
+            "railed bed, wide lens, blanket to the chest; plain or striped pyjamas), H.264, de-identified as `site prepare` does (decoded to "
             "640x360 at 15 fps, pose stream). Pose = share of frames with a plausible pose; NME = mean keypoint error "
             "/ body size on those frames; PCK@0.1 = share of core landmarks within 10% of the body size.\n\n"
             + "\n".join(rows))

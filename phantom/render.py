@@ -18,6 +18,12 @@ _ONE = 1 << SHIFT
 LINE = cv2.LINE_AA
 LIGHT = np.array([0.3, 0.9, 0.3]) / np.linalg.norm([0.3, 0.9, 0.3])  # room light direction (towards the light)
 NURSE_CROSSING_S = 3.0
+# striped clothing (SceneSpec.clothing_pattern): stripes along each sleeve and trouser leg at these offsets (in limb
+# radii) and across the chest, each STRIPE_WIDTH of the spacing wide, in the cloth's colour at STRIPE_SHADE
+STRIPE_OFFSETS = (-0.55, 0.0, 0.55)
+TORSO_STRIPES = 7
+STRIPE_WIDTH = 0.35
+STRIPE_SHADE = 0.45
 
 
 def _fix(points: np.ndarray) -> np.ndarray:
@@ -64,6 +70,7 @@ class Renderer:
         g = spec.anthropometry.girth
         self.h = h
         self.body = _infrared(spec.anthropometry) if self.scene.ir_night else spec.anthropometry
+        self.striped = self.scene.clothing_pattern == "stripes"
         self.background = self._background()
         self._prepare_head(h)
         # (joint a, joint b, radius a, radius b, colour) in metres
@@ -231,6 +238,15 @@ class Renderer:
         off_p, off_q = p + side * 0.3 * ra, q + side * 0.3 * rb
         thick = max(1, int(round(0.9 * (ra + rb) / 2)))
         cv2.line(img, tuple(_fix(off_p)), tuple(_fix(off_q)), _shade(colour, 1.0), thick, LINE, SHIFT)
+        if self.striped and colour in (self.body.shirt_bgr, self.body.trousers_bgr):
+            self._stripes(img, [(p + n * k * ra, q + n * k * rb) for k in STRIPE_OFFSETS], (ra + rb) / 2, colour)
+
+    def _stripes(self, img: np.ndarray, lines: list[tuple[np.ndarray, np.ndarray]], width_px: float,
+                 colour: tuple) -> None:
+        """Pyjama stripes: dark lines along the cloth (a pattern the pose model must see through)."""
+        thick = max(1, int(round(STRIPE_WIDTH * width_px)))
+        for a, b in lines:
+            cv2.line(img, tuple(_fix(a)), tuple(_fix(b)), _shade(colour, STRIPE_SHADE), thick, LINE, SHIFT)
 
     def _torso(self, img: np.ndarray, i: int) -> None:
         hull = cv2.convexHull(self.torso_uv[i].astype(np.float32)).reshape(-1, 2)
@@ -239,6 +255,12 @@ class Renderer:
         centre = hull.mean(axis=0)
         inner = centre + (hull - centre) * 0.72 - self.light_px * 0.12 * np.ptp(hull, axis=0).mean()
         cv2.fillConvexPoly(img, _fix(inner), _shade(colour, 0.98), LINE, SHIFT)
+        if self.striped:  # from the shoulder line down to the hip line, across the chest
+            uv = self.torso_uv[i]  # per side: shoulder, hip, spine at two depths (_prepare_torso)
+            (l_sh, l_hip), (r_sh, r_hip) = ((uv[[o, o + 3]].mean(axis=0), uv[[o + 1, o + 4]].mean(axis=0)) for o in (0, 6))
+            fractions = np.linspace(0.1, 0.9, TORSO_STRIPES)
+            self._stripes(img, [(l_sh + t * (r_sh - l_sh), l_hip + t * (r_hip - l_hip)) for t in fractions],
+                          float(np.hypot(*(r_sh - l_sh))) / TORSO_STRIPES, colour)
 
     def _hand(self, img: np.ndarray, i: int, side: str, scale: float) -> None:
         uv = self.ep.joints_2d[i]

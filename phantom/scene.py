@@ -14,6 +14,7 @@ from semiofed.phantom.body import JOINT_INDEX, NUM_JOINTS
 from semiofed.phantom.camera import Camera
 
 SCENES = ("bed_side", "ceiling", "bed_sitting", "chair")
+CLOTHING_PATTERNS = ("plain", "stripes")
 POSTURE = {"bed_side": "supine", "ceiling": "supine", "bed_sitting": "sitting_bed", "chair": "chair",
            # the hard ward scenes of phantom/ward.py (never drawn for a cohort): a ceiling-corner camera, bed rails
            "ward_supine": "supine", "ward_side": "side_lying"}
@@ -38,6 +39,7 @@ class SceneSpec:
     wall_bgr: tuple[int, int, int]
     bedding_bgr: tuple[int, int, int]
     recline_deg: float  # trunk recline for sitting postures
+    clothing_pattern: str = "plain"  # the patient's shirt and trousers: "plain" or "stripes" (striped pyjamas)
 
     @property
     def posture(self) -> str:

@@ -188,23 +188,30 @@ def test_the_enhancement_is_offered_to_dim_or_infrared_footage_only_and_is_the_s
     assert night.dtype == enhanced.dtype and night.shape == enhanced.shape
 
 
-def test_the_hard_ward_phantom_hides_the_patient_until_the_search_finds_their_region(model_dir, tmp_path) -> None:
-    """phantom/ward.py: a ceiling-corner camera at 1920x1080 over a railed bed, a blanket to the chest (daylight)."""
+def _ward_episode(*, ir_night: bool, clothing: str = "plain"):
+    """One 4 s ward clip of phantom/ward.py (seed 300): its spec and simulated episode."""
     from dataclasses import replace as dc_replace
 
     from semiofed.phantom.body import sample_anthropometry
-    from semiofed.phantom.encode import write_mp4
     from semiofed.phantom.episode import EpisodeSpec, simulate
-    from semiofed.phantom.render import Renderer
     from semiofed.phantom.semiology import plan_seizure, sample_traits
-    from semiofed.phantom.ward import WARD_SIZE, ward_scene
+    from semiofed.phantom.ward import ward_scene
 
     rng = np.random.default_rng([300, 15])
     body, traits = sample_anthropometry(rng), sample_traits(rng, 0.5)
     plan = plan_seizure(traits, "FOS", (4.0, 4.0), rng)
-    scene = ward_scene("ward_supine", rng, ir_night=False)
+    scene = ward_scene("ward_supine", rng, ir_night=ir_night, clothing=clothing)
     spec = EpisodeSpec("P001", "P001-S1", body, traits, dc_replace(plan, video_s=4.0), scene, 30.0, 300)
-    episode = simulate(spec)
+    return spec, simulate(spec)
+
+
+def test_the_hard_ward_phantom_hides_the_patient_until_the_search_finds_their_region(model_dir, tmp_path) -> None:
+    """phantom/ward.py: a ceiling-corner camera at 1920x1080 over a railed bed, a blanket to the chest (daylight)."""
+    from semiofed.phantom.encode import write_mp4
+    from semiofed.phantom.render import Renderer
+    from semiofed.phantom.ward import WARD_SIZE
+
+    spec, episode = _ward_episode(ir_night=False)
     assert spec.size == WARD_SIZE
     uv = episode.joints_2d
     assert (uv[..., 0].max() - uv[..., 0].min()) < 0.35 * WARD_SIZE[0]  # the patient is small in the frame
@@ -214,3 +221,29 @@ def test_the_hard_ward_phantom_hides_the_patient_until_the_search_finds_their_re
         before, after = plain.run(path), searching.run(path)
     assert before.detection_rate["pose"] < 0.5 and after.detection_rate["pose"] >= 0.8, (before.detection_rate, after.detection_rate)
     assert after.capture["region"] != [0.0, 0.0, 1.0, 1.0]
+
+
+def test_striped_pyjamas_are_drawn_on_the_cloth_only_and_the_patient_is_still_found(model_dir, tmp_path) -> None:
+    """The ward phantom's striped pyjamas: the same frame differs only where the sleeves are (the blanket covers the
+    rest), an unknown pattern is refused, and the pattern does not hide the patient from the pipeline (daylight)."""
+    from semiofed.phantom.encode import write_mp4
+    from semiofed.phantom.render import Renderer
+    from semiofed.phantom.ward import ward_scene
+
+    with pytest.raises(ValueError, match="unknown clothing pattern"):
+        ward_scene("ward_supine", np.random.default_rng(0), clothing="tartan")
+    (_, plain), (spec, striped) = _ward_episode(ir_night=False), _ward_episode(ir_night=False, clothing="stripes")
+    a, b = Renderer(plain).frame(30), Renderer(striped).frame(30)
+    changed = np.argwhere(np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 8)
+    assert len(changed) > 200  # the stripes are there
+    uv = striped.joints_2d[30]
+    from semiofed.phantom.body import JOINT_INDEX as JI
+    arms = uv[[JI[n] for n in ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow")]]
+    near = np.min(np.linalg.norm(changed[:, None, ::-1] - arms[None], axis=2), axis=1)
+    assert np.quantile(near, 0.99) < 0.04 * spec.size[0]  # ... on the sleeves, nowhere else
+
+    path = tmp_path / "striped.mp4"
+    write_mp4(path, Renderer(striped).frames(), spec.fps, spec.size, spec.scene.crf)
+    with Deidentifier(KEYPOINTS, model_dir) as searching:
+        found = searching.run(path)
+    assert found.detection_rate["pose"] >= 0.8, found.detection_rate
