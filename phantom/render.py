@@ -86,6 +86,8 @@ class Renderer:
             ]
         self.cap_idx = np.array([[JI[a], JI[b]] for a, b, *_ in self.capsules])
         self.cap_r = np.array([[ra, rb] for _, _, ra, rb, _ in self.capsules])
+        # the sleeves and trouser legs (by the joints, not the colour: in infrared two colours may grey alike)
+        self.cap_cloth = [a.endswith(("_shoulder", "_hip", "_knee")) for a, *_ in self.capsules]
         self._prepare_torso(h, g)
         noise = self.rng.normal(0, max(self.scene.noise_sigma, 1e-6), (6, self.size[1], self.size[0], 1))
         channels = 1 if self.scene.ir_night else 3
@@ -225,7 +227,8 @@ class Renderer:
 
     # --- drawing -----------------------------------------------------------------------------
 
-    def _capsule(self, img: np.ndarray, p: np.ndarray, q: np.ndarray, ra: float, rb: float, colour: tuple) -> None:
+    def _capsule(self, img: np.ndarray, p: np.ndarray, q: np.ndarray, ra: float, rb: float, colour: tuple,
+                 cloth: bool = False) -> None:
         d = q - p
         n = np.array([-d[1], d[0]]) / (np.hypot(d[0], d[1]) + 1e-6)
         dark = _shade(colour, 0.72)
@@ -238,7 +241,7 @@ class Renderer:
         off_p, off_q = p + side * 0.3 * ra, q + side * 0.3 * rb
         thick = max(1, int(round(0.9 * (ra + rb) / 2)))
         cv2.line(img, tuple(_fix(off_p)), tuple(_fix(off_q)), _shade(colour, 1.0), thick, LINE, SHIFT)
-        if self.striped and colour in (self.body.shirt_bgr, self.body.trousers_bgr):
+        if self.striped and cloth:
             self._stripes(img, [(p + n * k * ra, q + n * k * rb) for k in STRIPE_OFFSETS], (ra + rb) / 2, colour)
 
     def _stripes(self, img: np.ndarray, lines: list[tuple[np.ndarray, np.ndarray]], width_px: float,
@@ -382,7 +385,8 @@ class Renderer:
         for _, kind, arg in parts:
             if kind == 0:
                 a, b = ends[arg]
-                self._capsule(img, uv[a], uv[b], radii_px[arg, 0], radii_px[arg, 1], self.capsules[arg][4])
+                self._capsule(img, uv[a], uv[b], radii_px[arg, 0], radii_px[arg, 1], self.capsules[arg][4],
+                              self.cap_cloth[arg])
             elif kind == 1:
                 self._torso(img, i)
             elif kind == 2:

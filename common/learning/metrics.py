@@ -103,23 +103,30 @@ def classification_report(y_true: Sequence[int], probs: np.ndarray) -> dict[str,
     }
 
 
-def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, *, n_boot: int = 2000, level: float = 0.95,
-                        seed: int = 0) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals of balanced accuracy and AUROC, resampling the held-out seizures."""
-    y = np.asarray(y_true, dtype=np.int64)
+def _bootstrap(y: np.ndarray, statistic: Any, *, n_boot: int, level: float, seed: int) -> dict[str, list[float]]:
+    """Percentile intervals of statistic(idx) -> {BALANCED_ACCURACY, AUROC} over resamples of the held-out seizures
+    (resamples with one class only are skipped: neither figure exists there; non-finite values are dropped)."""
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {BALANCED_ACCURACY: [], AUROC: []}
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
         if len(np.unique(y[idx])) < 2:  # both classes are needed for either figure
             continue
-        report = classification_report(y[idx], probs[idx])
+        drawn = statistic(idx)
         for key in values:
-            if math.isfinite(report[key]):
-                values[key].append(float(report[key]))
+            if math.isfinite(drawn[key]):
+                values[key].append(float(drawn[key]))
     tail = (1.0 - level) / 2 * 100
     return {key: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if v else [math.nan, math.nan]
             for key, v in values.items()}
+
+
+def bootstrap_intervals(y_true: Sequence[int], probs: np.ndarray, *, n_boot: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of balanced accuracy and AUROC, resampling the held-out seizures."""
+    y = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs)
+    return _bootstrap(y, lambda idx: classification_report(y[idx], probs[idx]), n_boot=n_boot, level=level, seed=seed)
 
 
 def paired_difference(y_true: Sequence[int], probs_a: np.ndarray, probs_b: np.ndarray, *, n_boot: int = 2000,
@@ -130,21 +137,14 @@ def paired_difference(y_true: Sequence[int], probs_a: np.ndarray, probs_b: np.nd
     probs_a, probs_b = np.asarray(probs_a), np.asarray(probs_b)
     if probs_a.shape != probs_b.shape or len(probs_a) != len(y):
         raise ValueError(f"paired models need the same seizures: {probs_a.shape}, {probs_b.shape}, {len(y)} labels")
-    point_a, point_b = classification_report(y, probs_a), classification_report(y, probs_b)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {BALANCED_ACCURACY: [], AUROC: []}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) < 2:
-            continue
+
+    def difference(idx: np.ndarray) -> dict[str, float]:
         a, b = classification_report(y[idx], probs_a[idx]), classification_report(y[idx], probs_b[idx])
-        for key in draws:
-            if math.isfinite(a[key]) and math.isfinite(b[key]):
-                draws[key].append(float(a[key] - b[key]))
-    tail = (1.0 - level) / 2 * 100
-    return {key: {"difference": float(point_a[key] - point_b[key]),
-                  "ci95": [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if v else [math.nan, math.nan]}
-            for key, v in draws.items()}
+        return {key: a[key] - b[key] for key in (BALANCED_ACCURACY, AUROC)}
+
+    point = difference(np.arange(len(y)))
+    intervals = _bootstrap(y, difference, n_boot=n_boot, level=level, seed=seed)
+    return {key: {"difference": float(point[key]), "ci95": intervals[key]} for key in intervals}
 
 
 def patient_group_kfold(
