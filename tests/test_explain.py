@@ -118,16 +118,16 @@ def test_holding_the_seizing_arm_still_removes_the_seizure_movement_from_the_des
 
 def test_the_bench_counts_the_record_s_more_moving_arm_on_the_seizing_side(left_clonic) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from bench_explain import more_moving_arm, record_ceiling
+    from bench_explain import more_moving_arm, more_moving_arm_on_side
 
     record, truth = left_clonic
     assert more_moving_arm(record, truth) == SEIZING == "left"
-    assert record_ceiling([(record, truth)]) == (1, 1)
+    assert more_moving_arm_on_side([(record, truth)]) == (1, 1)
     quiet = replace(record, arrays=held_still(record.arrays, "left_arm"))  # now the other arm moves more
     assert more_moving_arm(quiet, truth) == "right"
-    assert record_ceiling([(quiet, truth)]) == (0, 1)
+    assert more_moving_arm_on_side([(quiet, truth)]) == (0, 1)
     generalised = dict(truth, label="TCS")
-    assert record_ceiling([(record, generalised)]) == (0, 0)  # only lateralised focal seizures count
+    assert more_moving_arm_on_side([(record, generalised)]) == (0, 0)  # only lateralised focal seizures count
     no_pose = dict(record.arrays)
     no_pose[POSE] = np.full_like(record.arrays[POSE], np.nan)
     assert more_moving_arm(replace(record, arrays=no_pose), truth) is None
