@@ -280,7 +280,8 @@ def main() -> None:
     results = {name: evaluate(ckpt, pairs) for name, ckpt in models.items()}
     by_record = more_moving_arm_on_side(pairs)
     if args.json:
-        args.json.write_text(json.dumps(results | {"record_more_moving_arm_on_side": list(by_record)}, indent=1) + "\n")
+        figures = results | {"record_more_moving_arm_on_side": list(by_record)}
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
     first = next(iter(results.values()))
     labels = {}
     for record, _ in pairs:
@@ -332,8 +333,9 @@ def main() -> None:
         "score of the pooled motion descriptors, flag above the reference's 95th percentile.\n\n"
         + "\n".join(rows) + "\n\nThe record itself, no model: the arm that moves more in most windows of the seizure "
         "(the region stream's left and right arm energy, truth onset to offset) is on the seizing side in "
-        f"{by_record[0]} of {by_record[1]} lateralised focal seizures ({by_record[0] / max(by_record[1], 1):.0%}): naming "
-        "the side by which arm moves more would be right that often.\n\nPhase confusion of the federated DP model (snippets):\n\n" + "\n".join(confusion))
+        f"{by_record[0]} of {by_record[1]} lateralised focal seizures ({by_record[0] / max(by_record[1], 1):.0%}): "
+        "naming the side by which arm moves more would be right that often.\n\n"
+        "Phase confusion of the federated DP model (snippets):\n\n" + "\n".join(confusion))
     print(body)
     if args.write:
         # the held-out cohort of the issue keeps the section it always had; another cohort gets its own

@@ -120,14 +120,17 @@ def test_the_bench_counts_the_record_s_more_moving_arm_on_the_seizing_side(left_
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from bench_explain import more_moving_arm, more_moving_arm_on_side
 
+    # On this tracked clip the two arms each win about half the windows (the record's own ambiguity, see
+    # docs/benchmarks.md), so each side is made unambiguous by holding the other arm still.
     record, truth = left_clonic
-    assert more_moving_arm(record, truth) == SEIZING == "left"
-    assert more_moving_arm_on_side([(record, truth)]) == (1, 1)
-    quiet = replace(record, arrays=held_still(record.arrays, "left_arm"))  # now the other arm moves more
-    assert more_moving_arm(quiet, truth) == "right"
-    assert more_moving_arm_on_side([(quiet, truth)]) == (0, 1)
+    left_moves = replace(record, arrays=held_still(record.arrays, "right_arm"))
+    assert more_moving_arm(left_moves, truth) == SEIZING == "left"
+    assert more_moving_arm_on_side([(left_moves, truth)]) == (1, 1)
+    right_moves = replace(record, arrays=held_still(record.arrays, "left_arm"))
+    assert more_moving_arm(right_moves, truth) == "right"
+    assert more_moving_arm_on_side([(right_moves, truth)]) == (0, 1)
     generalised = dict(truth, label="TCS")
-    assert more_moving_arm_on_side([(record, generalised)]) == (0, 0)  # only lateralised focal seizures count
+    assert more_moving_arm_on_side([(left_moves, generalised)]) == (0, 0)  # only lateralised focal seizures count
     no_pose = dict(record.arrays)
     no_pose[POSE] = np.full_like(record.arrays[POSE], np.nan)
     assert more_moving_arm(replace(record, arrays=no_pose), truth) is None
