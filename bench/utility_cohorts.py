@@ -13,6 +13,8 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
                 cohort of bench/bench_explain.py, large enough to count the lateralised focal seizures (issue 17)
   explain-lateral-2  2 sites x 40 patients, phantom seed 7404, the same: a third held-out cohort, first used to
                 measure the seen/guessed-limb descriptors of 2026-12-07 (issue 17)
+  explain-lateral-3  2 sites x 40 patients, phantom seed 7505, the same: a fourth held-out cohort, built to measure
+                what a side output trained on side labels would reach (bench/bench_side_evidence.py, issue 17)
   explain-lateral-dev  2 sites x 40 patients, phantom seed 7303, the same: the design cohort of the region
                 attributions (never a reported figure)
   explain-dev    2 sites x 12 patients, phantom seed 7301, half unusual: the design cohort of issue 17's
@@ -61,6 +63,7 @@ LONG_CLIPS = ("explain-p40", "explain-dev", "explain-dev-usual", "explain-refere
 COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 7101, 0.0), "sites3-p30": (3, 30, 7102, 0.0),
                                                    "explain-p40": (2, 40, 7201, 0.3), "explain-lateral": (2, 80, 7202, 0.0),
                                                    "explain-lateral-2": (2, 80, 7404, 0.0),
+                                                   "explain-lateral-3": (2, 80, 7505, 0.0),
                                                    "explain-lateral-dev": (2, 80, 7303, 0.0),
                                                    "explain-dev": (2, 24, 7301, 0.5),
                                                    "explain-dev-usual": (2, 40, 7302, 0.0),
