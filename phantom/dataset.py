@@ -25,7 +25,8 @@ from semiofed.phantom.truth import write_truth
 
 log = logging.getLogger(__name__)
 
-MANIFEST_HEADER = ("video", "patient_id", "seizure_id", "label", "onset_s", "offset_s", "generalization_s", "view", "roi")
+MANIFEST_HEADER = ("video", "patient_id", "seizure_id", "label", "onset_s", "offset_s", "generalization_s", "view", "roi",
+                   "side")
 MANIFEST_NAME = "manifest.csv"
 DATASET_FILE = "phantom.json"
 
@@ -210,6 +211,7 @@ def manifest_row(video: PlannedVideo) -> dict[str, str]:
         "generalization_s": "" if plan.generalization_s is None else f"{plan.generalization_s:.2f}",
         "view": video.spec.scene.kind,
         "roi": "" if roi is None else ";".join(f"{v:.3f}" for v in roi),
+        "side": plan.limb_side or "",
     }
 
 

@@ -27,6 +27,7 @@ MIN_SEIZURE_S = 10.0  # a TCS needs room for focal onset, tonic and clonic phase
 DEFAULT_LEAD_S = (3.0, 12.0)  # video before the onset, seconds (uniform range)
 DEFAULT_TAIL_S = (3.0, 15.0)  # video after the offset (postictal), seconds
 SIDE_SIGN = {"left": 1.0, "right": -1.0}
+LIMB_SIGNS = ("clonic_arm", "hemiclonic", "dystonic_hand")  # the signs that lateralise to a limb
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,13 @@ class SeizurePlan:
     offset_s: float
     generalization_s: float | None
     phases: tuple[Phase, ...] = field(default_factory=tuple)
+
+    @property
+    def limb_side(self) -> str | None:
+        """The side of the lateralised limb signs (clonic arm, hemiclonic, dystonic hand) when they are all on one
+        side, as a clinical report would give it; None otherwise."""
+        sides = {p.side for p in self.phases if p.name in LIMB_SIGNS and p.side}
+        return sides.pop() if len(sides) == 1 else None
 
     def to_json(self) -> dict:
         """Return a JSON-serialisable dict."""

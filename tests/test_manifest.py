@@ -98,3 +98,20 @@ def test_patient_key_keeps_different_patients_apart() -> None:
 
     assert patient_key("P001") == patient_key("p-1") == "p1"
     assert len({patient_key(p) for p in ("P1", "P10", "P100", "P01A", "Q1", "P1B")}) == 6
+
+
+def test_the_side_of_the_limb_signs_is_read_and_a_wrong_one_fails_its_row_alone(tmp_path: Path) -> None:
+    (tmp_path / "v").mkdir()
+    manifest = _write(tmp_path / "m.csv",
+                      "video,patient_id,seizure_id,label,side\n"
+                      "v/a.mp4,P1,S1,FOS,Left\n"
+                      "v/b.mp4,P1,S2,FOS,\n"
+                      "v/c.mp4,P2,S1,TCS,right\n"
+                      "v/d.mp4,P3,S1,FOS,L\n")
+    rows, errors = read_manifest(manifest)
+    assert [r.side for r in rows] == ["left", None, "right"]
+    (error,) = errors
+    assert error.line == 5 and "side 'L' is not left or right" in error.message and "leave it empty" in error.message
+    # a manifest written before the column existed still reads, with no side
+    old = _write(tmp_path / "old.csv", "video,patient_id,seizure_id,label\nv/a.mp4,P1,S1,FOS\n")
+    assert read_manifest(old)[0][0].side is None

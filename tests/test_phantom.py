@@ -180,3 +180,20 @@ def test_bad_settings_say_what_to_do(tmp_path: Path):
         plan_dataset(GenerateConfig(lead_s=(4, 2)))
     result = runner.invoke(app, ["generate", "--out", str(tmp_path), "--size", "big"], env={"SEMIOFED_PROGRESS": "off"})
     assert result.exit_code != 0 and "320x240" in str(result.exception)
+
+
+def test_the_manifest_gives_the_side_of_one_sided_limb_signs_only():
+    from semiofed.client.deid.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+    from semiofed.phantom.dataset import MANIFEST_HEADER, GenerateConfig, manifest_row, plan_dataset
+    from semiofed.phantom.semiology import FOS, TCS, Phase, SeizurePlan
+
+    def plan(*phases: Phase, label: str = FOS) -> SeizurePlan:
+        return SeizurePlan(label, 20.0, 2.0, 15.0, 8.0 if label == TCS else None, phases)
+
+    assert plan(Phase("clonic_arm", 2, 9, "left"), Phase("arrest", 2, 5, "right")).limb_side == "left"
+    assert plan(Phase("hemiclonic", 2, 8, "right"), label=TCS).limb_side == "right"  # the onset side of a TCS
+    assert plan(Phase("clonic_arm", 2, 9, "left"), Phase("dystonic_hand", 2, 9, "right")).limb_side is None
+    assert plan(Phase("head_version", 2, 9, "left"), Phase("oral_automatism", 2, 9, "left")).limb_side is None
+    assert set(MANIFEST_HEADER) == set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)  # what the phantom writes, prepare reads
+    rows = [manifest_row(v) for videos in plan_dataset(GenerateConfig(sites=1, patients=12, seed=3))[1:] for v in videos]
+    assert {r["side"] for r in rows} <= {"", "left", "right"} and any(r["side"] for r in rows)

@@ -15,7 +15,9 @@ from semiofed.common.errors import ManifestError
 from semiofed.common.records.schema import TOKEN_RE
 
 REQUIRED_COLUMNS = ("video", "patient_id", "seizure_id", "label")
-OPTIONAL_COLUMNS = ("onset_s", "offset_s", "generalization_s", "view", "roi")
+OPTIONAL_COLUMNS = ("onset_s", "offset_s", "generalization_s", "view", "roi", "side")
+# The side of a seizure's lateralised limb signs, as the clinical report gives it (empty: not lateralised or unknown).
+SIDES = ("left", "right")
 EXPECTED_HEADER = ",".join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
 MAX_ID_LENGTH = 128
 
@@ -64,6 +66,7 @@ class ManifestRow:
     generalization_s: float | None = None
     view: str | None = None
     roi: tuple[float, float, float, float] | None = None
+    side: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,10 @@ def _parse_row(line: int, row: dict[str, str], video_root: Path) -> ManifestRow:
     if view is not None and not TOKEN_RE.match(view):
         raise ManifestError(f"view '{view}' is not a short token", "use e.g. bed_side, ceiling, chair")
     roi_text = (row.get("roi") or "").strip()
+    side = (row.get("side") or "").strip().lower() or None
+    if side is not None and side not in SIDES:
+        raise ManifestError(f"side '{row.get('side')}' is not left or right",
+                            "write the side of the lateralised limb signs as left or right, or leave it empty")
     onset, offset, generalization = _time(row, "onset_s"), _time(row, "offset_s"), _time(row, "generalization_s")
     if onset is not None and offset is not None and offset <= onset:
         raise ManifestError(f"offset_s {offset} is not after onset_s {onset}", "check the seizure times")
@@ -148,6 +155,7 @@ def _parse_row(line: int, row: dict[str, str], video_root: Path) -> ManifestRow:
         generalization_s=generalization,
         view=view,
         roi=parse_roi(roi_text) if roi_text else None,
+        side=side,
     )
 
 

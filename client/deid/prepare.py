@@ -129,6 +129,7 @@ def make_record(deidentifier: Deidentifier, row: ManifestRow, secret: bytes) -> 
         offset_s=row.offset_s,
         generalization_s=row.generalization_s,
         view=row.view,
+        side=row.side,
         stcnn=result.stcnn,
         stcnn_input=result.stcnn_input,
         snippet_frames=deidentifier.config.snippet_frames,

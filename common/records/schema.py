@@ -78,6 +78,8 @@ class SeizureRecord:
     offset_s: float | None = None
     generalization_s: float | None = None
     view: str | None = None
+    # the side of the lateralised limb signs from the clinical label ("left"/"right"), None when not given
+    side: str | None = None
     stcnn: str = ""
     # how the STCNN saw the frames (common/constants.py STCNN_INPUTS); records from before it was stored: GESTURES'
     stcnn_input: str = ""
@@ -118,6 +120,7 @@ class SeizureRecord:
             "offset_s": self.offset_s,
             "generalization_s": self.generalization_s,
             "view": self.view,
+            "side": self.side,
             "fps": self.fps,
             "duration_s": self.duration_s,
             "n_frames": self.n_frames,
@@ -207,6 +210,7 @@ def read_record(record_dir: Path) -> SeizureRecord:
         offset_s=meta.get("offset_s"),
         generalization_s=meta.get("generalization_s"),
         view=meta.get("view"),
+        side=meta.get("side"),
         stcnn=meta.get("stcnn", ""),
         stcnn_input=meta.get("stcnn_input", STCNN_INPUT_FRAME if meta.get("stcnn") else ""),
         snippet_frames=int(meta.get("snippet_frames", 8)),
