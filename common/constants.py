@@ -17,7 +17,9 @@ STREAM_STCNN = "stcnn"  # the STCNN snippet feature
 STREAM_KEYPOINTS = "keypoints"  # keypoint-motion summary of the snippet's landmarks
 STREAM_STCNN_MOTION = "stcnn_motion"  # how much the STCNN feature changes over 2 s and 4 s (movement, not scene)
 STREAM_REGIONS = "regions"  # per-body-region movement, left and right kept apart (common/records/region_motion.py)
-STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS, STREAM_STCNN_MOTION, STREAM_REGIONS)
+# left-minus-right movement and posture differences (common/records/side.py); only the side output reads them
+STREAM_SIDE = "side"
+STREAMS = (STREAM_STCNN, STREAM_KEYPOINTS, STREAM_STCNN_MOTION, STREAM_REGIONS, STREAM_SIDE)
 STCNN_STREAMS = (STREAM_STCNN, STREAM_STCNN_MOTION)  # the model streams that need `site prepare`'s STCNN features
 
 

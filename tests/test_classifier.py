@@ -256,3 +256,11 @@ def test_descriptor_names_are_checked_and_stored_and_old_configs_read_every_colu
     del old["descriptors"]  # a checkpoint written before the selection: its model read the whole stream
     assert ClassifierConfig.from_dict(old).keypoint_read == tuple(range(KEYPOINT_DIM))
     assert ClassifierConfig.from_dict(old).spec.descriptors == MOTION_FEATURE_NAMES
+
+
+def test_a_model_of_the_side_stream_alone_is_refused_in_one_line():
+    from semiofed.common.errors import SemiofedError
+
+    with pytest.raises(SemiofedError, match="nothing for the seizure decision to read") as info:
+        ClassifierConfig(streams=("side",))
+    assert "keypoints" in str(info.value) and "\n" not in str(info.value)

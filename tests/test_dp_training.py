@@ -29,11 +29,15 @@ def test_per_patient_gradients_match_a_loop_over_patients(temporal):
     y = torch.randint(0, 2, (3, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.double)
     weights = torch.tensor([1.0, 2.5], dtype=torch.double)
-    batched = PerPatientGradients(model).compute(lambda m: patient_loss(m, x, y, mask, weights), 3)
+    side = torch.randint(0, 2, (3, 5)).double()  # the side output's labels, given for some seizures only
+    given = mask * torch.tensor([[1, 0, 1, 1, 0], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0]], dtype=torch.double)
+    assert config.side_output
+    batched = PerPatientGradients(model).compute(lambda m: patient_loss(m, x, y, mask, weights, (side, given)), 3)
     for p in range(3):
         model.zero_grad()
         k = int(mask[p].sum())  # the patient alone, without padding
-        patient_loss(model, x[p : p + 1, :k], y[p : p + 1, :k], mask[p : p + 1, :k], weights).backward()
+        patient_loss(model, x[p : p + 1, :k], y[p : p + 1, :k], mask[p : p + 1, :k], weights,
+                     (side[p : p + 1, :k], given[p : p + 1, :k])).backward()
         for got, param in zip(batched, model.parameters()):
             torch.testing.assert_close(got[p], param.grad, rtol=1e-7, atol=1e-10)
 
@@ -189,3 +193,44 @@ def test_the_optimiser_is_a_choice_and_an_unknown_one_is_refused_with_the_valid_
     trainer = Trainer(build_classifier(config, seed=0), TrainConfig(optimizer="sgd", noise_multiplier=1.0), n_segments=4)
     assert isinstance(trainer.optimizer, torch.optim.SGD) and trainer.optimizer.defaults["momentum"] == 0.9
     trainer.close()
+
+
+def _side_patients(rng: np.random.Generator, config: ClassifierConfig, n: int, *, labelled: bool) -> list[Patient]:
+    """Patients whose seizures' side stream leans to their side (the arm difference), label and keypoints random."""
+    from semiofed.common.records.side import SIDE_DIM
+
+    patients = []
+    for i in range(n):
+        side = int(rng.integers(0, 2))
+        x = rng.normal(size=(12, config.input_dim)).astype(np.float32) * 0.5
+        x[:, -SIDE_DIM] += 0.8 if side == 1 else -0.8  # the side stream is last; its first column: the arms
+        patients.append(Patient(f"p{i}", (Seizure(x, int(rng.integers(0, 2)), f"r{i}", side if labelled else -1),)))
+    return patients
+
+
+def test_the_side_output_learns_the_side_from_side_labels_under_patient_level_dp():
+    config = ClassifierConfig(streams=("keypoints", "side"), temporal="linear", descriptors=("arm_energy_strong",),
+                              stcnn_dim=0, n_segments=4)
+    model = build_classifier(config, seed=0)
+    rng = np.random.default_rng(0)
+    train = _side_patients(rng, config, 60, labelled=True)
+    trainer = Trainer(model, TrainConfig(epochs=20, batch_patients=60, lr=0.05, dp=True, noise_multiplier=1.0,
+                                         seed=0), n_segments=4)
+    trainer.fit(train)
+    trainer.close()
+    test = _side_patients(rng, config, 200, labelled=True)
+    with torch.no_grad():
+        logits = torch.stack([model.side_logits(torch.from_numpy(p.seizures[0].inputs))[0] for p in test])
+    sides = np.array([p.seizures[0].side for p in test])
+    assert np.mean((logits.numpy() > 0) == (sides == 1)) > 0.9
+
+
+def test_seizures_without_a_side_label_leave_the_side_output_alone():
+    config = ClassifierConfig(streams=("keypoints", "side"), temporal="linear", descriptors=("arm_energy_strong",),
+                              stcnn_dim=0, n_segments=4)
+    model = build_classifier(config, seed=0)
+    trainer = Trainer(model, TrainConfig(epochs=5, batch_patients=10, lr=0.05, dp=False, seed=0), n_segments=4)
+    trainer.fit(_side_patients(np.random.default_rng(1), config, 20, labelled=False))
+    trainer.close()
+    assert torch.count_nonzero(model.side.weight) == 0  # no label, no gradient: the side output names no side
+    assert torch.count_nonzero(model.head.weight) > 0  # while the decision did train

@@ -26,7 +26,7 @@ from semiofed.client.training.local import group_patients, load_site_records
 from semiofed.common.constants import STREAMS
 from semiofed.common.learning.classifier import TEMPORAL_MODELS, ClassifierConfig, build_classifier
 from semiofed.common.privacy.policy import PrivacyPolicy
-from semiofed.common.records import features, motion, region_motion, schema
+from semiofed.common.records import features, motion, region_motion, schema, side
 from semiofed.common.records import schema as R
 from semiofed.common.records.features import record_inputs
 from semiofed.common.records.schema import read_record, write_record
@@ -75,7 +75,7 @@ def _frozen(value, depth: int = 0):
     return repr(value)
 
 
-MODULES = (features, motion, region_motion, schema)
+MODULES = (features, motion, region_motion, side, schema)
 
 
 def _module_state() -> dict[str, object]:

@@ -98,7 +98,8 @@ def test_coordinator_run_refuses_a_bad_initial_model_before_anything_starts(tmp_
                                     "--initial-model", made["checkpoint"]])
     assert both.exit_code == 1 and "give one of them" in both.stderr and both.stderr.count("\n") == 1
     weights = tmp_path / "coord" / "public-model" / WEIGHTS_FILE
-    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # a changed model is not what was trained
+    data = weights.read_bytes()  # a changed model is not what was trained (bits flipped: zeroing may change nothing)
+    weights.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
     tampered = CliRunner().invoke(app, ["coordinator", "run", "--dir", str(coord), "--initial-model", made["checkpoint"]])
     assert tampered.exit_code == 1 and "corrupt or were changed" in tampered.stderr
     other = CliRunner().invoke(app, ["coordinator", "public-model", "--dir", str(tmp_path / "gru"), "--reference",

@@ -19,6 +19,7 @@ from semiofed.common.learning.classifier import ClassifierConfig, build_classifi
 from semiofed.common.learning.metrics import classification_report, patient_group_kfold, softmax
 from semiofed.common.learning.spec import DEFAULT_MODEL, DEFAULT_SCHEDULE, ModelSpec
 from semiofed.common.learning.trainer import Patient, Seizure, TrainConfig, Trainer, balanced_class_weights, predict_logits
+from semiofed.common.records.side import SIDES
 from semiofed.common.learning.weights import get_weights
 from semiofed.common.privacy.accountant import PlannedRun
 from semiofed.client.training.site_split import split_site_patients
@@ -153,7 +154,8 @@ def group_patients(records: Sequence[SeizureRecord], labels: Sequence[str], stre
     by_patient: dict[str, list[Seizure]] = defaultdict(list)
     index = {label: i for i, label in enumerate(labels)}
     for r in records:
-        by_patient[r.patient_pseudonym].append(Seizure(record_inputs(r, streams), index[r.label], r.record_id))
+        side = SIDES.index(r.side) if r.side in SIDES else -1
+        by_patient[r.patient_pseudonym].append(Seizure(record_inputs(r, streams), index[r.label], r.record_id, side))
     return [Patient(p, tuple(s)) for p, s in sorted(by_patient.items())]
 
 

@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 from semiofed.common.records.features import (
     KEYPOINT_DIM,
     REGION_STREAM_DIM,
+    SIDE_DIM,
     STCNN_MOTION_DIM,
     STREAM_KEYPOINTS,
     STREAM_REGIONS,
+    STREAM_SIDE,
     STREAM_STCNN,
     STREAM_STCNN_MOTION,
     check_streams,
@@ -66,6 +68,10 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "streams", check_streams(self.streams))
+        if self.streams == (STREAM_SIDE,):
+            raise SemiofedError(f"stream selection {list(self.streams)} has nothing for the seizure decision to read",
+                                f"add a decision stream, e.g. {STREAM_KEYPOINTS} (the '{STREAM_SIDE}' stream feeds "
+                                "only the side output)")
         object.__setattr__(self, "descriptors", tuple(self.descriptors))
         keypoint_columns(self.descriptors)  # names checked
         if self.descriptors and self.keypoint_dim != KEYPOINT_DIM:
@@ -102,12 +108,30 @@ class ClassifierConfig:
             return self.stcnn_dim
         if stream == STREAM_REGIONS:
             return REGION_STREAM_DIM
+        if stream == STREAM_SIDE:
+            return SIDE_DIM
         return STCNN_MOTION_DIM if stream == STREAM_STCNN_MOTION else self.keypoint_dim
 
     @property
     def input_dim(self) -> int:
         """Width of the concatenated stream input per snippet."""
         return sum(self.stream_width(s) for s in self.streams)
+
+    @property
+    def side_output(self) -> bool:
+        """Whether the model has the side output (it reads the side stream, and only it does)."""
+        return STREAM_SIDE in self.streams
+
+    @property
+    def decision_columns(self) -> tuple[int, ...]:
+        """The input columns the FOS/TCS decision can depend on (every stream but the side stream)."""
+        out, start = [], 0
+        for stream in self.streams:
+            width = self.stream_width(stream)
+            if stream != STREAM_SIDE:
+                out.extend(range(start, start + width))
+            start += width
+        return tuple(out)
 
     @property
     def keypoint_read(self) -> tuple[int, ...]:
@@ -290,7 +314,14 @@ class SeizureClassifier(nn.Module):
         self.register_buffer("keypoint_read", torch.tensor(config.keypoint_read, dtype=torch.long), persistent=False)
         if STREAM_REGIONS in config.streams:
             self.regions = RegionFusion()
+        if config.side_output:
+            # left-minus-right differences in, no intercept: a mirrored seizure gets the negated logit. Starts at 0
+            # (no side) so that a model trained without side labels names none.
+            self.side = nn.Linear(config.stream_width(STREAM_SIDE), 1, bias=False)
+            nn.init.zeros_(self.side.weight)
         for stream in config.streams:
+            if stream == STREAM_SIDE:
+                continue
             width = len(config.keypoint_read) if stream == STREAM_KEYPOINTS else config.stream_width(stream)
             if stream == STREAM_REGIONS:
                 width = self.regions.out_dim
@@ -319,6 +350,9 @@ class SeizureClassifier(nn.Module):
         for stream in self.config.streams:
             width = self.config.stream_width(stream)
             z = x[..., start : start + width]
+            if stream == STREAM_SIDE:  # the side output's alone: the decision stays mirror-free
+                start += width
+                continue
             if stream == STREAM_KEYPOINTS:
                 z = z.index_select(-1, self.keypoint_read)
             if stream == STREAM_REGIONS:
@@ -343,6 +377,21 @@ class SeizureClassifier(nn.Module):
             seizure_logits = snippet_logits.mean(dim=1)
         c = snippet_logits.shape[-1]
         return seizure_logits.reshape(*lead, c), snippet_logits.reshape(*lead, s, c)
+
+
+    def side_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., S, D_in] -> (seizure side logit [...], snippet side logits [..., S]); positive: the patient's left.
+        The seizure's is the mean of its snippets'. Only for a model with the side output."""
+        if not self.config.side_output:
+            raise SemiofedError("this model has no side output", f"train it with the '{STREAM_SIDE}' stream")
+        start = 0
+        for stream in self.config.streams:
+            if stream == STREAM_SIDE:
+                break
+            start += self.config.stream_width(stream)
+        z = x[..., start : start + self.config.stream_width(STREAM_SIDE)]
+        snippets = self.side(z)[..., 0]
+        return snippets.mean(dim=-1), snippets
 
 
 def build_classifier(config: ClassifierConfig, *, seed: int | None = None) -> SeizureClassifier:

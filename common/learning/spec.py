@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from semiofed.common.constants import DEFAULT_LABELS, STREAM_KEYPOINTS, TEMPORAL_LINEAR, TEMPORAL_MODELS
+from semiofed.common.constants import DEFAULT_LABELS, STREAM_KEYPOINTS, STREAM_SIDE, TEMPORAL_LINEAR, TEMPORAL_MODELS
 from semiofed.common.errors import SemiofedError
 from semiofed.common.records.motion import MOTION_FEATURE_NAMES, SEMIOLOGY_DESCRIPTORS, check_descriptors
 
@@ -34,7 +34,9 @@ class ModelSpec:
     labels: tuple[str, ...] = DEFAULT_LABELS
     # The motion descriptors only: 1024-d STCNN features would make the model ~20x larger than patient-level DP
     # affords at a hospital's cohort size, and they encode the scene more than the movement (docs/privacy.md).
-    streams: tuple[str, ...] = (STREAM_KEYPOINTS,)
+    # plus the side stream, which only the side output reads (7 weights: the side of the focal signs, learnt where
+    # the clinical labels give it; docs/benchmarks.md, "What side labels would allow")
+    streams: tuple[str, ...] = (STREAM_KEYPOINTS, STREAM_SIDE)
     # A linear head on each window's descriptors, its window logits averaged (24 parameters): the noise on the mean
     # gradient grows with sqrt(parameters). Under federated local DP at epsilon 4 it scored 0.72-0.78 balanced
     # accuracy where the 4-unit GRU (214 parameters) scored 0.61-0.63, level with it without DP, on two held-out

@@ -34,6 +34,7 @@ class Seizure:
     inputs: np.ndarray  # [S, D_in] float32
     label: int
     record_id: str = ""
+    side: int = -1  # the side of the focal signs where the clinical label gives one: 1 left, 0 right, -1 none
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,33 @@ def make_batch(
     return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m)
 
 
-def patient_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Weighted cross-entropy summed over every seizure of every patient in the batch (padding masked)."""
+def side_targets(patients: Sequence[Patient]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patient-major side labels [P, K] (1 left, 0 right) and where one is given [P, K], laid out as make_batch's."""
+    k = max((len(p.seizures) for p in patients), default=0)
+    side = np.zeros((len(patients), k), dtype=np.float32)
+    given = np.zeros((len(patients), k), dtype=np.float32)
+    for i, patient in enumerate(patients):
+        for j, seizure in enumerate(patient.seizures):
+            if seizure.side in (0, 1):
+                side[i, j], given[i, j] = float(seizure.side), 1.0
+    return torch.from_numpy(side), torch.from_numpy(given)
+
+
+def patient_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None,
+                 side: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Weighted cross-entropy summed over every seizure of every patient in the batch (padding masked); with `side`
+    (side_targets) and a model with the side output, plus the side's logistic loss on the seizures that have one.
+    One sum per patient, so one clipping bound covers both outputs."""
     logits, _ = model(x)
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), weight=weights, reduction="none")
-    return (losses * mask.reshape(-1)).sum()
+    total = (losses * mask.reshape(-1)).sum()
+    if side is not None and getattr(model, "side", None) is not None:
+        target, given = side
+        side_logit, _ = model.side_logits(x)
+        side_losses = F.binary_cross_entropy_with_logits(side_logit.reshape(-1), target.reshape(-1).to(side_logit.dtype),
+                                                         reduction="none")
+        total = total + (side_losses * given.reshape(-1).to(side_logit.dtype)).sum()
+    return total
 
 
 class Trainer:
@@ -178,7 +201,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if batch:
             x, y, m = make_batch(batch, self.n_segments, train=True, gamma=cfg.beta_gamma, rng=self.rng)
-            per_patient = self._grads.compute(lambda model: patient_loss(model, x, y, m, self.weights), len(batch))
+            side = side_targets(batch)
+            per_patient = self._grads.compute(lambda model: patient_loss(model, x, y, m, self.weights, side), len(batch))
         else:
             per_patient = [p.new_zeros(0, *p.shape) for p in params]
         noisy, norms = clip_and_noise(per_patient, clipping_norm=cfg.clipping_norm, noise_multiplier=cfg.noise_multiplier,
@@ -194,7 +218,7 @@ class Trainer:
     def plain_step(self, batch: Sequence[Patient]) -> dict[str, float]:
         """One ordinary (non-private) step: mean loss over the batch's seizures."""
         x, y, m = make_batch(batch, self.n_segments, train=True, gamma=self.config.beta_gamma, rng=self.rng)
-        loss = patient_loss(self.model, x, y, m, self.weights) / m.sum().clamp(min=1)
+        loss = patient_loss(self.model, x, y, m, self.weights, side_targets(batch)) / m.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._add_proximal()

@@ -28,11 +28,13 @@ from semiofed.common.constants import (  # noqa: F401
     STCNN_STREAMS,
     STREAM_KEYPOINTS,
     STREAM_REGIONS,
+    STREAM_SIDE,
     STREAM_STCNN,
     STREAM_STCNN_MOTION,
     STREAMS,
 )
 from semiofed.common.records.region_motion import REGION_STREAM_DIM, region_window_features  # noqa: E402,F401
+from semiofed.common.records.side import SIDE_DIM, side_snippet_features  # noqa: E402,F401
 
 # 2: the keypoint stream is the window motion descriptors of common/records/motion.py (version 1 was per-snippet
 # coordinate means, spreads and speeds, which hid the seizure under position and missing hands).
@@ -145,6 +147,8 @@ def record_inputs(record: SeizureRecord, streams: Sequence[str]) -> np.ndarray:
             parts.append(stcnn_motion_features(record))
         elif stream == STREAM_REGIONS:
             parts.append(region_snippet_features(record))
+        elif stream == STREAM_SIDE:
+            parts.append(side_snippet_features(record))
         else:
             parts.append(keypoint_snippet_features(record))
     x = np.concatenate(parts, axis=1)
