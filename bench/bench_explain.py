@@ -1,5 +1,5 @@
 """What a clinician reads, measured on unseen phantom seizures (issue 17): generalisation time, phases per snippet,
-the lateralisation of region attributions, and the unusual-seizure score, for the federated DP model next to the
+the lateralisation of region attributions and of the side output, and the unusual-seizure score, for the federated DP model next to the
 centralised non-DP one.
 
 Usage:
@@ -143,6 +143,7 @@ def evaluate(checkpoint: Any, pairs: list[tuple[Any, dict]]) -> dict[str, Any]:
     phase_hits = phase_total = 0
     confusion = np.zeros((len(PHASES), len(PHASES)), dtype=np.int64)
     lateral, lateral_pos, lateral_n = 0, 0, 0
+    side_named, side_top, side_n = 0, 0, 0
     wide, wide_n = 0, 0
     scores, unusual_y, flags = [], [], []
     correct, usual = [], []
@@ -151,7 +152,8 @@ def evaluate(checkpoint: Any, pairs: list[tuple[Any, dict]]) -> dict[str, Any]:
         t0 = time.monotonic()
         a = assess_record(checkpoint, record)
         seconds.append(time.monotonic() - t0)
-        scores.append(float(a.unusual["score"]))
+        # no measurable movement (no pose): sent for review, the most unusual of all
+        scores.append(float("inf") if a.unusual["score"] is None else float(a.unusual["score"]))
         flags.append(bool(a.unusual["flag"]))
         unusual_y.append(record.label in UNUSUAL_LABELS)
         if record.label in UNUSUAL_LABELS:
@@ -182,6 +184,11 @@ def evaluate(checkpoint: Any, pairs: list[tuple[Any, dict]]) -> dict[str, Any]:
             read = {k: v for k, v in a.explanation.direction.items() if a.explanation.region_read.get(k)}
             best = max(read, key=read.get) if read else None
             lateral_pos += bool(best and best.startswith(side))
+            named = a.explanation.side
+            if named is not None:
+                side_n += 1
+                side_named += named.side == side
+                side_top += bool(named.top_region and named.top_region.startswith(side))
     y, s = np.asarray(unusual_y, dtype=int), np.asarray(scores)
     usual_arr = np.asarray(usual)
     recalls = [float(np.mean(np.asarray(correct)[usual_arr == c])) for c in ("FOS", "TCS") if (usual_arr == c).any()]
@@ -199,6 +206,8 @@ def evaluate(checkpoint: Any, pairs: list[tuple[Any, dict]]) -> dict[str, Any]:
         "phase_accuracy": phase_hits / max(phase_total, 1), "phase_confusion": confusion.tolist(),
         "lateralised_focal": lateral_n, "top_region_on_side": lateral / max(lateral_n, 1),
         "top_supporting_region_on_side": lateral_pos / max(lateral_n, 1),
+        "side_output_seizures": side_n, "side_named_on_side": side_named / side_n if side_n else float("nan"),
+        "side_top_region_on_side": side_top / side_n if side_n else float("nan"),
         "lateralised_focal_wide": wide_n, "top_region_on_side_wide": wide / max(wide_n, 1),
         "unusual_auroc": _binary_auroc(y, s) if 0 < y.sum() < len(y) else float("nan"),
         "unusual_auroc_by_label": per_label,
@@ -288,15 +297,18 @@ def main() -> None:
         labels[record.label] = labels.get(record.label, 0) + 1
     rows = ["| model | balanced accuracy (FOS/TCS) | generalisation found | generalisation median abs error (s) | "
             "onset median abs error (s) | phase accuracy per snippet | top region on the seizing side | "
+            "side output: side named / its top limb on the seizing side | "
             "unusual AUROC (all / hypermotor / non-epileptic) | flagged: unusual / usual | s per seizure |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         by = r["unusual_auroc_by_label"]
         rows.append(f"| {name} | {r['balanced_accuracy']:.2f} | {r['generalisation_found']}/{r['tcs']} | "
                     f"{r['generalisation_median_abs_error_s']:.1f} | {r['onset_median_abs_error_s']:.1f} | "
                     f"{r['phase_accuracy']:.2f} | {r['top_region_on_side']:.0%} of {r['lateralised_focal']} "
                     f"(supporting: {r['top_supporting_region_on_side']:.0%}; with head signs: "
-                    f"{r['top_region_on_side_wide']:.0%} of {r['lateralised_focal_wide']}) | {r['unusual_auroc']:.2f} / "
+                    f"{r['top_region_on_side_wide']:.0%} of {r['lateralised_focal_wide']}) | "
+                    + (f"{r['side_named_on_side']:.0%} / {r['side_top_region_on_side']:.0%} of {r['side_output_seizures']}"
+                       if r["side_output_seizures"] else "no side output") + f" | {r['unusual_auroc']:.2f} / "
                     f"{by.get('hypermotor', float('nan')):.2f} / {by.get('pnes', float('nan')):.2f} | "
                     f"{r['flagged_unusual']:.0%} / {r['flagged_usual']:.0%} | {r['seconds_per_seizure']:.2f} |")
     confusion = ["| true \\ estimated | " + " | ".join(PHASES) + " |", "|---|" + "---:|" * len(PHASES)]
@@ -329,7 +341,10 @@ def main() -> None:
         "unilateral limb signs (clonic arm, hemiclonic, dystonic hand, all on one side); supporting: the region "
         "whose stillness lowers the decision's log-odds most; with head signs: also seizures lateralised only by "
         "head version or facial clonus (the head is one region without a side, so these count as misses unless "
-        "an arm or leg of that side leads). Unusual: Mahalanobis "
+        "an arm or leg of that side leads). Side output: the side of the focal signs that the model's side output "
+        "names (7 weights on left-minus-right movement and wrist height, common/records/side.py), and whether the "
+        "limb whose pair carries most of it is on the seizing side, over the same lateralised focal seizures. "
+        "Unusual: Mahalanobis "
         "score of the pooled motion descriptors, flag above the reference's 95th percentile.\n\n"
         + "\n".join(rows) + "\n\nThe record itself, no model: the arm that moves more in most windows of the seizure "
         "(the region stream's left and right arm energy, truth onset to offset) is on the seizing side in "

@@ -365,6 +365,8 @@ def clinician_view(checkpoint_dir: Path, tasks: list[Any], out: Path | None = No
             rows.append({"site": task.site.site_id, "record_id": record.record_id, "label": record.label,
                          "decision": a.decision, "confidence": round(a.prediction.confidence, 3),
                          "top_region": a.explanation.top_region, "unusual_score": a.unusual.get("score"),
+                         "side": None if a.explanation.side is None else a.explanation.side.side,
+                         "side_truth": record.side,
                          "generalization_s": record.generalization_s,
                          "estimated_generalization_s": None if a.evolution.generalisation_s is None
                          else round(a.evolution.generalisation_s, 2)})

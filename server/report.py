@@ -228,10 +228,11 @@ def build_html(report: dict[str, Any]) -> str:
             + (f" The page `semiofed predict` writes for one of them: {c['page']} (beside this report)."
                if c.get("page") else "")), H.table(
             ["site", "record", "true label", "decision", "confidence", "region the decision rests on",
-             "unusual score", "generalisation (truth)", "generalisation (estimated)"],
+             "side of the focal signs (truth)", "unusual score", "generalisation (truth)", "generalisation (estimated)"],
             [[r["site"], r["record_id"], r["label"],
               H.badge(r["decision"], "warn") if r["decision"] == "review" else r["decision"], r["confidence"],
-              (r["top_region"] or "-").replace("_", " "), r["unusual_score"], fmt(r["generalization_s"]),
+              (r["top_region"] or "-").replace("_", " "),
+              f"{r.get('side') or '-'} ({r.get('side_truth') or 'not lateralised'})", r["unusual_score"], fmt(r["generalization_s"]),
               fmt(r["estimated_generalization_s"])] for r in c["rows"]])))
     blocks.append(H.section("Audit", H.table(["site", "status", "entries", "epsilon spent", "epsilon max", "delta", "problems"], audit_rows)))
     blocks.append(H.section("Run", H.paragraph(f"final model: {report['final_checkpoint']}"),

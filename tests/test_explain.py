@@ -394,3 +394,91 @@ def test_predict_on_an_empty_room_sends_it_for_review_instead_of_classifying(tmp
     report = json.loads(done.stdout)
     assert report["decision"] == "review" and report["unusual"]["flag"] is True
     assert "no movement could be measured" in report["unusual"]["note"]
+
+
+# ---------------------------------------------------------------- the side output
+
+
+def _mirrored(record: SeizureRecord) -> SeizureRecord:
+    """The record as a camera seeing the mirror image would give it: x flipped, the patient's left and right swapped."""
+    from semiofed.common.records.schema import HANDS, HANDS_MASK
+
+    pose = np.array(record.arrays[POSE], copy=True)
+    pairs = [(1, 4), (2, 5), (3, 6), (7, 8), (9, 10)] + [(i, i + 1) for i in range(11, 33, 2)]
+    for a, b in pairs:
+        pose[:, [a, b]] = pose[:, [b, a]]
+    pose[:, :, 0] = 1.0 - pose[:, :, 0]
+    arrays = dict(record.arrays, **{POSE: pose})
+    hands = np.array(record.arrays[HANDS], copy=True)[:, ::-1]
+    hands[:, :, :, 0] = 1.0 - hands[:, :, :, 0]
+    arrays[HANDS], arrays[HANDS_MASK] = hands, np.array(record.arrays[HANDS_MASK])[:, ::-1]
+    return replace(record, arrays=arrays)
+
+
+def _side_model(tmp_path: Path) -> Path:
+    """The default classifier (keypoints and the side stream) with the side output reading the arm pair only."""
+    from semiofed.common.records.side import SIDE_FEATURE_NAMES
+
+    config = ClassifierConfig(streams=("keypoints", "side"), temporal="linear",
+                              descriptors=("arm_energy_strong",), stcnn_dim=0, embed_dim=0)
+    model = build_classifier(config, seed=0)
+    with torch.no_grad():
+        model.side.weight[0, SIDE_FEATURE_NAMES.index("arm_energy_left_minus_right")] = 4.0
+        model.side.weight[0, SIDE_FEATURE_NAMES.index("leg_energy_left_minus_right")] = 0.5
+    return save_checkpoint(tmp_path / "side-model", model, {"temperature": 1.0})
+
+
+def test_the_side_stream_points_to_the_clonic_arm_and_a_mirror_image_negates_it(left_clonic) -> None:
+    from semiofed.common.records.activity import seizure_snippets
+    from semiofed.common.records.side import SIDE_FEATURE_NAMES, side_snippet_features
+
+    record, _ = left_clonic
+    read = seizure_snippets(record)
+    side = side_snippet_features(record)
+    arm = SIDE_FEATURE_NAMES.index("arm_energy_left_minus_right")
+    assert side[read, arm].mean() > 0.1  # the left arm jerks: left minus right leans positive
+    mirrored = side_snippet_features(_mirrored(record))
+    np.testing.assert_allclose(mirrored, -side, atol=2e-3)  # every difference flips: a mirrored seizure, the other side
+    held = side_snippet_features(replace(record, arrays=held_still(record.arrays, "left_arm")))
+    assert held[read, arm].mean() < 0 < side[read, arm].mean()  # the jerks held still: the evidence turns
+
+
+def test_the_side_output_names_the_clonic_arm_in_shares_that_add_up_and_the_mirror_image_the_other(tmp_path, left_clonic) -> None:
+    from semiofed.common.records.features import record_inputs
+
+    record, _ = left_clonic
+    checkpoint = load_checkpoint(_side_model(tmp_path))
+    explanation = explain_record(checkpoint, record)
+    side = explanation.side
+    assert side is not None and side.side == "left" and side.top_region == "left_arm" and side.probability > 0.6
+    # exact: the regions' shares add up to the side's log-odds over the snippets the decision read
+    inputs = record_inputs(record, checkpoint.config.streams)[explanation.snippets]
+    logit, _ = checkpoint.model.side_logits(torch.from_numpy(inputs))
+    assert sum(side.regions.values()) == pytest.approx(float(logit), abs=1e-4)
+    assert side.regions["face_head"] == side.regions["trunk"] == 0.0  # the side output does not read them
+    # the decision's attributions do not count the side stream as read: only the arm moves what the decision reads
+    assert not explanation.region_read["left_hand"]
+    mirrored = explain_record(checkpoint, _mirrored(record)).side
+    assert mirrored.side == "right" and mirrored.top_region == "right_arm"
+    assert mirrored.probability == pytest.approx(side.probability, abs=0.02)
+    assessment = assess_record(checkpoint, record)
+    report = assessment.to_json()
+    assert report["side"]["side"] == "left" and report["side"]["top_region"] == "left_arm"
+    json.dumps(report)
+    page = write_assessment_page(assessment, tmp_path / "side.html", title="left clonic", model="side-model").read_text()
+    assert "side of the focal signs" in page and "mostly from the left arm" in page
+
+
+def test_a_model_without_the_side_output_says_so(tmp_path, left_clonic) -> None:
+    record, _ = left_clonic
+    checkpoint = load_checkpoint(_arm_energy_model(tmp_path))  # keypoints only: a checkpoint from before the side
+    assert explain_record(checkpoint, record).side is None
+    assert assess_record(checkpoint, record).to_json()["side"] is None
+    # a side output trained where no seizure had a side label is still zero: it names no side, and says so
+    untrained = build_classifier(ClassifierConfig(streams=("keypoints", "side"), temporal="linear",
+                                                  descriptors=("arm_energy_strong",), stcnn_dim=0), seed=0)
+    side = explain_record(load_checkpoint(save_checkpoint(tmp_path / "zero", untrained, {"temperature": 1.0})), record).side
+    assert side.side is None and side.probability == 0.5 and side.top_region is None
+    from semiofed.client.training.predict_page import side_text
+
+    assert "none named" in side_text(side) and "no side output" in side_text(None)

@@ -106,7 +106,7 @@ class Assessment:
                 "evolution": self.evolution.to_json(), "regions": e.to_json()["regions"],
                 "regions_direction": e.to_json()["regions_direction"],
                 "regions_read": e.region_read, "top_region": e.top_region, "regions_cover": e.covers,
-                "unusual": self.unusual}
+                "side": e.side.to_json() if e.side is not None else None, "unusual": self.unusual}
 
 
 def unusual_check(checkpoint: Checkpoint, record: SeizureRecord, activity: Activity | None = None) -> dict[str, object]:

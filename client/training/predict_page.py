@@ -135,6 +135,16 @@ def region_time_figure(assessment: Assessment):  # -> matplotlib Figure
     return fig
 
 
+def side_text(side) -> str:  # SideExplanation | None
+    """The side output in words: the side, its probability and the limb that carries most of it."""
+    if side is None:
+        return "not available (this model has no side output)"
+    if side.side is None:
+        return "none named (the side output gives neither side: trained without side labels?)"
+    top = (side.top_region or "no single limb").replace("_", " ")
+    return f"{side.side} ({side.probability:.0%}, not calibrated); mostly from the {top}"
+
+
 def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup:
     """The whole page for one seizure."""
     p, e, ev, unusual = assessment.prediction, assessment.explanation, assessment.evolution, assessment.unusual
@@ -150,6 +160,7 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
         ["onset (movement)", "not found" if ev.onset_s is None else f"{ev.onset_s:.1f} s"],
         ["bilateral generalisation", "none found" if ev.generalisation_s is None else f"{ev.generalisation_s:.1f} s"],
         ["top region", (e.top_region or "none").replace("_", " ")],
+        ["side of the focal signs", side_text(e.side)],
         ["unusual-seizure score", "not available" if unusual.get("score") is None else
          f"{unusual['score']:.2f} (flag above {unusual['threshold']:.2f}; {unusual['tail']:.0%} of reference seizures lie further out)"],
     ])
@@ -165,8 +176,10 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
                                       "snippet's log-odds of the decision (its movement then spoke for it), blue "
                                       "where it raises them.")
     plt.close(fig)
+    side_regions = e.side.regions if e.side is not None else {}
     rows = [[r.name.replace("_", " "), r.side or "-", round(e.regions.get(r.name, 0.0), 4),
-             round(e.direction.get(r.name, 0.0), 4), "yes" if e.region_read.get(r.name) else "no"] for r in REGIONS]
+             round(e.direction.get(r.name, 0.0), 4), "yes" if e.region_read.get(r.name) else "no",
+             round(side_regions[r.name], 4) if r.name in side_regions else "-"] for r in REGIONS]
     regions = section(
         "Where in the body",
         Markup('<div style="display:flex;gap:2rem;align-items:flex-start">'
@@ -174,9 +187,13 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
                "<figcaption>deeper: the model's reading rests more on the region; red: its movement supported the "
                "decision; blue: it spoke against it; grey: the model does not read this region</figcaption></figure>"
                + table(["region", "side", "attribution (mean change of the snippets' log-odds)",
-                        f"direction (fall of the log-odds of {e.label})", "read by the model"], rows) + "</div>"),
+                        f"direction (fall of the log-odds of {e.label})", "read by the model",
+                        "share of the side output (+ for the side named)"], rows) + "</div>"),
         paragraph(f"Attributions by occlusion: each region is held still in the landmark track and the model re-run. "
-                  f"They cover the {e.covers}."),
+                  f"They cover the {e.covers}. They say what the {e.label} decision rests on, which for a focal "
+                  "seizure is often the quiet arm (the decision reads how little the weaker arm moves); where the "
+                  "focal signs are, says the side output: each limb pair's left-minus-right movement and posture, "
+                  "weighted, at the limb it points to."),
         region_time,
     )
     unusual_block = section("Is this seizure like the reference seizures?", paragraph(
