@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from semiofed.client.training.evolution import CLONIC, FOCAL, INTERICTAL, POSTICTAL, TONIC
+from semiofed.client.training.explain import SideExplanation
 from semiofed.client.training.predict import Assessment
 from semiofed.common.records.regions import REGIONS
 from semiofed.common.reporting.html import (
@@ -135,7 +136,7 @@ def region_time_figure(assessment: Assessment):  # -> matplotlib Figure
     return fig
 
 
-def side_text(side) -> str:  # SideExplanation | None
+def side_text(side: SideExplanation | None) -> str:
     """The side output in words: the side, its probability and the limb that carries most of it."""
     if side is None:
         return "not available (this model has no side output)"

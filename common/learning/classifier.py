@@ -378,7 +378,6 @@ class SeizureClassifier(nn.Module):
         c = snippet_logits.shape[-1]
         return seizure_logits.reshape(*lead, c), snippet_logits.reshape(*lead, s, c)
 
-
     def side_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [..., S, D_in] -> (seizure side logit [...], snippet side logits [..., S]); positive: the patient's left.
         The seizure's is the mean of its snippets'. Only for a model with the side output."""
