@@ -234,3 +234,25 @@ def test_seizures_without_a_side_label_leave_the_side_output_alone():
     trainer.close()
     assert torch.count_nonzero(model.side.weight) == 0  # no label, no gradient: the side output names no side
     assert torch.count_nonzero(model.head.weight) > 0  # while the decision did train
+
+
+def test_a_patient_s_side_label_is_clipped_with_their_decision_gradient_as_one_vector():
+    """A record whose side stream is enormous (a patient's side label then dominates their gradient) still adds at
+    most C in all: the side output has no separate, unclipped channel."""
+    from semiofed.common.learning.trainer import side_targets
+    from semiofed.common.records.side import SIDE_DIM
+
+    config = ClassifierConfig(streams=("keypoints", "side"), temporal="linear", descriptors=("arm_energy_strong",),
+                              stcnn_dim=0, n_segments=4)
+    model = build_classifier(config, seed=0).double()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, config.input_dim)).astype(np.float32)
+    x[:, -SIDE_DIM:] = 1e4
+    patients = [Patient("loud", (Seizure(x, 1, "r", 0),))]
+    xb, y, m = make_batch(patients, 4, train=False, gamma=2.0, rng=rng)
+    side = side_targets(patients)
+    per = PerPatientGradients(model).compute(lambda mod: patient_loss(mod, xb.double(), y, m.double(), None, side), 1)
+    side_index = [i for i, (name, _) in enumerate(model.named_parameters()) if name == "side.weight"][0]
+    assert per[side_index].abs().max() > 100  # the side label does reach the gradient, hugely
+    noisy, norms = clip_and_noise(per, clipping_norm=1.0, noise_multiplier=0.0, expected_batch_size=1.0)
+    assert norms[0] > 100 and float(torch.sqrt(sum((g**2).sum() for g in noisy))) == pytest.approx(1.0, rel=1e-6)
