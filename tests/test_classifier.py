@@ -264,3 +264,19 @@ def test_a_model_of_the_side_stream_alone_is_refused_in_one_line():
     with pytest.raises(SemiofedError, match="nothing for the seizure decision to read") as info:
         ClassifierConfig(streams=("side",))
     assert "keypoints" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_decision_never_reads_the_side_stream_and_the_side_output_flips_with_it():
+    from semiofed.common.records.side import SIDE_DIM
+
+    for temporal in TEMPORAL_MODELS:
+        config = ClassifierConfig(streams=("keypoints", "side"), temporal=temporal, stcnn_dim=0, n_segments=4)
+        model = build_classifier(config, seed=0)
+        with torch.no_grad():
+            model.side.weight.normal_()
+        x = torch.randn(3, 6, config.input_dim)
+        flipped = x.clone()
+        flipped[..., -SIDE_DIM:] *= -5.0  # another side stream: mirrored and larger
+        torch.testing.assert_close(model(flipped)[0], model(x)[0])  # the FOS/TCS decision does not move
+        torch.testing.assert_close(model.side_logits(flipped)[0], -5.0 * model.side_logits(x)[0])  # no intercept
+        assert len(config.decision_columns) == config.input_dim - SIDE_DIM
