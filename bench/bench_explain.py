@@ -224,7 +224,8 @@ def decision_weights(checkpoint: Any) -> dict[str, float] | None:
     from semiofed.common.records.motion import MOTION_FEATURE_NAMES
 
     model, config = checkpoint.model, checkpoint.config
-    if not isinstance(model.temporal, Identity) or tuple(config.streams) != ("keypoints",) or config.embed_dim:
+    decision_streams = tuple(s for s in config.streams if s != "side")  # the side output's stream: not the decision's
+    if not isinstance(model.temporal, Identity) or decision_streams != ("keypoints",) or config.embed_dim:
         return None
     names = list(config.descriptors or MOTION_FEATURE_NAMES) + ["window valid"]
     weight = model.head.weight.detach().numpy()

@@ -35,10 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_explain import checkpoints, cohort, decision_weights, seizing_side  # noqa: E402
 from report import write_section  # noqa: E402
 
-SIDED = ("arm_energy", "arm_rhythm", "hand_energy", "hand_rhythm", "leg_energy", "leg_rhythm")
+from semiofed.common.records.side import SIDED  # noqa: E402
+
 FEATURES = tuple(f"{k} (left - right)" for k in SIDED) + ("wrist height (left - right)",)
-_WRISTS = ((15, 11), (16, 12))  # (wrist, shoulder) MediaPipe pose indices, left then right
-_MIN_VISIBILITY = 0.3
 
 
 # ---------------------------------------------------------------- what the decision rests on
@@ -102,22 +101,12 @@ def rests_table(shares: dict[str, dict[str, Any]]) -> str:
 
 def _wrist_heights(record: Any, lo: float, hi: float) -> list[float]:
     """Median height of each wrist above its shoulder along the body axis, in torso lengths, frames lo..hi s
-    (NaN where the wrist is not seen)."""
-    pose = np.asarray(record.arrays["pose"], dtype=np.float64)
+    (NaN where the wrist is seen in fewer than 5 frames; common/records/side.py's per-frame heights)."""
+    from semiofed.common.records.side import wrist_heights
+
     times = np.asarray(record.arrays["frame_times"], dtype=np.float64)
-    detected = np.asarray(record.arrays["pose_mask"]).astype(bool)
-    width, height = record.frame_size
-    xy = pose[:, :, :2] * np.array([width, height]) / max(width, height)
-    up = xy[:, [11, 12]].mean(axis=1) - xy[:, [23, 24]].mean(axis=1)
-    torso = np.linalg.norm(up, axis=1)
-    up = up / np.maximum(torso, 1e-9)[:, None]
-    inside = detected & (times >= lo) & (times <= hi) & np.isfinite(xy).all(axis=(1, 2)) & (torso > 0)
-    out = []
-    for wrist, shoulder in _WRISTS:
-        seen = inside & (pose[:, wrist, 3] >= _MIN_VISIBILITY)
-        rise = ((xy[:, wrist] - xy[:, shoulder]) * up).sum(axis=1) / np.maximum(torso, 1e-9)
-        out.append(float(np.median(rise[seen])) if seen.sum() >= 5 else float("nan"))
-    return out
+    heights = wrist_heights(record.arrays, record.frame_size)[(times >= lo) & (times <= hi)]
+    return [float(np.nanmedian(h)) if np.isfinite(h).sum() >= 5 else float("nan") for h in heights.T]
 
 
 def sided_features(record: Any) -> np.ndarray:

@@ -430,7 +430,8 @@ def _side_model(tmp_path: Path) -> Path:
 
 def test_the_side_stream_points_to_the_clonic_arm_and_a_mirror_image_negates_it(left_clonic) -> None:
     from semiofed.common.records.activity import seizure_snippets
-    from semiofed.common.records.side import SIDE_FEATURE_NAMES, side_snippet_features
+    from semiofed.common.records.features import side_snippet_features
+    from semiofed.common.records.side import SIDE_FEATURE_NAMES
 
     record, _ = left_clonic
     read = seizure_snippets(record)

@@ -92,8 +92,7 @@ def explain_side(checkpoint: Checkpoint, inputs: np.ndarray) -> SideExplanation 
     model = checkpoint.model
     with torch.no_grad():
         logit, _ = model.side_logits(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)))
-        start = sum(config.stream_width(s) for s in config.streams[: config.streams.index(STREAM_SIDE)])
-        diffs = inputs[:, start : start + len(SIDE_FEATURE_NAMES)].astype(np.float64).mean(axis=0)
+        diffs = inputs[:, config.stream_columns(STREAM_SIDE)].astype(np.float64).mean(axis=0)
         shares = model.side.weight.detach().numpy().astype(np.float64)[0] * diffs
     value = float(logit)
     regions = {r.name: 0.0 for r in REGIONS}

@@ -122,16 +122,20 @@ class ClassifierConfig:
         """Whether the model has the side output (it reads the side stream, and only it does)."""
         return STREAM_SIDE in self.streams
 
+    def stream_columns(self, stream: str) -> slice:
+        """Where `stream` lies in the concatenated input (streams in their canonical order)."""
+        start = 0
+        for name in self.streams:
+            if name == stream:
+                return slice(start, start + self.stream_width(name))
+            start += self.stream_width(name)
+        raise SemiofedError(f"this model has no '{stream}' stream", f"its streams are {', '.join(self.streams)}")
+
     @property
     def decision_columns(self) -> tuple[int, ...]:
         """The input columns the FOS/TCS decision can depend on (every stream but the side stream)."""
-        out, start = [], 0
-        for stream in self.streams:
-            width = self.stream_width(stream)
-            if stream != STREAM_SIDE:
-                out.extend(range(start, start + width))
-            start += width
-        return tuple(out)
+        side = range(self.input_dim)[self.stream_columns(STREAM_SIDE)] if self.side_output else range(0)
+        return tuple(i for i in range(self.input_dim) if i not in side)
 
     @property
     def keypoint_read(self) -> tuple[int, ...]:
@@ -383,13 +387,7 @@ class SeizureClassifier(nn.Module):
         The seizure's is the mean of its snippets'. Only for a model with the side output."""
         if not self.config.side_output:
             raise SemiofedError("this model has no side output", f"train it with the '{STREAM_SIDE}' stream")
-        start = 0
-        for stream in self.config.streams:
-            if stream == STREAM_SIDE:
-                break
-            start += self.config.stream_width(stream)
-        z = x[..., start : start + self.config.stream_width(STREAM_SIDE)]
-        snippets = self.side(z)[..., 0]
+        snippets = self.side(x[..., self.config.stream_columns(STREAM_SIDE)])[..., 0]
         return snippets.mean(dim=-1), snippets
 
 

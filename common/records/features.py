@@ -34,7 +34,7 @@ from semiofed.common.constants import (  # noqa: F401
     STREAMS,
 )
 from semiofed.common.records.region_motion import REGION_STREAM_DIM, region_window_features  # noqa: E402,F401
-from semiofed.common.records.side import SIDE_DIM, side_snippet_features  # noqa: E402,F401
+from semiofed.common.records.side import SIDE_DIM, side_window_features  # noqa: E402,F401
 
 # 2: the keypoint stream is the window motion descriptors of common/records/motion.py (version 1 was per-snippet
 # coordinate means, spreads and speeds, which hid the seizure under position and missing hands).
@@ -80,6 +80,12 @@ def feature_extractor_of(record: SeizureRecord) -> dict[str, object]:
             "input": record.stcnn_input}
 
 
+def _nearest_windows(snippets: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """[S] the index of the window [W, 2] whose centre is nearest each snippet's [S, 2] centre."""
+    centres = bounds.astype(np.float64).mean(axis=1)
+    return np.abs(snippets.mean(axis=1)[:, None] - centres[None, :]).argmin(axis=1)
+
+
 def keypoint_snippet_features(record: SeizureRecord) -> np.ndarray:
     """Per-snippet keypoint stream [S, KEYPOINT_DIM] (float32): the motion descriptors of the window centred nearest
     each snippet's centre, then the window's validity (1 or 0). Fixed public scaling: see common/records/motion.py."""
@@ -88,8 +94,7 @@ def keypoint_snippet_features(record: SeizureRecord) -> np.ndarray:
     if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
         return out
     feats, bounds, valid = window_features(record.arrays, frame_size=record.frame_size)
-    centres = bounds.astype(np.float64).mean(axis=1)
-    nearest = np.abs(snippets.mean(axis=1)[:, None] - centres[None, :]).argmin(axis=1)
+    nearest = _nearest_windows(snippets, bounds)
     out[:, :MOTION_DIM] = feats[nearest]
     out[:, MOTION_DIM] = valid[nearest]
     return out
@@ -103,9 +108,18 @@ def region_snippet_features(record: SeizureRecord) -> np.ndarray:
     if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
         return out
     feats, bounds = region_window_features(record.arrays, frame_size=record.frame_size)
-    centres = bounds.astype(np.float64).mean(axis=1)
-    nearest = np.abs(snippets.mean(axis=1)[:, None] - centres[None, :]).argmin(axis=1)
-    return feats[nearest]
+    return feats[_nearest_windows(snippets, bounds)]
+
+
+def side_snippet_features(record: SeizureRecord) -> np.ndarray:
+    """Per-snippet side stream [S, SIDE_DIM] (float32): the left-minus-right differences of the window centred
+    nearest each snippet's centre (common/records/side.py)."""
+    snippets = record.arrays[SNIPPET_TIMES].astype(np.float64)
+    out = np.zeros((snippets.shape[0], SIDE_DIM), dtype=np.float32)
+    if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
+        return out
+    feats, bounds = side_window_features(record.arrays, frame_size=record.frame_size)
+    return feats[_nearest_windows(snippets, bounds)] if bounds.shape[0] else out
 
 
 def stcnn_motion_features(record: SeizureRecord) -> np.ndarray:

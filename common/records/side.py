@@ -22,7 +22,7 @@ import numpy as np
 
 from semiofed.common.records.motion import CLIP
 from semiofed.common.records.region_motion import REGION_STREAM_NAMES, region_window_features
-from semiofed.common.records.schema import FRAME_TIMES, POSE, POSE_MASK, SNIPPET_TIMES, SeizureRecord
+from semiofed.common.records.schema import FRAME_TIMES, POSE, POSE_MASK
 
 SIDED = ("arm_energy", "arm_rhythm", "hand_energy", "hand_rhythm", "leg_energy", "leg_rhythm")
 SIDE_FEATURE_NAMES: tuple[str, ...] = tuple(f"{k}_left_minus_right" for k in SIDED) + ("wrist_height_left_minus_right",)
@@ -72,18 +72,3 @@ def side_window_features(arrays: Mapping[str, np.ndarray], *, frame_size: tuple[
         if np.isfinite(left).sum() >= MIN_FRAMES and np.isfinite(right).sum() >= MIN_FRAMES:
             out[w, -1] = np.nanmedian(left) - np.nanmedian(right)
     return np.clip(out, -CLIP, CLIP).astype(np.float32), bounds.astype(np.float32)
-
-
-def side_snippet_features(record: SeizureRecord) -> np.ndarray:
-    """Per-snippet side stream [S, SIDE_DIM] (float32): the side differences of the window centred nearest each
-    snippet's centre."""
-    snippets = record.arrays[SNIPPET_TIMES].astype(np.float64)
-    out = np.zeros((snippets.shape[0], SIDE_DIM), dtype=np.float32)
-    if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
-        return out
-    feats, bounds = side_window_features(record.arrays, frame_size=record.frame_size)
-    if bounds.shape[0] == 0:
-        return out
-    centres = bounds.astype(np.float64).mean(axis=1)
-    nearest = np.abs(snippets.mean(axis=1)[:, None] - centres[None, :]).argmin(axis=1)
-    return feats[nearest]
