@@ -100,26 +100,27 @@ def keypoint_snippet_features(record: SeizureRecord) -> np.ndarray:
     return out
 
 
+def _windows_per_snippet(record: SeizureRecord, window_stream, width: int) -> np.ndarray:
+    """[S, width] float32: `window_stream(arrays, frame_size=)`'s (features [W, width], bounds [W, 2]) taken at the
+    window centred nearest each snippet's centre; zeros without snippets, frames or windows."""
+    snippets = record.arrays[SNIPPET_TIMES].astype(np.float64)
+    out = np.zeros((snippets.shape[0], width), dtype=np.float32)
+    if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
+        return out
+    feats, bounds = window_stream(record.arrays, frame_size=record.frame_size)
+    return feats[_nearest_windows(snippets, bounds)] if bounds.shape[0] else out
+
+
 def region_snippet_features(record: SeizureRecord) -> np.ndarray:
     """Per-snippet body-region stream [S, REGION_STREAM_DIM] (float32): the region descriptors of the window centred
     nearest each snippet's centre (common/records/region_motion.py)."""
-    snippets = record.arrays[SNIPPET_TIMES].astype(np.float64)
-    out = np.zeros((snippets.shape[0], REGION_STREAM_DIM), dtype=np.float32)
-    if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
-        return out
-    feats, bounds = region_window_features(record.arrays, frame_size=record.frame_size)
-    return feats[_nearest_windows(snippets, bounds)]
+    return _windows_per_snippet(record, region_window_features, REGION_STREAM_DIM)
 
 
 def side_snippet_features(record: SeizureRecord) -> np.ndarray:
     """Per-snippet side stream [S, SIDE_DIM] (float32): the left-minus-right differences of the window centred
     nearest each snippet's centre (common/records/side.py)."""
-    snippets = record.arrays[SNIPPET_TIMES].astype(np.float64)
-    out = np.zeros((snippets.shape[0], SIDE_DIM), dtype=np.float32)
-    if snippets.shape[0] == 0 or record.arrays[FRAME_TIMES].shape[0] == 0:
-        return out
-    feats, bounds = side_window_features(record.arrays, frame_size=record.frame_size)
-    return feats[_nearest_windows(snippets, bounds)] if bounds.shape[0] else out
+    return _windows_per_snippet(record, side_window_features, SIDE_DIM)
 
 
 def stcnn_motion_features(record: SeizureRecord) -> np.ndarray:
