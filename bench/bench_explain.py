@@ -42,7 +42,7 @@ def checkpoints(demo: Path, unusual_reference: Path | None = None) -> dict[str, 
     """The demo's federated DP and centralised non-DP checkpoints, each with the unusual-seizure reference (fitted on
     `unusual_reference`, a store of public reference seizures made like the cohort's clips; default the demo's)."""
     from semiofed.client.training.calibrate import reference_records
-    from semiofed.common.learning.checkpoint import save_checkpoint
+    from semiofed.common.learning.checkpoint import META_FILE, save_checkpoint
     from semiofed.common.learning.unusual import fit_unusual_on_records
     from semiofed.server.demo import DemoConfig, centralised_baseline, site_tasks
 
@@ -53,7 +53,7 @@ def checkpoints(demo: Path, unusual_reference: Path | None = None) -> dict[str, 
     unusual = fit_unusual_on_records(reference_records(unusual_reference, fed.labels) if unusual_reference
                                      else records).to_json()
     central_dir = demo / "centralised"
-    if not (central_dir / "meta.json").is_file():  # a demo from before the centralised checkpoint was kept
+    if not (central_dir / META_FILE).is_file():  # a demo from before the centralised checkpoint was kept
         from semiofed.client.training.local import group_patients
 
         reference = [s for p in group_patients(records, fed.labels, fed.streams) for s in p.seizures]
@@ -321,8 +321,7 @@ def main() -> None:
            if args.unusual_reference else "") + "` (DEMO: `semiofed demo --out DEMO`, seed 0; COHORTS: "
         f"`python bench/utility_cohorts.py --only {args.cohort.name}"
         + (f" {args.unusual_reference.parents[1].name}" if args.unusual_reference else "") + "`)"
-        + (f", with {len(args.model)} more models (`--model NAME=CHECKPOINT`, the fold-0 final models kept by "
-           "`bench/bench_region_stream.py --save`: federated DP on the demo's sites, one row per seed)" if args.model
+        + (f", with {len(args.model)} more models (`--model NAME=CHECKPOINT`, each named in its row)" if args.model
            else "") + ". Held-out cohort: "
         f"{args.cohort.name}, {len(pairs)} phantom seizures of {len({r.patient_pseudonym for r, _ in pairs})} patients "
         f"never seen in training or calibration ({', '.join(f'{k} {v}' for k, v in sorted(labels.items()))}; "

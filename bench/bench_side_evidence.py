@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_explain import checkpoints, cohort, decision_weights, seizing_side  # noqa: E402
 from report import write_section  # noqa: E402
 
+from semiofed.common.learning.public_model import side_logistic_weights  # noqa: E402
 from semiofed.common.records.side import SIDED  # noqa: E402
 
 FEATURES = tuple(f"{k} (left - right)" for k in SIDED) + ("wrist height (left - right)",)
@@ -139,24 +140,6 @@ def side_data(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x).reshape(-1, len(FEATURES)), np.asarray(y)
 
 
-def fit_side(x: np.ndarray, y: np.ndarray, l2: float = 0.01) -> np.ndarray:
-    """Logistic weights without intercept (mirror-antisymmetric), L-BFGS on the mean log loss + l2 |w|^2."""
-    import torch
-
-    xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xs @ w, ys) + l2 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy()
-
-
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson interval of a proportion."""
     if n == 0:
@@ -174,7 +157,7 @@ def folder_name(folder: Path) -> str:
 def labels_report(fit: list[Path], test: list[Path]) -> tuple[str, dict[str, Any]]:
     """Markdown and figures: the fitted side model and the energy rule on each test folder."""
     x, y = side_data(fit)
-    w = fit_side(x, y)
+    w = side_logistic_weights(x, y)
     figures: dict[str, Any] = {"fit": [str(f) for f in fit], "fit_seizures": len(y),
                                "weights": dict(zip(FEATURES, w.tolist())), "test": {}}
     lines = ["| test cohort | lateralised focal seizures | side model (fitted, 7 differences) | rule: the arm with the "

@@ -24,7 +24,7 @@ def predict(
     generalisation), which body regions drove the decision, and whether the seizure is unusual; writes a timeline PNG
     and a self-contained HTML page."""
     from semiofed.client.training.predict import assess_record, write_timeline_png
-    from semiofed.client.training.predict_page import write_assessment_page
+    from semiofed.client.training.predict_page import decision_rests_on, side_text, write_assessment_page
     from semiofed.common.learning.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)  # verify the model before the slow de-identification
@@ -52,9 +52,12 @@ def predict(
     def print_table() -> None:
         console = Console()
         lo, hi = assessment.explanation.interval
-        if assessment.decision == "review":
-            console.print(f"{video.name}: [bold yellow]unusual seizure, for review[/] (score {assessment.unusual['score']:.2f} "
-                          f"above {assessment.unusual['threshold']:.2f}); the model would say {prediction.predicted}")
+        unusual = assessment.unusual
+        if assessment.decision == "review" and unusual.get("score") is None:
+            console.print(f"{video.name}: [bold yellow]for review[/]: {unusual.get('note')}")
+        elif assessment.decision == "review":
+            console.print(f"{video.name}: [bold yellow]unusual seizure, for review[/] (score {unusual['score']:.2f} "
+                          f"above {unusual['threshold']:.2f}); the model would say {prediction.predicted}")
         else:
             console.print(f"{video.name}: [bold]{prediction.predicted}[/] (calibrated confidence {prediction.confidence:.1%}, "
                           f"5-95% over segment draws {lo:.1%}-{hi:.1%}, temperature {prediction.temperature:.2f})")
@@ -65,8 +68,10 @@ def predict(
             console.print(f"  movement onset at {evolution.onset_s:.1f} s")
         if evolution.generalisation_s is not None:
             console.print(f"  estimated generalisation at {evolution.generalisation_s:.1f} s")
-        if assessment.explanation.top_region:
-            console.print(f"  region that mattered most: {assessment.explanation.top_region.replace('_', ' ')}")
+        explanation = assessment.explanation
+        if explanation.side is not None:
+            console.print(f"  side of the focal signs: {side_text(explanation.side)}")
+        console.print(f"  what the {explanation.label} decision rests on most: {decision_rests_on(explanation)}")
         console.print(f"timeline: {png}\npage: {html}")
 
     emit(output_format, report, print_table)

@@ -8,6 +8,7 @@ MediaPipe pose pipeline (as `site prepare` does), and the shared clips of real p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -394,6 +395,11 @@ def test_predict_on_an_empty_room_sends_it_for_review_instead_of_classifying(tmp
     report = json.loads(done.stdout)
     assert report["decision"] == "review" and report["unusual"]["flag"] is True
     assert "no movement could be measured" in report["unusual"]["note"]
+    table = subprocess.run([sys.executable, "-m", "semiofed.cli", "predict", str(video), "--model",
+                            str(_arm_energy_model(tmp_path)), "--out", str(tmp_path / "out"), "--model-dir",
+                            str(model_dir), "--format", "table"], capture_output=True, text=True, timeout=600)
+    assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr[-2000:]  # no score to print
+    assert "for review" in table.stdout and "no movement could be measured" in table.stdout
 
 
 # ---------------------------------------------------------------- the side output
@@ -468,6 +474,14 @@ def test_the_side_output_names_the_clonic_arm_in_shares_that_add_up_and_the_mirr
     json.dumps(report)
     page = write_assessment_page(assessment, tmp_path / "side.html", title="left clonic", model="side-model").read_text()
     assert "side of the focal signs" in page and "mostly from the left arm" in page
+    assert f"what the {explanation.label} decision rests on most" in page
+    # the body diagram of the focal signs: the left arm deepest red, face/head and trunk not read (grey)
+    colour = {name: re.search(rf'id="signs-{name}"[^>]*?(?:stroke|fill)="(#[0-9a-f]{{6}})"', page).group(1)
+              for name in REGION_NAMES}
+    redness = {k: int(v[1:3], 16) - int(v[5:7], 16) for k, v in colour.items()}
+    assert max(redness, key=redness.get) == "left_arm" and redness["left_arm"] > 100
+    assert colour["face_head"] == colour["trunk"] == "#d0d7de"
+    assert 'id="region-left_arm"' in page  # the decision's own diagram beside it
 
 
 def test_a_model_without_the_side_output_says_so(tmp_path, left_clonic) -> None:

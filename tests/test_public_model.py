@@ -130,3 +130,47 @@ def test_a_hospitals_own_store_is_never_made_a_public_model(tmp_path, app):
     made = CliRunner().invoke(app, ["site", "init", "--site-dir", str(tmp_path / "ref"), "--site-id", "ref",
                                     "--public-reference", "--format", "json"])
     assert made.exit_code == 0 and json.loads(made.stdout)["public_reference"] is True
+
+
+def _sided_public(config, n: int, seed: int, labelled: bool = True):
+    """n public seizures whose side stream's arm difference tells the side; its hand-rhythm difference only noise."""
+    from semiofed.common.learning.trainer import Seizure
+    from semiofed.common.records.features import STREAM_SIDE
+    from semiofed.common.records.side import SIDE_FEATURE_NAMES
+
+    rng = np.random.default_rng(seed)
+    columns = config.stream_columns(STREAM_SIDE)
+    arm = columns.start + SIDE_FEATURE_NAMES.index("arm_energy_left_minus_right")
+    hand = columns.start + SIDE_FEATURE_NAMES.index("hand_rhythm_left_minus_right")
+    seizures = []
+    for i in range(n):
+        side = i % 2
+        x = (rng.normal(size=(12, config.input_dim)) * 0.3).astype(np.float32)
+        x[:, arm] += 0.8 if side == 1 else -0.8
+        x[:, hand] = rng.normal(0.0, 0.1) + rng.normal(size=12) * 0.05  # a small offset per seizure, no side in it
+        seizures.append(Seizure(x, label=i % 3 % 2, record_id=f"pub{i}", side=side if labelled else -1))
+    return seizures, arm, hand
+
+
+def test_the_public_side_output_is_the_penalised_logistic_fit_and_weighs_a_difference_by_its_evidence():
+    import torch
+
+    from semiofed.common.learning.public_model import SIDE_L2
+    from semiofed.common.records.features import STREAM_SIDE
+
+    config = classifier_config(FED)
+    seizures, arm, hand = _sided_public(config, 10, seed=3)
+    model = _train(seizures)
+    w = model.side.weight.detach().double()[0].requires_grad_(True)
+    columns = config.stream_columns(STREAM_SIDE)
+    x = torch.tensor(np.stack([s.inputs[:, columns].mean(axis=0) for s in seizures]), dtype=torch.float64)
+    y = torch.tensor([float(s.side) for s in seizures], dtype=torch.float64)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + SIDE_L2 * (w**2).sum()
+    (grad,) = torch.autograd.grad(loss, w)
+    assert grad.abs().max() < 1e-4  # the minimum of the convex objective: one answer, whatever the seed
+    weights = w.detach().numpy()
+    arm_w, hand_w = weights[arm - columns.start], weights[hand - columns.start]
+    assert arm_w > 1.0 and abs(hand_w) < 0.25 * arm_w, weights  # the noise is not weighted like the evidence
+    # seizures without a side label leave the side output at zero: it names no side
+    unlabelled, _, _ = _sided_public(config, 10, seed=3, labelled=False)
+    assert torch.count_nonzero(_train(unlabelled).side.weight) == 0

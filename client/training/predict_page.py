@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from semiofed.client.training.evolution import CLONIC, FOCAL, INTERICTAL, POSTICTAL, TONIC
-from semiofed.client.training.explain import SideExplanation
+from semiofed.client.training.explain import Explanation, SideExplanation
 from semiofed.client.training.predict import Assessment
 from semiofed.common.records.regions import REGIONS
 from semiofed.common.reporting.html import (
@@ -58,16 +58,17 @@ def region_colour(score: float, scale: float, read: bool, direction: float = 1.0
     return "#{:02x}{:02x}{:02x}".format(*mixed)
 
 
-def body_diagram(regions: dict[str, float], read: dict[str, bool], direction: dict[str, float] | None = None) -> Markup:
-    """Inline SVG of the body, each region coloured by its attribution (element id `region-<name>`)."""
+def body_diagram(regions: dict[str, float], read: dict[str, bool], direction: dict[str, float] | None = None, *,
+                 prefix: str = "region", label: str = "body regions by attribution") -> Markup:
+    """Inline SVG of the body, each region coloured by its attribution (element id `<prefix>-<name>`)."""
     direction = direction or {}
     scale = max([abs(v) for k, v in regions.items() if read.get(k)] or [0.0])
-    parts = ['<svg viewBox="0 0 200 330" width="220" height="363" role="img" aria-label="body regions by attribution">']
+    parts = [f'<svg viewBox="0 0 200 330" width="220" height="363" role="img" aria-label="{escape(label)}">']
     for name, (tag, geometry) in _BODY.items():
         colour = region_colour(regions.get(name, 0.0), scale, bool(read.get(name)), direction.get(name, 1.0))
         paint = f'stroke="{colour}"' if tag == "line" else f'fill="{colour}" stroke="#57606a" stroke-width="1"'
         title = f"{name.replace('_', ' ')}: {regions.get(name, 0.0):+.3f}" + ("" if read.get(name) else " (not read)")
-        parts.append(f'<{tag} id="region-{name}" data-score="{regions.get(name, 0.0):.4f}" {geometry} {paint}>'
+        parts.append(f'<{tag} id="{prefix}-{name}" data-score="{regions.get(name, 0.0):.4f}" {geometry} {paint}>'
                      f"<title>{escape(title)}</title></{tag}>")
     parts.append('<text x="30" y="322" font-size="12">patient\'s right</text>'
                  '<text x="120" y="322" font-size="12">patient\'s left</text></svg>')
@@ -136,6 +137,23 @@ def region_time_figure(assessment: Assessment):  # -> matplotlib Figure
     return fig
 
 
+def signs_diagram(side: SideExplanation) -> Markup:
+    """The body with each limb coloured by its pair's share of the side output (element id `signs-<name>`): red at
+    the limbs that put the focal signs on the side named, blue where a pair speaks for the other side; the face/head
+    and trunk, which the side output does not read, grey."""
+    read = {r.name: r.side is not None for r in REGIONS}
+    return body_diagram(side.regions, read, side.regions, prefix="signs", label="where the focal signs are")
+
+
+def decision_rests_on(explanation: Explanation) -> str:
+    """The region the decision's reading rests on most, and whether its movement spoke for the decision or against."""
+    top = explanation.top_region
+    if top is None:
+        return "no region (holding any one still leaves the decision as it is)"
+    spoke = "for" if explanation.direction.get(top, 0.0) >= 0 else "against"
+    return f"{top.replace('_', ' ')} (its movement spoke {spoke} {explanation.label})"
+
+
 def side_text(side: SideExplanation | None) -> str:
     """The side output in words: the side, its probability and the limb that carries most of it."""
     if side is None:
@@ -160,8 +178,8 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
         ["confidence interval (5-95% over segment draws)", f"{lo:.3f} - {hi:.3f}"],
         ["onset (movement)", "not found" if ev.onset_s is None else f"{ev.onset_s:.1f} s"],
         ["bilateral generalisation", "none found" if ev.generalisation_s is None else f"{ev.generalisation_s:.1f} s"],
-        ["top region", (e.top_region or "none").replace("_", " ")],
         ["side of the focal signs", side_text(e.side)],
+        [f"what the {e.label} decision rests on most", decision_rests_on(e)],
         ["unusual-seizure score", "not available" if unusual.get("score") is None else
          f"{unusual['score']:.2f} (flag above {unusual['threshold']:.2f}; {unusual['tail']:.0%} of reference seizures lie further out)"],
     ])
@@ -181,12 +199,17 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
     rows = [[r.name.replace("_", " "), r.side or "-", round(e.regions.get(r.name, 0.0), 4),
              round(e.direction.get(r.name, 0.0), 4), "yes" if e.region_read.get(r.name) else "no",
              round(side_regions[r.name], 4) if r.name in side_regions else "-"] for r in REGIONS]
+    signs = "" if e.side is None or e.side.side is None else (
+        f'<figure id="signs-diagram">{signs_diagram(e.side)}<figcaption>where the focal signs are ({e.side.side}): '
+        "each limb's share of the side output; red: its left-minus-right movement or posture puts the signs on the "
+        "side named; blue: it points to the other side; grey: not read by the side output</figcaption></figure>")
     regions = section(
         "Where in the body",
-        Markup('<div style="display:flex;gap:2rem;align-items:flex-start">'
+        Markup('<div style="display:flex;gap:2rem;align-items:flex-start">' + signs +
                f'<figure id="body-diagram">{body_diagram(e.regions, e.region_read, e.direction)}'
-               "<figcaption>deeper: the model's reading rests more on the region; red: its movement supported the "
-               "decision; blue: it spoke against it; grey: the model does not read this region</figcaption></figure>"
+               f"<figcaption>what the {escape(e.label)} decision rests on: deeper, the model's reading rests more on "
+               "the region; red: its movement supported the decision; blue: it spoke against it; grey: the model does "
+               "not read this region</figcaption></figure>"
                + table(["region", "side", "attribution (mean change of the snippets' log-odds)",
                         f"direction (fall of the log-odds of {e.label})", "read by the model",
                         "share of the side output (+ for the side named)"], rows) + "</div>"),
