@@ -481,6 +481,7 @@ def test_the_side_output_names_the_clonic_arm_in_shares_that_add_up_and_the_mirr
     redness = {k: int(v[1:3], 16) - int(v[5:7], 16) for k, v in colour.items()}
     assert max(redness, key=redness.get) == "left_arm" and redness["left_arm"] > 100
     assert colour["face_head"] == colour["trunk"] == "#d0d7de"
+    assert colour["right_arm"] == "#f6f8fa"  # the arm pair's share sits at the left arm: its partner carries none
     assert 'id="region-left_arm"' in page  # the decision's own diagram beside it
 
 

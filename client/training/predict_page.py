@@ -31,7 +31,7 @@ from semiofed.common.reporting.html import (
 )
 
 PHASE_COLOURS = {INTERICTAL: "#f6f8fa", FOCAL: "#fde2b3", TONIC: "#f4a6a6", CLONIC: "#d97a7a", POSTICTAL: "#c9d7f0"}
-_POSITIVE, _NEGATIVE, _NOT_READ = (215, 48, 39), (69, 117, 180), "#d0d7de"
+_POSITIVE, _NEGATIVE, _NOT_READ, _NONE = (215, 48, 39), (69, 117, 180), "#d0d7de", "#f6f8fa"
 
 # The body diagram, the patient facing the reader: the patient's right is on the reader's left.
 # region -> (SVG element, its geometry attributes)
@@ -49,9 +49,11 @@ _BODY = {
 
 def region_colour(score: float, scale: float, read: bool, direction: float = 1.0) -> str:
     """Deeper for a region the decision rests on more; red when its movement supported the decision, blue when it
-    spoke against it; grey when the model ignores it."""
+    spoke against it; near white for a read region of exactly 0; grey when the model ignores it."""
     if not read:
         return _NOT_READ
+    if score == 0.0:  # read, and no share at all (e.g. the partner limb of a side-output pair)
+        return _NONE
     strength = min(abs(score) / scale, 1.0) if scale > 0 else 0.0
     base = _POSITIVE if direction >= 0 else _NEGATIVE
     mixed = [round(255 + (c - 255) * (0.15 + 0.85 * strength)) for c in base]
