@@ -17,6 +17,9 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
                 what a side output trained on side labels would reach (bench/bench_side_evidence.py, issue 17)
   explain-lateral-dev  2 sites x 40 patients, phantom seed 7303, the same: the design cohort of the region
                 attributions (never a reported figure)
+  explain-unusual  2 sites x 40 patients, phantom seed 7606, the long clips, half of a semiology no model trains on:
+                a second held-out cohort of the unusual-seizure score, large enough to read each unusual
+                semiology alone (issue 17)
   explain-dev    2 sites x 12 patients, phantom seed 7301, half unusual: the design cohort of issue 17's
                 evolution, attribution and unusual-seizure settings (never a reported figure)
   explain-dev-usual  2 sites x 20 patients, phantom seed 7302, FOS and TCS only: the design cohort of how the
@@ -58,13 +61,14 @@ COHORT_FILE = "cohort.json"
 REFERENCE = "reference"
 # The explain cohorts keep the phantom's own time before and after the seizure (3-12 s and 3-15 s), so onset and
 # postictal phases can be measured; the others have the demo's 1-2 s.
-LONG_CLIPS = ("explain-p40", "explain-dev", "explain-dev-usual", "explain-reference")
+LONG_CLIPS = ("explain-p40", "explain-unusual", "explain-dev", "explain-dev-usual", "explain-reference")
 # name -> (sites, patients, phantom seed, share of unusual semiologies)
 COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 7101, 0.0), "sites3-p30": (3, 30, 7102, 0.0),
                                                    "explain-p40": (2, 40, 7201, 0.3), "explain-lateral": (2, 80, 7202, 0.0),
                                                    "explain-lateral-2": (2, 80, 7404, 0.0),
                                                    "explain-lateral-3": (2, 80, 7505, 0.0),
                                                    "explain-lateral-dev": (2, 80, 7303, 0.0),
+                                                   "explain-unusual": (2, 80, 7606, 0.5),
                                                    "explain-dev": (2, 24, 7301, 0.5),
                                                    "explain-dev-usual": (2, 40, 7302, 0.0),
                                                    "explain-reference": (1, 24, 7919 + 1, 0.0)}
