@@ -20,6 +20,10 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
   explain-unusual  2 sites x 40 patients, phantom seed 7606, the long clips, half of a semiology no model trains on:
                 a second held-out cohort of the unusual-seizure score, large enough to read each unusual
                 semiology alone (issue 17)
+  explain-unusual-2  2 sites x 40 patients, phantom seed 7808, the same: a third held-out cohort of the unusual-seizure
+                score, for the reference-size figure (issue 17)
+  explain-unusual-dev  2 sites x 40 patients, phantom seed 7707, the same: the design cohort of the unusual-seizure
+                score's form (never a reported figure)
   explain-dev    2 sites x 12 patients, phantom seed 7301, half unusual: the design cohort of issue 17's
                 evolution, attribution and unusual-seizure settings (never a reported figure)
   explain-dev-usual  2 sites x 20 patients, phantom seed 7302, FOS and TCS only: the design cohort of how the
@@ -27,6 +31,8 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
   explain-reference  1 site x 24 patients, phantom seed 7920, the long clips, FOS and TCS only: the public
                 reference of the unusual-seizure check for the long-clip cohorts (a reference made like the footage
                 it is compared with)
+  explain-reference-72  1 site x 72 patients, phantom seed 7940, the same: a public reference larger than the
+                unusual score's embedding (65 numbers), for the reference-size figure
   reference     the demo's public reference cohort (`DemoConfig(seed=0).reference()`: 24 patients of seed
                 0 + REFERENCE_SEED_OFFSET), which sets every model's decision threshold
 
@@ -61,7 +67,8 @@ COHORT_FILE = "cohort.json"
 REFERENCE = "reference"
 # The explain cohorts keep the phantom's own time before and after the seizure (3-12 s and 3-15 s), so onset and
 # postictal phases can be measured; the others have the demo's 1-2 s.
-LONG_CLIPS = ("explain-p40", "explain-unusual", "explain-dev", "explain-dev-usual", "explain-reference")
+LONG_CLIPS = ("explain-p40", "explain-unusual", "explain-unusual-2", "explain-unusual-dev", "explain-dev",
+              "explain-dev-usual", "explain-reference", "explain-reference-72")
 # name -> (sites, patients, phantom seed, share of unusual semiologies)
 COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 7101, 0.0), "sites3-p30": (3, 30, 7102, 0.0),
                                                    "explain-p40": (2, 40, 7201, 0.3), "explain-lateral": (2, 80, 7202, 0.0),
@@ -69,6 +76,9 @@ COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 710
                                                    "explain-lateral-3": (2, 80, 7505, 0.0),
                                                    "explain-lateral-dev": (2, 80, 7303, 0.0),
                                                    "explain-unusual": (2, 80, 7606, 0.5),
+                                                   "explain-unusual-dev": (2, 80, 7707, 0.5),
+                                                   "explain-unusual-2": (2, 80, 7808, 0.5),
+                                                   "explain-reference-72": (1, 72, 7940, 0.0),
                                                    "explain-dev": (2, 24, 7301, 0.5),
                                                    "explain-dev-usual": (2, 40, 7302, 0.0),
                                                    "explain-reference": (1, 24, 7919 + 1, 0.0)}

@@ -324,6 +324,7 @@ def test_calibrate_command_adds_the_public_reference_and_leaves_the_model_alone(
                            str(tmp_path / "reference"), "--out", str(out), "--format", "json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["reference_seizures"] == 10
+    assert "at least 65 public reference seizures" in json.loads(done.stdout)["unusual_reference_note"]
     calibrated = load_checkpoint(out)
     assert calibrated.temperature == 1.0 and calibrated.meta["calibration"]["reference_seizures"] == 10
     UnusualModel.from_json(calibrated.meta["unusual"])
@@ -498,3 +499,13 @@ def test_a_model_without_the_side_output_says_so(tmp_path, left_clonic) -> None:
     from semiofed.client.training.predict_page import side_text
 
     assert "none named" in side_text(side) and "no side output" in side_text(None)
+
+
+def test_a_reference_smaller_than_the_unusual_embedding_is_warned_about_and_a_large_one_is_not() -> None:
+    from semiofed.common.learning.unusual import RECOMMENDED_REFERENCE, reference_size_note
+    from semiofed.common.records.motion import POOLED_DIM
+
+    assert RECOMMENDED_REFERENCE == POOLED_DIM  # as many seizures as numbers in the embedding
+    note = reference_size_note(24)
+    assert note is not None and "24 seizures" in note and "\n" not in note
+    assert reference_size_note(RECOMMENDED_REFERENCE) is None

@@ -27,7 +27,7 @@ import numpy as np
 
 from semiofed.common.errors import SemiofedError
 from semiofed.common.records.activity import Activity, record_activity
-from semiofed.common.records.motion import POOLED_FEATURE_NAMES, pool_seizure
+from semiofed.common.records.motion import POOLED_DIM, POOLED_FEATURE_NAMES, pool_seizure
 from semiofed.common.records.schema import SeizureRecord
 
 UNUSUAL_VERSION = 2  # 2: pooled over the movement span (1: the whole video)
@@ -35,6 +35,9 @@ SHRINKAGE = 0.5  # covariance weight moved to its diagonal
 VARIANCE_FLOOR = 1e-2  # on the [-3, 3] descriptor scale: a descriptor constant over the reference is not infinitely telling
 FLAG_QUANTILE = 95.0
 MIN_REFERENCE = 8
+# Fewer reference seizures than the embedding has numbers leave the covariance mostly to the shrinkage, and unseen
+# semiologies are told apart less well (docs/benchmarks.md, "The unusual-seizure reference: how many seizures").
+RECOMMENDED_REFERENCE = POOLED_DIM
 
 
 def seizure_embedding(record: SeizureRecord, activity: Activity | None = None) -> np.ndarray:
@@ -101,6 +104,14 @@ class UnusualModel:
                                 "re-calibrate the model on the public reference seizures")
         return cls(mean=np.asarray(raw["mean"], dtype=np.float64), precision=np.asarray(raw["precision"], dtype=np.float64),
                    reference_scores=np.asarray(raw["reference_scores"], dtype=np.float64), threshold=float(raw["threshold"]))
+
+
+def reference_size_note(seizures: int) -> str | None:
+    """A one-line warning when a reference of this many seizures is smaller than recommended, else None."""
+    if seizures >= RECOMMENDED_REFERENCE:
+        return None
+    return (f"the unusual-seizure reference has {seizures} seizures for {POOLED_DIM} numbers per seizure: unseen "
+            f"semiologies are flagged less reliably; give at least {RECOMMENDED_REFERENCE} public reference seizures")
 
 
 def _fit_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
