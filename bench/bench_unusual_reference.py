@@ -1,8 +1,8 @@
-"""The unusual-seizure reference: how many public seizures it needs (issue 17).
+"""The unusual-seizure score on held-out semiologies, against public references of different sizes (issue 17).
 
-The unusual score (common/learning/unusual.py) is a shrunk Mahalanobis distance of a seizure's pooled descriptors
-(65 numbers) from a reference of public seizures. This bench scores held-out cohorts (half of a semiology no model
-trains on: hypermotor, non-epileptic) against references of different sizes and gives the AUROC of telling the
+The unusual score (common/learning/unusual.py) is the mean over a seizure's windows of their shrunk Mahalanobis
+distance from the windows of a reference of public seizures. This bench scores held-out cohorts (half of a
+semiology no model trains on: hypermotor, non-epileptic) against references of different sizes and gives the AUROC of telling the
 unusual seizures from the usual ones (FOS, TCS), overall and per semiology, with 95% bootstrap intervals, and the
 share flagged at the reference's own 95th percentile. No model is involved: the score reads the record alone.
 
@@ -50,12 +50,12 @@ def auroc_with_interval(unusual: np.ndarray, usual: np.ndarray) -> tuple[float, 
 def measure(reference: Path, cohorts: list[Path]) -> dict[str, Any]:
     """Figures of one reference over the cohorts."""
     from semiofed.client.training.calibrate import reference_records
-    from semiofed.common.learning.unusual import fit_unusual, seizure_embedding
+    from semiofed.common.learning.unusual import fit_unusual_on_records, seizure_windows
 
-    model = fit_unusual([seizure_embedding(r) for r in reference_records(reference_store(reference), USUAL)])
+    model = fit_unusual_on_records(reference_records(reference_store(reference), USUAL))
     out: dict[str, Any] = {"reference": reference.name, "seizures": len(model.reference_scores), "cohorts": {}}
     for folder in cohorts:
-        scored = [(record.label, model.score(seizure_embedding(record))) for record, _ in cohort(folder)]
+        scored = [(record.label, model.score(seizure_windows(record))) for record, _ in cohort(folder)]
         usual = np.array([s for label, s in scored if label in USUAL])
         figures: dict[str, Any] = {}
         for name in ("all", "hypermotor", "pnes"):
@@ -94,14 +94,14 @@ def main() -> None:
     body = ("`python bench/bench_unusual_reference.py --reference "
             + " ".join(f"COHORTS/{r.name}" for r in args.reference) + " --cohort "
             + " ".join(f"COHORTS/{c.name}" for c in args.cohort) + "` (COHORTS: `python bench/utility_cohorts.py`). "
-            "The unusual-seizure score (shrunk Mahalanobis distance of the seizure's 65 pooled descriptors over its "
-            "movement span) fitted on each public reference (FOS and TCS, the long clips), against held-out cohorts "
+            "The unusual-seizure score (the mean over the seizure's windows in its movement span of their shrunk "
+            "Mahalanobis distance from the reference's windows, 32 descriptors) fitted on each public reference (FOS and TCS, the long clips), against held-out cohorts "
             "whose unusual seizures are of semiologies no model or reference has seen; flag above the reference's own "
             "leave-one-out 95th percentile. 95% bootstrap intervals (2000 draws).\n\n" + table(results))
     print(body)
     if args.write:
-        print("written to", write_section("unusual-reference", "The unusual-seizure reference: how many seizures "
-                                          "(issue 17)", body))
+        print("written to", write_section("unusual-reference", "The unusual-seizure score: windows against pooled "
+                                          "seizures (issue 17)", body))
 
 
 if __name__ == "__main__":

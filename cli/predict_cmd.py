@@ -87,7 +87,6 @@ def calibrate(
     that `predict` flags against. Post-processing on public data: no privacy cost."""
     from semiofed.client.training.calibrate import calibrate_checkpoint, public_reference_records
     from semiofed.common.learning.checkpoint import load_checkpoint
-    from semiofed.common.learning.unusual import reference_size_note
 
     checkpoint = load_checkpoint(model)
     if out.resolve() == checkpoint.path.resolve():
@@ -95,16 +94,8 @@ def calibrate(
     records = public_reference_records(reference, checkpoint.config.labels)
     written = calibrate_checkpoint(checkpoint, records, out)
     calibrated = load_checkpoint(written)
-    note = reference_size_note(len(records))
     report = {"checkpoint": str(written), "reference_seizures": len(records),
-              "calibration": calibrated.meta["calibration"], "unusual_threshold": calibrated.meta["unusual"]["threshold"],
-              "unusual_reference_note": note}
-
-    def print_table() -> None:
-        console = Console()
-        console.print(f"calibrated on {len(records)} public reference seizures: {written} (unusual-seizure flag above "
-                      f"{report['unusual_threshold']:.2f})")
-        if note:
-            console.print(f"[yellow]warning[/]: {note}")
-
-    emit(output_format, report, print_table)
+              "calibration": calibrated.meta["calibration"], "unusual_threshold": calibrated.meta["unusual"]["threshold"]}
+    emit(output_format, report, lambda: Console().print(
+        f"calibrated on {len(records)} public reference seizures: {written} (unusual-seizure flag above "
+        f"{report['unusual_threshold']:.2f})"))
