@@ -95,8 +95,9 @@ def main() -> None:
             + " ".join(f"COHORTS/{r.name}" for r in args.reference) + " --cohort "
             + " ".join(f"COHORTS/{c.name}" for c in args.cohort) + "` (COHORTS: `python bench/utility_cohorts.py`). "
             "The unusual-seizure score (the mean over the seizure's windows in its movement span of their shrunk "
-            "Mahalanobis distance from the reference's windows, 32 descriptors) fitted on each public reference (FOS and TCS, the long clips), against held-out cohorts "
-            "whose unusual seizures are of semiologies no model or reference has seen; flag above the reference's own "
+            "Mahalanobis distance from the reference's windows, 32 descriptors) fitted on each public reference (FOS "
+            "and TCS, the long clips), against held-out cohorts whose unusual seizures are of semiologies no model or "
+            "reference has seen; flag above the reference's own "
             "leave-one-out 95th percentile. 95% bootstrap intervals (2000 draws).\n\n" + table(results))
     print(body)
     if args.write:
