@@ -22,6 +22,8 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
                 semiology alone (issue 17)
   explain-unusual-2  2 sites x 40 patients, phantom seed 7808, the same: a third held-out cohort of the unusual-seizure
                 score, for the reference-size figure (issue 17)
+  explain-unusual-3  2 sites x 40 patients, phantom seed 7909, the same: a fourth held-out cohort of the
+                unusual-seizure score, for its per-label form (issue 17)
   explain-unusual-dev  2 sites x 40 patients, phantom seed 7707, the same: the design cohort of the unusual-seizure
                 score's form (never a reported figure)
   explain-dev    2 sites x 12 patients, phantom seed 7301, half unusual: the design cohort of issue 17's
@@ -67,7 +69,8 @@ COHORT_FILE = "cohort.json"
 REFERENCE = "reference"
 # The explain cohorts keep the phantom's own time before and after the seizure (3-12 s and 3-15 s), so onset and
 # postictal phases can be measured; the others have the demo's 1-2 s.
-LONG_CLIPS = ("explain-p40", "explain-unusual", "explain-unusual-2", "explain-unusual-dev", "explain-dev",
+LONG_CLIPS = ("explain-p40", "explain-unusual", "explain-unusual-2", "explain-unusual-3", "explain-unusual-dev",
+              "explain-dev",
               "explain-dev-usual", "explain-reference", "explain-reference-72")
 # name -> (sites, patients, phantom seed, share of unusual semiologies)
 COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 7101, 0.0), "sites3-p30": (3, 30, 7102, 0.0),
@@ -78,6 +81,7 @@ COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 710
                                                    "explain-unusual": (2, 80, 7606, 0.5),
                                                    "explain-unusual-dev": (2, 80, 7707, 0.5),
                                                    "explain-unusual-2": (2, 80, 7808, 0.5),
+                                                   "explain-unusual-3": (2, 80, 7909, 0.5),
                                                    "explain-reference-72": (1, 72, 7940, 0.0),
                                                    "explain-dev": (2, 24, 7301, 0.5),
                                                    "explain-dev-usual": (2, 40, 7302, 0.0),

@@ -227,6 +227,26 @@ def test_the_unusual_score_flags_what_lies_outside_the_reference_and_round_trips
         UnusualModel.from_json({**model.to_json(), "version": 0})
 
 
+def test_a_seizure_between_the_reference_s_labels_is_unusual_though_near_their_common_mean() -> None:
+    rng = np.random.default_rng(2)
+
+    def seizures(n: int, centre: float) -> list[np.ndarray]:
+        return [rng.normal(centre, 0.2, size=(12, 32)) for _ in range(n)]
+
+    focal, generalised = seizures(15, -0.6), seizures(15, 0.6)
+    model = fit_unusual(focal + generalised, ["FOS"] * 15 + ["TCS"] * 15)
+    assert model.labels == ("FOS", "TCS")
+    between = seizures(10, 0.0)  # like neither label, though at the mean of all the reference's windows
+    assert all(model.score(w) > model.threshold for w in between)
+    assert np.mean([model.score(w) > model.threshold for w in seizures(40, 0.6)]) < 0.15  # a usual TCS is not
+    pooled = fit_unusual(focal + generalised)  # one distribution over both labels: the seizure between looks usual
+    assert not any(pooled.score(w) > pooled.threshold for w in between)
+    from semiofed.common.errors import SemiofedError
+
+    with pytest.raises(SemiofedError, match="fewer than 4 seizures of TCS"):
+        fit_unusual(focal + generalised[:3], ["FOS"] * 15 + ["TCS"] * 3)
+
+
 def test_a_record_without_any_pose_is_sent_for_review_not_classified(tmp_path, left_clonic) -> None:
     record, _ = left_clonic
     blind = replace(record, arrays={**record.arrays, POSE_MASK: np.zeros_like(record.arrays[POSE_MASK])})

@@ -4,17 +4,20 @@ A seizure is read as the motion descriptors of its windows (every descriptor
 of common/records/motion.py, on their fixed public scale) over the seizure
 itself (the valid windows of the movement span of common/records/activity.py),
 so that the rest and recovery a video holds around a seizure do not dilute it.
-The windows of a reference set of seizures give a mean and a covariance shrunk
-halfway to its diagonal; a window's distance is its squared Mahalanobis
-distance per descriptor, and a seizure's score is the mean over its windows.
-Windows, not one pooled vector per seizure: two dozen reference seizures hold
-some 750 windows, enough for the covariance of 32 descriptors, where their 24
-pooled vectors could not fill that of 65 numbers (measured on held-out cohorts
-with semiologies no model has seen: docs/benchmarks.md, "The unusual-seizure
-score: windows against pooled seizures"). The score is calibrated on the
-reference itself, leave one seizure out: the flag goes up above the 95th
-percentile of the reference's own scores (about one usual seizure in twenty
-flagged), and the tail share says how many reference seizures lie further out.
+The windows of the reference's seizures of each label (FOS, TCS) give a mean
+and a covariance shrunk halfway to its diagonal; a window's distance is its
+squared Mahalanobis distance per descriptor, and a seizure's distance from a
+label is the mean over its windows. Its score is its distance from the label it
+is closest to: a seizure must look like one kind of reference seizure as a
+whole, not like the blend of all of them. Windows, not one pooled vector per
+seizure: two dozen reference seizures hold some 750 windows, enough for
+covariances of 32 descriptors, where their 24 pooled vectors could not fill
+that of 65 numbers (measured on held-out cohorts with semiologies no model has
+seen: docs/benchmarks.md, "The unusual-seizure score: windows against pooled
+seizures"). The score is calibrated on the reference itself, leave one seizure
+out: the flag goes up above the 95th percentile of the reference's own scores
+(about one usual seizure in twenty flagged), and the tail share says how many
+reference seizures lie further out.
 
 Privacy: fitted on the PUBLIC reference seizures that already set every model's
 decision threshold (phantom seizures run through `site prepare`,
@@ -34,11 +37,12 @@ from semiofed.common.records.activity import Activity, record_activity
 from semiofed.common.records.motion import MOTION_FEATURE_NAMES
 from semiofed.common.records.schema import SeizureRecord
 
-UNUSUAL_VERSION = 3  # 3: the windows of the movement span (2: one pooled vector over the span; 1: the whole video)
+UNUSUAL_VERSION = 4  # 4: per label; 3: the windows of the movement span; 2: one pooled vector; 1: the whole video
 SHRINKAGE = 0.5  # covariance weight moved to its diagonal
 VARIANCE_FLOOR = 1e-2  # on the [-3, 3] descriptor scale: a descriptor constant over the reference is not infinitely telling
 FLAG_QUANTILE = 95.0
 MIN_REFERENCE = 8
+MIN_PER_LABEL = 4  # a label's window distribution needs a few seizures of it
 
 
 def seizure_windows(record: SeizureRecord, activity: Activity | None = None) -> np.ndarray:
@@ -60,16 +64,19 @@ def movement_measured(windows: np.ndarray) -> bool:
 
 @dataclass(frozen=True)
 class UnusualModel:
-    """The reference distribution of windows and the calibrated flag threshold."""
+    """The reference distribution of windows, one per label, and the calibrated flag threshold."""
 
-    mean: np.ndarray  # [D]
-    precision: np.ndarray  # [D, D]
+    labels: tuple[str, ...]  # the reference's labels, one window distribution each
+    means: np.ndarray  # [K, D]
+    precisions: np.ndarray  # [K, D, D]
     reference_scores: np.ndarray  # [N] sorted leave-one-seizure-out scores of the reference seizures
     threshold: float
 
     def score(self, windows: np.ndarray) -> float:
-        """Mean over the seizure's windows [W, D] of the squared Mahalanobis distance per descriptor."""
-        return _mean_distance(np.asarray(windows, dtype=np.float64), self.mean, self.precision)
+        """The seizure's distance from the label it is closest to: the least, over the reference's labels, of the
+        mean over its windows [W, D] of their squared Mahalanobis distance per descriptor."""
+        w = np.asarray(windows, dtype=np.float64)
+        return min(_mean_distance(w, mean, precision) for mean, precision in zip(self.means, self.precisions))
 
     def tail(self, score: float) -> float:
         """Share of the reference seizures that score at least as high (small: unusual)."""
@@ -91,9 +98,9 @@ class UnusualModel:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values (stored in a checkpoint's meta)."""
-        return {"version": UNUSUAL_VERSION, "embedding": list(MOTION_FEATURE_NAMES), "mean": self.mean.tolist(),
-                "precision": self.precision.tolist(), "reference_scores": self.reference_scores.tolist(),
-                "threshold": self.threshold}
+        return {"version": UNUSUAL_VERSION, "embedding": list(MOTION_FEATURE_NAMES), "labels": list(self.labels),
+                "means": self.means.tolist(), "precisions": self.precisions.tolist(),
+                "reference_scores": self.reference_scores.tolist(), "threshold": self.threshold}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "UnusualModel":
@@ -101,7 +108,8 @@ class UnusualModel:
         if raw.get("version") != UNUSUAL_VERSION or list(raw.get("embedding", [])) != list(MOTION_FEATURE_NAMES):
             raise SemiofedError("the checkpoint's unusual-seizure reference was made by another semiofed version",
                                 "re-calibrate the model on the public reference seizures")
-        return cls(mean=np.asarray(raw["mean"], dtype=np.float64), precision=np.asarray(raw["precision"], dtype=np.float64),
+        return cls(labels=tuple(raw["labels"]), means=np.asarray(raw["means"], dtype=np.float64),
+                   precisions=np.asarray(raw["precisions"], dtype=np.float64),
                    reference_scores=np.asarray(raw["reference_scores"], dtype=np.float64), threshold=float(raw["threshold"]))
 
 
@@ -119,27 +127,40 @@ def _mean_distance(windows: np.ndarray, mean: np.ndarray, precision: np.ndarray)
     return float(np.einsum("ij,jk,ik->i", z, precision, z).mean()) / len(mean)
 
 
-def fit_unusual(seizures: Sequence[np.ndarray]) -> UnusualModel:
-    """The reference distribution of these seizures' windows (each [W_i, D]; `seizure_windows`), with its
-    leave-one-seizure-out calibrated threshold. Seizures without a window are left out."""
-    seizures = [np.asarray(w, dtype=np.float64) for w in seizures if len(w)]
-    if len(seizures) < MIN_REFERENCE:
-        raise SemiofedError(f"{len(seizures)} reference seizures with a measurable movement are too few for the "
+def fit_unusual(seizures: Sequence[np.ndarray], labels: Sequence[str] | None = None) -> UnusualModel:
+    """The reference distribution of these seizures' windows (each [W_i, D]; `seizure_windows`), one per label
+    (`labels`, one per seizure; None: one distribution), with its leave-one-seizure-out calibrated threshold.
+    Seizures without a window are left out."""
+    labels = ["reference"] * len(seizures) if labels is None else list(labels)
+    if len(labels) != len(seizures):
+        raise ValueError(f"{len(seizures)} seizures but {len(labels)} labels")
+    kept = [(np.asarray(w, dtype=np.float64), label) for w, label in zip(seizures, labels) if len(w)]
+    if len(kept) < MIN_REFERENCE:
+        raise SemiofedError(f"{len(kept)} reference seizures with a measurable movement are too few for the "
                             "unusual-seizure reference", f"give at least {MIN_REFERENCE} public reference seizures")
-    widths = {w.shape[1] for w in seizures}
+    widths = {w.shape[1] for w, _ in kept}
     if len(widths) != 1:
         raise SemiofedError(f"the reference seizures' windows have {sorted(widths)} descriptors",
                             "prepare every reference seizure with this semiofed version")
+    names = tuple(sorted({label for _, label in kept}))
+    few = [n for n in names if sum(label == n for _, label in kept) < MIN_PER_LABEL]
+    if few:
+        raise SemiofedError(f"the unusual-seizure reference has fewer than {MIN_PER_LABEL} seizures of "
+                            f"{', '.join(few)}", f"give at least {MIN_PER_LABEL} public reference seizures of each label")
+    by_label = {n: [w for w, label in kept if label == n] for n in names}
+    moments = {n: _fit_moments(np.concatenate(ws)) for n, ws in by_label.items()}
     loo = []
-    for i in range(len(seizures)):
-        mean, precision = _fit_moments(np.concatenate(seizures[:i] + seizures[i + 1:]))
-        loo.append(_mean_distance(seizures[i], mean, precision))
-    mean, precision = _fit_moments(np.concatenate(seizures))
+    for n, ws in by_label.items():
+        others = [m for k, m in moments.items() if k != n]
+        for i in range(len(ws)):  # the seizure's own label refitted without it; the other labels as they are
+            own = _fit_moments(np.concatenate(ws[:i] + ws[i + 1:]))
+            loo.append(min(_mean_distance(ws[i], mean, precision) for mean, precision in [own, *others]))
     scores = np.sort(np.asarray(loo))
-    return UnusualModel(mean=mean, precision=precision, reference_scores=scores,
+    return UnusualModel(labels=names, means=np.stack([moments[n][0] for n in names]),
+                        precisions=np.stack([moments[n][1] for n in names]), reference_scores=scores,
                         threshold=float(np.percentile(scores, FLAG_QUANTILE)))
 
 
 def fit_unusual_on_records(records: Sequence[SeizureRecord]) -> UnusualModel:
-    """`fit_unusual` on the windows of these (public reference) records."""
-    return fit_unusual([seizure_windows(r) for r in records])
+    """`fit_unusual` on the windows of these (public reference) records, one distribution per label."""
+    return fit_unusual([seizure_windows(r) for r in records], [r.label for r in records])
