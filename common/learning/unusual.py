@@ -42,7 +42,8 @@ SHRINKAGE = 0.5  # covariance weight moved to its diagonal
 VARIANCE_FLOOR = 1e-2  # on the [-3, 3] descriptor scale: a descriptor constant over the reference is not infinitely telling
 FLAG_QUANTILE = 95.0
 MIN_REFERENCE = 8
-MIN_PER_LABEL = 4  # a label's window distribution needs a few seizures of it
+MIN_PER_LABEL = 4  # a label's window distribution needs a few seizures of it; with fewer, one over all labels
+ALL_LABELS = "all"
 
 
 def seizure_windows(record: SeizureRecord, activity: Activity | None = None) -> np.ndarray:
@@ -129,9 +130,9 @@ def _mean_distance(windows: np.ndarray, mean: np.ndarray, precision: np.ndarray)
 
 def fit_unusual(seizures: Sequence[np.ndarray], labels: Sequence[str] | None = None) -> UnusualModel:
     """The reference distribution of these seizures' windows (each [W_i, D]; `seizure_windows`), one per label
-    (`labels`, one per seizure; None: one distribution), with its leave-one-seizure-out calibrated threshold.
-    Seizures without a window are left out."""
-    labels = ["reference"] * len(seizures) if labels is None else list(labels)
+    (`labels`, one per seizure; None, or a label with fewer than MIN_PER_LABEL seizures: one distribution over
+    all), with its leave-one-seizure-out calibrated threshold. Seizures without a window are left out."""
+    labels = [ALL_LABELS] * len(seizures) if labels is None else list(labels)
     if len(labels) != len(seizures):
         raise ValueError(f"{len(seizures)} seizures but {len(labels)} labels")
     kept = [(np.asarray(w, dtype=np.float64), label) for w, label in zip(seizures, labels) if len(w)]
@@ -142,11 +143,9 @@ def fit_unusual(seizures: Sequence[np.ndarray], labels: Sequence[str] | None = N
     if len(widths) != 1:
         raise SemiofedError(f"the reference seizures' windows have {sorted(widths)} descriptors",
                             "prepare every reference seizure with this semiofed version")
+    if any(sum(label == n for _, label in kept) < MIN_PER_LABEL for n in {label for _, label in kept}):
+        kept = [(w, ALL_LABELS) for w, _ in kept]  # a label with too few seizures: one distribution over them all
     names = tuple(sorted({label for _, label in kept}))
-    few = [n for n in names if sum(label == n for _, label in kept) < MIN_PER_LABEL]
-    if few:
-        raise SemiofedError(f"the unusual-seizure reference has fewer than {MIN_PER_LABEL} seizures of "
-                            f"{', '.join(few)}", f"give at least {MIN_PER_LABEL} public reference seizures of each label")
     by_label = {n: [w for w, label in kept if label == n] for n in names}
     moments = {n: _fit_moments(np.concatenate(ws)) for n, ws in by_label.items()}
     loo = []
