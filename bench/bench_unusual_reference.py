@@ -43,19 +43,27 @@ def auroc_with_interval(unusual: np.ndarray, usual: np.ndarray) -> tuple[float, 
 
     y = np.concatenate([np.ones(len(unusual), dtype=int), np.zeros(len(usual), dtype=int)])
     s = np.concatenate([unusual, usual])
-    probs = np.stack([-s, s], axis=1)  # only the ranking of the second column counts for the AUROC
+    rank = (np.argsort(np.argsort(s)) + 0.5) / len(s)  # scores as probabilities in (0, 1), in the same order
+    probs = np.stack([1.0 - rank, rank], axis=1)  # the AUROC reads only this order
     return _binary_auroc(y, s), bootstrap_intervals(y, probs, n_boot=2000, seed=0)["auroc"]
 
 
-def measure(reference: Path, cohorts: list[Path]) -> dict[str, Any]:
-    """Figures of one reference over the cohorts."""
+def cohort_windows(folder: Path) -> list[tuple[str, np.ndarray]]:
+    """(label, `seizure_windows`) of every seizure of a held-out cohort, read once for every reference."""
+    from semiofed.common.learning.unusual import seizure_windows
+
+    return [(record.label, seizure_windows(record)) for record, _ in cohort(folder)]
+
+
+def measure(reference: Path, cohorts: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, Any]:
+    """Figures of one reference over the cohorts (name -> `cohort_windows`)."""
     from semiofed.client.training.calibrate import reference_records
-    from semiofed.common.learning.unusual import fit_unusual_on_records, seizure_windows
+    from semiofed.common.learning.unusual import fit_unusual_on_records
 
     model = fit_unusual_on_records(reference_records(reference_store(reference), USUAL))
     out: dict[str, Any] = {"reference": reference.name, "seizures": len(model.reference_scores), "cohorts": {}}
-    for folder in cohorts:
-        scored = [(record.label, model.score(seizure_windows(record))) for record, _ in cohort(folder)]
+    for cohort_name, seizures in cohorts.items():
+        scored = [(label, model.score(windows)) for label, windows in seizures]
         usual = np.array([s for label, s in scored if label in USUAL])
         figures: dict[str, Any] = {}
         for name in ("all", "hypermotor", "pnes"):
@@ -64,7 +72,7 @@ def measure(reference: Path, cohorts: list[Path]) -> dict[str, Any]:
             figures[name] = {"n": len(unusual), "auroc": value, "ci95": interval,
                              "flagged": float(np.mean(unusual > model.threshold))}
         figures["usual"] = {"n": len(usual), "flagged": float(np.mean(usual > model.threshold))}
-        out["cohorts"][folder.name] = figures
+        out["cohorts"][cohort_name] = figures
     return out
 
 
@@ -88,7 +96,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--write", action="store_true", help="write the section into docs/benchmarks.md")
     args = parser.parse_args()
-    results = [measure(reference, args.cohort) for reference in args.reference]
+    cohorts = {folder.name: cohort_windows(folder) for folder in args.cohort}
+    results = [measure(reference, cohorts) for reference in args.reference]
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     body = ("`python bench/bench_unusual_reference.py --reference "
