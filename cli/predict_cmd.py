@@ -24,7 +24,7 @@ def predict(
     generalisation), which body regions drove the decision, and whether the seizure is unusual; writes a timeline PNG
     and a self-contained HTML page."""
     from semiofed.client.training.predict import assess_record, write_timeline_png
-    from semiofed.client.training.predict_page import decision_rests_on, side_text, write_assessment_page
+    from semiofed.client.training.predict_page import decision_rests_on, side_text, unusual_text, write_assessment_page
     from semiofed.common.learning.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)  # verify the model before the slow de-identification
@@ -72,6 +72,8 @@ def predict(
         if explanation.side is not None:
             console.print(f"  side of the focal signs: {side_text(explanation.side)}")
         console.print(f"  what the {explanation.label} decision rests on most: {decision_rests_on(explanation)}")
+        if unusual.get("score") is not None:
+            console.print(f"  unusual-seizure score: {unusual_text(unusual)}")
         console.print(f"timeline: {png}\npage: {html}")
 
     emit(output_format, report, print_table)

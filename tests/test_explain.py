@@ -25,9 +25,11 @@ from semiofed.client.training.predict import assess_record
 from semiofed.client.training.predict_page import write_assessment_page
 from semiofed.common.learning.checkpoint import load_checkpoint, save_checkpoint
 from semiofed.common.learning.classifier import ClassifierConfig, build_classifier
-from semiofed.common.learning.unusual import UnusualModel, fit_unusual, seizure_windows
+from semiofed.common.learning.unusual import (CAMERA_DESCRIPTORS, READ_ON_SPAN, READ_ON_TIMES, UNUSUAL_DESCRIPTORS,
+                                              UnusualModel, fit_unusual, seizure_reading, seizure_windows)
 from semiofed.common.records.motion import MOTION_FEATURE_NAMES, window_features
 from semiofed.common.records.regions import REGION_NAMES, held_still, noise_floor
+from semiofed.common.records.activity import record_activity
 from semiofed.common.records.schema import FRAME_TIMES, POSE, POSE_MASK, SeizureRecord
 from semiofed.phantom.semiology import FOS, HYPERMOTOR, PNES, Phase, SeizurePlan
 
@@ -198,23 +200,31 @@ def test_truth_phases_follow_the_phantom_ground_truth() -> None:
 # ---------------------------------------------------------------- unusual seizures
 
 
+D_UNUSUAL = len(UNUSUAL_DESCRIPTORS)
+
+
 def test_the_unusual_score_flags_what_lies_outside_the_reference_and_round_trips() -> None:
     rng = np.random.default_rng(0)
 
-    def seizures(n: int, centre: float) -> list[np.ndarray]:  # n seizures of 8-20 windows of 32 descriptors
-        return [rng.normal(centre, 0.3, size=(int(rng.integers(8, 21)), 32)) for _ in range(n)]
+    def seizures(n: int, centre: float) -> list[np.ndarray]:  # n seizures of 8-20 windows of the descriptors
+        return [rng.normal(centre, 0.3, size=(int(rng.integers(8, 21)), D_UNUSUAL)) for _ in range(n)]
 
     reference = seizures(40, 0.0)
     model = fit_unusual(reference)
-    usual = [model.score(w) for w in seizures(200, 0.0)]
+    usual_seizures = seizures(200, 0.0)
+    usual = [model.score(w) for w in usual_seizures]
     odd = [model.score(w) for w in seizures(50, 0.5)]
     assert np.mean(np.asarray(usual) > model.threshold) < 0.15  # about the 5% the threshold is set for
     assert min(odd) > model.threshold
     assert model.tail(max(odd)) < 0.05 < model.tail(min(usual))
-    # one unusual window in a usual seizure does not make it unusual; most of its windows do
-    mixed = reference[0].copy()
-    mixed[0] += 0.5
-    assert model.score(mixed) < model.threshold
+    # one unusual window in a usual seizure moves its score by a share of one window; most of its windows flag it
+    long = sorted((model.score(w), i) for i, w in enumerate(usual_seizures) if len(w) >= 18)
+    typical = usual_seizures[long[len(long) // 2][1]]  # the median usual seizure of 18-20 windows
+    one, most = typical.copy(), typical.copy()
+    one[0] += 0.5
+    most[: len(most) // 2 + 1] += 0.5
+    assert model.score(typical) < model.threshold < model.score(most)
+    assert model.score(one) - model.score(typical) < (model.score(most) - model.score(typical)) / 8
     again = UnusualModel.from_json(json.loads(json.dumps(model.to_json())))
     assert again.score(reference[0]) == pytest.approx(model.score(reference[0]))
     from semiofed.common.errors import SemiofedError
@@ -222,16 +232,52 @@ def test_the_unusual_score_flags_what_lies_outside_the_reference_and_round_trips
     with pytest.raises(SemiofedError, match="too few"):
         fit_unusual(reference[:3])
     with pytest.raises(SemiofedError, match="too few"):  # seizures without a measurable window do not count
-        fit_unusual(reference[:3] + [np.zeros((0, 32))] * 10)
+        fit_unusual(reference[:3] + [np.zeros((0, D_UNUSUAL))] * 10)
     with pytest.raises(SemiofedError, match="another semiofed version"):
         UnusualModel.from_json({**model.to_json(), "version": 0})
+    with pytest.raises(SemiofedError, match="not the 29"):  # all 32 motion descriptors, the camera's included
+        fit_unusual([rng.normal(0.0, 0.3, size=(12, len(MOTION_FEATURE_NAMES))) for _ in range(20)])
+
+
+def test_the_unusual_check_names_the_descriptor_that_is_unlike_the_reference() -> None:
+    rng = np.random.default_rng(3)
+    reference = [rng.normal(0.0, 0.3, size=(15, D_UNUSUAL)) for _ in range(30)]
+    model = fit_unusual(reference)
+    sync = UNUSUAL_DESCRIPTORS.index("arm_velocity_sync")
+    odd = rng.normal(0.0, 0.3, size=(15, D_UNUSUAL))
+    odd[:, sync] -= 1.5  # the arms move out of phase, everything else as in the reference
+    check = model.assess_windows(odd, READ_ON_TIMES)
+    assert check["flag"] and check["read_on"] == READ_ON_TIMES
+    assert [d["name"] for d in check["descriptors"]][0] == "arm_velocity_sync"
+    assert check["descriptors"][0]["share"] > 0.4 > 5 * check["descriptors"][1]["share"]
+    # the shares are an exact split of the score
+    assert sum(model._shares(odd)) == pytest.approx(model.score(odd))
+    assert len(model.assess_windows(reference[0])["descriptors"]) == 3
+
+
+def test_the_unusual_score_reads_the_seizure_times_when_given_and_leaves_the_camera_out(left_clonic) -> None:
+    record, _ = left_clonic  # clinical times 3-13 s of a 15 s video
+    assert not set(CAMERA_DESCRIPTORS) & set(UNUSUAL_DESCRIPTORS) and len(UNUSUAL_DESCRIPTORS) == 29
+    activity = record_activity(record)
+    columns = [MOTION_FEATURE_NAMES.index(n) for n in UNUSUAL_DESCRIPTORS]
+    windows, read_on = seizure_reading(record, activity)
+    within = activity.valid & (activity.centres >= 3.0) & (activity.centres <= 13.0)
+    assert read_on == READ_ON_TIMES and np.array_equal(windows, activity.features[within][:, columns])
+    # without times (a video given to `predict`), and for the reference: the movement span
+    untimed = replace(record, onset_s=None, offset_s=None)
+    windows, read_on = seizure_reading(untimed)
+    assert read_on == READ_ON_SPAN and np.array_equal(windows, activity.features[activity.in_span][:, columns])
+    assert np.array_equal(seizure_windows(record, times=False), windows)
+    # times in which no window had a tracked torso: the movement span, not an empty reading
+    late = replace(record, onset_s=40.0, offset_s=50.0)
+    assert seizure_reading(late)[1] == READ_ON_SPAN and len(seizure_windows(late))
 
 
 def test_a_seizure_between_the_reference_s_labels_is_unusual_though_near_their_common_mean() -> None:
     rng = np.random.default_rng(2)
 
     def seizures(n: int, centre: float) -> list[np.ndarray]:
-        return [rng.normal(centre, 0.2, size=(12, 32)) for _ in range(n)]
+        return [rng.normal(centre, 0.2, size=(12, D_UNUSUAL)) for _ in range(n)]
 
     focal, generalised = seizures(15, -0.6), seizures(15, 0.6)
     model = fit_unusual(focal + generalised, ["FOS"] * 15 + ["TCS"] * 15)
@@ -250,13 +296,17 @@ def test_a_seizure_between_the_reference_s_labels_is_unusual_though_near_their_c
 def test_a_record_without_any_pose_is_sent_for_review_not_classified(tmp_path, left_clonic) -> None:
     record, _ = left_clonic
     blind = replace(record, arrays={**record.arrays, POSE_MASK: np.zeros_like(record.arrays[POSE_MASK])})
-    assert seizure_windows(blind).shape == (0, 32)  # no window with a tracked torso
+    assert seizure_windows(blind).shape == (0, D_UNUSUAL)  # no window with a tracked torso
     rng = np.random.default_rng(1)
-    model = fit_unusual([rng.normal(0.0, 0.3, size=(12, 32)) for _ in range(20)])
+    model = fit_unusual([rng.normal(0.0, 0.3, size=(12, D_UNUSUAL)) for _ in range(20)])
     verdict = model.assess(blind)
     assert verdict["flag"] is True and verdict["score"] is None and "review" in verdict["note"]
     seen = model.assess(record)
-    assert seen["score"] is not None and np.isfinite(seen["score"])
+    assert seen["score"] is not None and np.isfinite(seen["score"]) and seen["read_on"] == READ_ON_TIMES
+    from semiofed.client.training.predict_page import unusual_text
+
+    assert "read on the seizure times; most unlike them: " in unusual_text(seen)
+    assert unusual_text(verdict).startswith("not available (no movement could be measured")
     meta = {"temperature": 1.0, "unusual": model.to_json()}
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "m", load_checkpoint(_arm_energy_model(tmp_path)).model, meta))
     assert assess_record(ckpt, blind).decision == "review"
@@ -401,6 +451,11 @@ def test_site_show_flags_the_seizures_unlike_the_reference_for_review(tmp_path) 
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {r["record_id"]: r for r in json.loads(done.stdout)}
     assert rows["r-odd"]["unusual"]["flag"] is True and rows["r-usual"]["unusual"]["flag"] is False
+    # what is unusual about it: the three descriptors named all read the arm (its own, or its synchrony with the leg
+    # of its side or of the other side)
+    odd_parts = rows["r-odd"]["unusual"]["descriptors"]
+    assert all(d["name"].startswith("arm_") or d["name"] in ("ipsi_sync", "contra_sync") for d in odd_parts)
+    assert sum(d["share"] for d in odd_parts) > 0.5
     table = subprocess.run([sys.executable, "-m", "semiofed.cli", "site", "show", "--site-dir", str(tmp_path / "site"),
                             "--model", str(tmp_path / "calibrated")], capture_output=True, text=True)
     assert table.returncode == 0 and "1 of 2 seizures are unlike" in table.stdout

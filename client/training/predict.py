@@ -111,17 +111,17 @@ class Assessment:
 
 def unusual_check(checkpoint: Checkpoint, record: SeizureRecord, activity: Activity | None = None) -> dict[str, object]:
     """The checkpoint's unusual-seizure reference applied to the record, or why there is none."""
-    from semiofed.common.learning.unusual import NO_MOVEMENT, UnusualModel, movement_measured, seizure_windows
+    from semiofed.common.learning.unusual import NO_MOVEMENT, UnusualModel, movement_measured, seizure_reading
 
     raw = checkpoint.meta.get("unusual")
-    windows = seizure_windows(record, activity)
+    windows, read_on = seizure_reading(record, activity)
     if not movement_measured(windows):
         return dict(NO_MOVEMENT)  # nothing to classify from, with or without a reference
     if not raw:
         return {"score": None, "flag": None,
                 "note": "this model has no unusual-seizure reference: calibrate it on public reference seizures "
                         "(`semiofed calibrate`)"}
-    return UnusualModel.from_json(raw).assess_windows(windows)
+    return UnusualModel.from_json(raw).assess_windows(windows, read_on)
 
 def assess_record(checkpoint: Checkpoint, record: SeizureRecord) -> Assessment:
     """Prediction, evolution, attributions and the unusual-seizure check of one record."""

@@ -166,6 +166,17 @@ def side_text(side: SideExplanation | None) -> str:
     return f"{side.side} ({side.probability:.0%}, not calibrated); mostly from the {top}"
 
 
+def unusual_text(unusual: dict) -> str:
+    """The unusual-seizure check in words: its score against the flag, and the motion descriptors most unlike the
+    reference seizures, with their shares of the distance; or why there is no score."""
+    if unusual.get("score") is None:
+        return "not available" + (f" ({unusual['note']})" if unusual.get("note") else "")
+    parts = ", ".join(f"{d['name'].replace('_', ' ')} {d['share']:.0%}" for d in unusual.get("descriptors") or [])
+    read = f"; read on the {unusual['read_on']}" if unusual.get("read_on") else ""
+    return (f"{unusual['score']:.2f} (flag above {unusual['threshold']:.2f}; {unusual['tail']:.0%} of reference "
+            f"seizures lie further out){read}; most unlike them: {parts}")
+
+
 def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup:
     """The whole page for one seizure."""
     p, e, ev, unusual = assessment.prediction, assessment.explanation, assessment.evolution, assessment.unusual
@@ -182,8 +193,7 @@ def assessment_page(assessment: Assessment, *, title: str, model: str) -> Markup
         ["bilateral generalisation", "none found" if ev.generalisation_s is None else f"{ev.generalisation_s:.1f} s"],
         ["side of the focal signs", side_text(e.side)],
         [f"what the {e.label} decision rests on most", decision_rests_on(e)],
-        ["unusual-seizure score", "not available" if unusual.get("score") is None else
-         f"{unusual['score']:.2f} (flag above {unusual['threshold']:.2f}; {unusual['tail']:.0%} of reference seizures lie further out)"],
+        ["unusual-seizure score", unusual_text(unusual)],
     ])
     import matplotlib.pyplot as plt
 
