@@ -18,6 +18,10 @@ def predict(
     model: Path = typer.Option(..., "--model", help="Checkpoint directory written by `semiofed site train`."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the timeline PNG and the HTML page (default: the current directory)."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model files directory (MediaPipe, STCNN)."),
+    onset_s: Optional[float] = typer.Option(None, "--onset-s", help="The seizure's clinical onset in the video, "
+                                            "seconds (with --offset-s): the unusual-seizure check then reads the "
+                                            "seizure within these times, not the movement span."),
+    offset_s: Optional[float] = typer.Option(None, "--offset-s", help="The seizure's clinical offset, seconds."),
     output_format: OutputFormat = format_option(),
 ) -> None:
     """Classify a seizure video: calibrated probabilities with an interval, the seizure's evolution (onset, phases,
@@ -27,6 +31,11 @@ def predict(
     from semiofed.client.training.predict_page import decision_rests_on, side_text, unusual_text, write_assessment_page
     from semiofed.common.learning.checkpoint import load_checkpoint
 
+    if (onset_s is None) != (offset_s is None):
+        raise SemiofedError("only one of --onset-s and --offset-s was given", "give both seizure times, or neither")
+    if onset_s is not None and not 0.0 <= onset_s < offset_s:
+        raise SemiofedError(f"the seizure times {onset_s} s to {offset_s} s are not an interval of the video",
+                            "give 0 <= --onset-s < --offset-s, in seconds from the video's start")
     checkpoint = load_checkpoint(model)  # verify the model before the slow de-identification
     from semiofed.client.deid.prepare import deidentify_video
 
@@ -41,6 +50,13 @@ def predict(
     streams = (STREAM_POSE,) + ((STREAM_STCNN,) if needs_stcnn(checkpoint.config.streams) else ())
     record = deidentify_video(video, model_dir=model_dir, stcnn=extractor.get("name") or "i3d", stcnn_input=stcnn_input,
                               streams=streams)
+    if onset_s is not None:
+        if onset_s >= record.duration_s:
+            raise SemiofedError(f"--onset-s {onset_s} s is not before the video's end ({record.duration_s:.1f} s)",
+                                "give the seizure times in seconds from the video's start")
+        from dataclasses import replace
+
+        record = replace(record, onset_s=onset_s, offset_s=min(offset_s, record.duration_s))
     assessment = assess_record(checkpoint, record)
     prediction = assessment.prediction
     folder = out or Path.cwd()

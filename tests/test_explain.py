@@ -375,11 +375,19 @@ def test_predict_json_names_regions_by_side_and_writes_the_page(tmp_path, left_c
 
 
 def test_predict_command_on_a_real_video_writes_json_png_and_html(tmp_path, model_dir, videos_dir) -> None:
-    ckpt = _arm_energy_model(tmp_path)
+    rng = np.random.default_rng(4)
+    reference = fit_unusual([rng.normal(0.0, 0.3, size=(12, D_UNUSUAL)) for _ in range(20)])
+    ckpt = save_checkpoint(tmp_path / "calibrated", load_checkpoint(_arm_energy_model(tmp_path)).model,
+                           {"temperature": 1.0, "unusual": reference.to_json()})
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "semiofed.cli", "predict", str(videos_dir / "mmaction2_demo_skeleton.mp4"),
-                           "--model", str(ckpt), "--out", str(out), "--model-dir", str(model_dir), "--format", "json"],
-                          capture_output=True, text=True, timeout=600)
+    video = str(videos_dir / "mmaction2_demo_skeleton.mp4")  # 2.6 s of a person moving
+
+    def predict(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "semiofed.cli", "predict", video, "--model", str(ckpt), "--out",
+                               str(out), "--model-dir", str(model_dir), "--format", "json", *extra],
+                              capture_output=True, text=True, timeout=600)
+
+    done = predict()
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert abs(sum(report["probabilities"].values()) - 1) < 1e-6
@@ -387,6 +395,16 @@ def test_predict_command_on_a_real_video_writes_json_png_and_html(tmp_path, mode
     assert Path(report["html"]).is_file() and Path(report["timeline_png"]).is_file()
     assert sorted(p.name for p in out.iterdir()) == ["mmaction2_demo_skeleton_assessment.html",
                                                      "mmaction2_demo_skeleton_timeline.png"]
+    assert report["unusual"]["read_on"] == READ_ON_SPAN and len(report["unusual"]["descriptors"]) == 3
+    # the clinician's seizure times: the unusual check reads the seizure within them
+    timed = predict("--onset-s", "0.5", "--offset-s", "2.4")
+    assert timed.returncode == 0, timed.stderr[-2000:]
+    assert json.loads(timed.stdout)["unusual"]["read_on"] == READ_ON_TIMES
+    # operator mistakes: one line each
+    for extra, says in ((("--onset-s", "1"), "only one of"), (("--onset-s", "2", "--offset-s", "1"), "not an interval"),
+                        (("--onset-s", "9", "--offset-s", "12"), "not before the video's end")):
+        wrong = predict(*extra)
+        assert wrong.returncode == 1 and says in wrong.stderr and "Traceback" not in wrong.stderr
 
 
 def test_calibrate_command_adds_the_public_reference_and_leaves_the_model_alone(tmp_path) -> None:
