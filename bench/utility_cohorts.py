@@ -25,8 +25,10 @@ Cohorts (one seizure per patient, the non-quick demo's clip lengths: 10-12 s sei
   explain-unusual-3  2 sites x 40 patients, phantom seed 7909, the same: a fourth held-out cohort of the
                 unusual-seizure score, for its per-label form (issue 17)
   explain-unusual-4  2 sites x 40 patients, phantom seed 8101, the same: a fifth held-out cohort, built to measure
-                the unusual-seizure score's descriptor tail form, never looked at before (issue 17)
+                the unusual-seizure score's form of the afternoon, never looked at before (issue 17)
   explain-unusual-5  2 sites x 40 patients, phantom seed 8202, the same: a sixth, built with the fifth
+  explain-unusual-6  2 sites x 40 patients, phantom seed 8303, the same: a seventh, built after the fifth and sixth
+                were scored, to narrow their interval (reported whatever it gave)
   explain-unusual-dev  2 sites x 40 patients, phantom seed 7707, the same: the design cohort of the unusual-seizure
                 score's form (never a reported figure)
   explain-unusual-dev-2  2 sites x 40 patients, phantom seed 7717, the same: a second design cohort of that score,
@@ -75,7 +77,7 @@ REFERENCE = "reference"
 # The explain cohorts keep the phantom's own time before and after the seizure (3-12 s and 3-15 s), so onset and
 # postictal phases can be measured; the others have the demo's 1-2 s.
 LONG_CLIPS = ("explain-p40", "explain-unusual", "explain-unusual-2", "explain-unusual-3", "explain-unusual-4",
-              "explain-unusual-5", "explain-unusual-dev",
+              "explain-unusual-5", "explain-unusual-6", "explain-unusual-dev",
               "explain-unusual-dev-2",
               "explain-dev",
               "explain-dev-usual", "explain-reference", "explain-reference-72")
@@ -92,6 +94,7 @@ COHORTS: dict[str, tuple[int, int, int, float]] = {"sites10-p150": (10, 150, 710
                                                    "explain-unusual-3": (2, 80, 7909, 0.5),
                                                    "explain-unusual-4": (2, 80, 8101, 0.5),
                                                    "explain-unusual-5": (2, 80, 8202, 0.5),
+                                                   "explain-unusual-6": (2, 80, 8303, 0.5),
                                                    "explain-reference-72": (1, 72, 7940, 0.0),
                                                    "explain-dev": (2, 24, 7301, 0.5),
                                                    "explain-dev-usual": (2, 40, 7302, 0.0),
