@@ -70,7 +70,8 @@ def figures_of(scored: list[tuple[str, float]], threshold: float) -> dict[str, A
     for name in ("all", "hypermotor", "pnes"):
         unusual = np.array([s for label, s in scored if label not in USUAL and name in ("all", label)])
         value, interval = auroc_with_interval(unusual, usual)
-        figures[name] = {"n": len(unusual), "auroc": value, "ci95": interval, "flagged": float(np.mean(unusual > threshold))}
+        figures[name] = {"n": len(unusual), "auroc": value, "ci95": interval,
+                         "flagged": float(np.mean(unusual > threshold))}
     figures["usual"] = {"n": len(usual), "flagged": float(np.mean(usual > threshold))}
     return figures
 
@@ -99,8 +100,9 @@ def measure(reference: Path, cohorts: dict[str, list[tuple[str, dict[str, np.nda
 
 
 def _cells(f: dict[str, Any]) -> str:
-    return " | ".join(f"{f[k]['auroc']:.2f} ({f[k]['ci95'][0]:.2f}-{f[k]['ci95'][1]:.2f}) of {f[k]['n']}"
-                      for k in ("all", "hypermotor", "pnes")) + f" | {f['all']['flagged']:.0%} / {f['usual']['flagged']:.0%} |"
+    cells = [f"{f[k]['auroc']:.2f} ({f[k]['ci95'][0]:.2f}-{f[k]['ci95'][1]:.2f}) of {f[k]['n']}"
+             for k in ("all", "hypermotor", "pnes")]
+    return " | ".join(cells) + f" | {f['all']['flagged']:.0%} / {f['usual']['flagged']:.0%} |"
 
 
 def table(results: list[dict[str, Any]], design: set[str]) -> str:

@@ -16,8 +16,8 @@ Each choice was measured on cohorts with semiologies no model has seen (docs/ben
 score"): windows rather than one pooled vector per seizure, and one distribution per label, on the design cohort
 explain-unusual-dev; the camera's descriptors left out and the clinician's times on six cohorts against five public
 references (mean AUROC 0.872 -> 0.891 -> 0.925; the reference on its movement span, which holds each known seizure
-with the margins of its rise and fall: read on its times too, 0.907); then 0.94 on three cohorts scored once. The score is
-calibrated on the reference itself, leave one seizure out: the flag goes up above the 95th percentile of the
+with the margins of its rise and fall: read on its times too, 0.907); then 0.94 on three cohorts scored once. The
+score is calibrated on the reference itself, leave one seizure out: the flag goes up above the 95th percentile of the
 reference's own scores (about one usual seizure in twenty flagged), and the tail share says how many reference
 seizures lie further out.
 
