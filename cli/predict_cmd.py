@@ -19,8 +19,8 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the timeline PNG and the HTML page (default: the current directory)."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Model files directory (MediaPipe, STCNN)."),
     onset_s: Optional[float] = typer.Option(None, "--onset-s", help="The seizure's clinical onset in the video, "
-                                            "seconds (with --offset-s): the unusual-seizure check then reads the "
-                                            "seizure within these times, not the movement span."),
+                                            "seconds (with --offset-s): the decision and the unusual-seizure check "
+                                            "then read the seizure within these times, not the movement span."),
     offset_s: Optional[float] = typer.Option(None, "--offset-s", help="The seizure's clinical offset, seconds."),
     output_format: OutputFormat = format_option(),
 ) -> None:

@@ -273,6 +273,27 @@ def test_the_unusual_score_reads_the_seizure_times_when_given_and_leaves_the_cam
     assert seizure_reading(late)[1] == READ_ON_SPAN and len(seizure_windows(late))
 
 
+def test_the_decision_reads_the_seizure_times_when_given_else_the_movement_span(tmp_path, left_clonic) -> None:
+    from semiofed.common.records.activity import SPAN_MARGIN_S, seizure_snippets
+    from semiofed.common.records.schema import SNIPPET_TIMES
+
+    record, _ = left_clonic  # clinical times 3-13 s of a 15 s video
+    mid = record.arrays[SNIPPET_TIMES].mean(axis=1)
+    read = seizure_snippets(record)
+    assert np.array_equal(read, (mid >= 3.0 - SPAN_MARGIN_S) & (mid <= 13.0 + SPAN_MARGIN_S))
+    untimed = replace(record, onset_s=None, offset_s=None)
+    activity = record_activity(untimed)
+    span = (mid >= activity.start_s - SPAN_MARGIN_S) & (mid <= activity.end_s + SPAN_MARGIN_S)
+    assert np.array_equal(seizure_snippets(untimed), span)
+    # times the clinician gives decide what is read: a late window of the video, not where the movement is
+    late = replace(record, onset_s=11.0, offset_s=13.0)
+    assert np.array_equal(seizure_snippets(late), (mid >= 10.0) & (mid <= 14.0)) and not np.array_equal(read, span)
+    # times that hold too few snippets: the movement span
+    assert np.array_equal(seizure_snippets(replace(record, onset_s=40.0, offset_s=41.0)), span)
+    prediction = assess_record(load_checkpoint(_arm_energy_model(tmp_path)), late).prediction
+    assert np.array_equal(prediction.seizure_snippets, seizure_snippets(late))
+
+
 def test_a_seizure_between_the_reference_s_labels_is_unusual_though_near_their_common_mean() -> None:
     rng = np.random.default_rng(2)
 
