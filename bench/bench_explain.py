@@ -331,8 +331,8 @@ def main() -> None:
         + (f"{reference_count} public reference seizures made like the cohort's clips "
            f"({args.unusual_reference.parents[1].name})" if args.unusual_reference else
            "the demo's reference seizures") + ". "
-        "Classification reads the seizure itself (the movement span and 1 s either side, "
-        "client/training/predict.py), as `semiofed predict` does. Generalisation (of a seizure the model calls TCS): the first 1 s of bilaterally synchronous arm movement "
+        "Classification reads the seizure itself (its clinician's times, which the cohort's records carry, and 1 s "
+        "either side; common/records/activity.py), as `semiofed predict --onset-s/--offset-s` does. Generalisation (of a seizure the model calls TCS): the first 1 s of bilaterally synchronous arm movement "
         "in the movement span (client/training/evolution.py; else the model's first run of 3 snippets with "
         "P(TCS) >= 0.5), against the truth's `generalization_s` (error over the TCS where one was found; a TCS "
         "called FOS has none). Onset: start of the movement span against the truth's `onset_s`, every FOS and TCS. Phases: client/training/evolution.py per "
