@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_explain import cohort  # noqa: E402
-from report import write_section  # noqa: E402
+from report import cohort_arguments, write_section  # noqa: E402
 
 USUAL = ("FOS", "TCS")
 READINGS = ("span", "times")
@@ -113,10 +113,8 @@ def main() -> None:
     results = measure(models, [*args.design, *args.cohort], design)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
-    body = ("`python bench/bench_seizure_times.py " + " ".join(f'--model "{m}=CKPT"' for m in models) + " --cohort "
-            + " ".join(f"COHORTS/{c.name}" for c in args.cohort)
-            + (" --design " + " ".join(f"COHORTS/{c.name}" for c in args.design) if args.design else "")
-            + "` (COHORTS: `python bench/utility_cohorts.py`; the models: the demos' calibrated checkpoints). FOS "
+    body = ("`python bench/bench_seizure_times.py " + " ".join(f'--model "{m}=CKPT"' for m in models)
+            + cohort_arguments(args.cohort, args.design) + "` (COHORTS: `python bench/utility_cohorts.py`; the models: the demos' calibrated checkpoints). FOS "
             "against TCS, balanced accuracy of every FOS and TCS of long-clip cohorts (3-12 s of video before the "
             "seizure, 3-15 s after it), the seizure read on its movement span -> on the clinician's times, 1 s "
             "either side each (common/records/activity.py, `seizure_snippets`); the difference is paired on the same "

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_explain import cohort  # noqa: E402
-from report import write_section  # noqa: E402
+from report import cohort_arguments, write_section  # noqa: E402
 
 USUAL = ("FOS", "TCS")
 
@@ -147,9 +147,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     body = ("`python bench/bench_unusual_reference.py --reference "
-            + " ".join(f"COHORTS/{r.name}" for r in args.reference) + " --cohort "
-            + " ".join(f"COHORTS/{c.name}" for c in args.cohort)
-            + (" --design " + " ".join(f"COHORTS/{c.name}" for c in args.design) if args.design else "")
+            + " ".join(f"COHORTS/{r.name}" for r in args.reference) + cohort_arguments(args.cohort, args.design)
             + "` (COHORTS: `python bench/utility_cohorts.py`). The unusual-seizure score "
             "(common/learning/unusual.py: the mean over the seizure's windows of their shrunk Mahalanobis distance "
             "per descriptor from the windows of the reference label it is closest to, 29 motion descriptors; the "

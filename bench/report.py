@@ -43,6 +43,12 @@ def machine() -> str:
     return f"{cpu}, {cores} cores{mem}{gpu}, Python {platform.python_version()}"
 
 
+def cohort_arguments(cohorts: list[Path], design: list[Path]) -> str:
+    """The ` --cohort ... [--design ...]` part of a bench's command line as a section prints it (COHORTS/name)."""
+    text = " --cohort " + " ".join(f"COHORTS/{c.name}" for c in cohorts)
+    return text + (" --design " + " ".join(f"COHORTS/{c.name}" for c in design) if design else "")
+
+
 def write_section(name: str, title: str, body: str) -> Path:
     """Replace (or append) the section `name` of docs/benchmarks.md."""
     text = BENCHMARKS_MD.read_text(encoding="utf-8") if BENCHMARKS_MD.exists() else HEADER
