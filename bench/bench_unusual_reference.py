@@ -58,9 +58,14 @@ READINGS = ("times", "span")  # the seizure on its clinician's times (a prepared
 def cohort_windows(folder: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     """(label, {reading: `seizure_windows`}) of every seizure of a held-out cohort, read once for every reference."""
     from semiofed.common.learning.unusual import seizure_windows
+    from semiofed.common.records.activity import record_activity
 
-    return [(record.label, {"times": seizure_windows(record), "span": seizure_windows(record, times=False)})
-            for record, _ in cohort(folder)]
+    out = []
+    for record, _ in cohort(folder):
+        activity = record_activity(record)  # the windows of both readings, computed once
+        out.append((record.label, {"times": seizure_windows(record, activity),
+                                   "span": seizure_windows(record, activity, times=False)}))
+    return out
 
 
 def figures_of(scored: list[tuple[str, float]], threshold: float) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -54,8 +55,6 @@ def predict(
         if onset_s >= record.duration_s:
             raise SemiofedError(f"--onset-s {onset_s} s is not before the video's end ({record.duration_s:.1f} s)",
                                 "give the seizure times in seconds from the video's start")
-        from dataclasses import replace
-
         record = replace(record, onset_s=onset_s, offset_s=min(offset_s, record.duration_s))
     assessment = assess_record(checkpoint, record)
     prediction = assessment.prediction
